@@ -1,0 +1,72 @@
+"""The `amt` command: thin wiring from the command line to the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _add_preprocess(subparsers) -> None:
+    from amt.preprocess import PreprocessConfig
+
+    defaults = PreprocessConfig()
+    p = subparsers.add_parser(
+        "preprocess",
+        help="MIDI files -> anticipatory training sequences (Levanter caches, optional text)",
+        description="Tokenize MIDI files into the paper's anticipatory training sequences and write them as "
+        "Levanter caches OUT/{train,validation,test} (and OUT/<split>.txt with --text), with OUT/stats.json.",
+    )
+    p.add_argument("source", help="folder, manifest (one path a line), .tar.gz, datasets folder or hf://NAME[:SPLIT]")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--augment", type=int, default=defaults.augment, help="copies of each training file (paper: 1 or 30)")
+    p.add_argument("--workers", type=int, default=defaults.workers, help="parallel processes (or Ray CPUs)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="augmentation seed")
+    p.add_argument("--split", choices=["md5", "none"], default=defaults.split,
+                   help="md5: Lakh's split by first MD5 digit (0-d/e/f); none: all in train")
+    p.add_argument("--text", action="store_true", help="also write <split>.txt, one sequence a line")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="do not write Levanter caches")
+    p.add_argument("--encoding", choices=["arrival", "interarrival"], default=defaults.encoding)
+    p.add_argument("--files-per-shard", type=int, default=None, help="files per unit of work (default 256 // augment, >= 16)")
+    p.add_argument("--dataset-column", default=defaults.dataset_column, help="dataset column with MIDI bytes or paths")
+    p.add_argument("--ray-address", default=None, help="run on a Ray cluster ('auto'), or 'local' for a local Ray")
+    p.add_argument("--overwrite", action="store_true", help="rebuild if OUT holds a job with other options")
+    p.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress bar")
+
+
+def _run_preprocess(args) -> int:
+    from amt.preprocess import ConfigMismatch, PreprocessConfig, run
+
+    config = PreprocessConfig(
+        source=args.source, out=args.out, augment=args.augment, workers=args.workers, seed=args.seed,
+        split=args.split, text=args.text, cache=args.cache, encoding=args.encoding,
+        files_per_shard=args.files_per_shard, dataset_column=args.dataset_column, ray_address=args.ray_address,
+        overwrite=args.overwrite, progress_bar=args.progress_bar,
+    )
+    try:
+        stats = run(config)
+    except (ConfigMismatch, ValueError, FileNotFoundError, KeyError) as error:
+        print(f"amt preprocess: error: {error}", file=sys.stderr)
+        return 2
+    for split, s in stats["splits"].items():
+        print(f"{split:>10}: {s['files_kept']}/{s['files_seen']} files kept, {s['sequences']} sequences, "
+              f"{s['hours_of_music']:.2f} h of music, skipped {json.dumps(s['files_skipped'])}")
+    print(f"wrote {args.out} in {stats['seconds']:.1f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="amt", description="Anticipatory Music Transformer on Levanter")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_preprocess(subparsers)
+    args = parser.parse_args(argv)
+    if args.command == "preprocess":
+        return _run_preprocess(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
