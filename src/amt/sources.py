@@ -87,15 +87,19 @@ def _dataset_items(location: str, column: str) -> Iterator[MidiItem]:
             dataset = datasets.concatenate_datasets([dataset[k] for k in sorted(dataset)])
     if column not in dataset.column_names:
         raise KeyError(f"dataset {location} has no column {column!r} (columns: {dataset.column_names})")
-    for index, value in enumerate(dataset[column] if len(dataset) < 10_000 else (row[column] for row in dataset)):
+    # a string column "name" (e.g. Lakh's MD5 file names) names the rows, and so decides their split
+    has_names = "name" in dataset.column_names
+    for index, row in enumerate(dataset):
+        value = row[column]
+        name = row["name"] if has_names else None
         if isinstance(value, dict):  # datasets' binary/"file" features: {"bytes": ..., "path": ...}
             data, path = value.get("bytes"), value.get("path")
-            name = path or f"{column}[{index}]"
+            name = name or path or f"{column}[{index}]"
             yield MidiItem(name=name, data=data) if data is not None else MidiItem(name=name, path=path)
         elif isinstance(value, (bytes, bytearray)):
-            yield MidiItem(name=f"{column}[{index}]", data=bytes(value))
+            yield MidiItem(name=name or f"{column}[{index}]", data=bytes(value))
         elif isinstance(value, str):
-            yield MidiItem(name=value, path=value)
+            yield MidiItem(name=name or value, path=value)
         else:
             raise TypeError(f"{location}: row {index} of column {column!r} is neither MIDI bytes nor a path")
 

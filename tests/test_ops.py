@@ -1,0 +1,79 @@
+"""Our array operations agree with a direct port of the reference's list code, on real files."""
+
+import numpy as np
+import pytest
+
+import reference_ops as ref
+from amt import augment, ops, vocab
+
+
+@pytest.fixture(scope="module")
+def some_files(real_events):
+    names = sorted(real_events)
+    return [real_events[n] for n in names[::8]]  # 20 real files
+
+
+def test_pad_matches_the_reference_and_unpad_inverts_it(some_files):
+    for events in some_files:
+        end = ops.max_time(events, seconds=False)
+        for end_time in (None, end, end + 777):
+            padded = ops.pad(events, end_time)
+            assert ops.flatten(padded).tolist() == ref.pad(ops.flatten(events).tolist(), end_time)
+            np.testing.assert_array_equal(ops.unpad(padded), events)
+        gaps = np.diff(np.concatenate([[0], ops.times(ops.pad(events))]))
+        assert gaps.max() <= vocab.REST_DENSITY
+
+
+def test_anticipate_matches_the_reference_under_every_augmentation(some_files):
+    for i, events in enumerate(some_files):
+        for copy in range(10):
+            kept, controls = augment.augment(events, copy, augment.copy_rng(0, i, copy))
+            padded = ops.pad(kept, ops.max_time(events, seconds=False))
+            tokens, left = ops.anticipate(padded, controls)
+            expected, expected_left = ref.anticipate(ops.flatten(padded).tolist(), ops.flatten(controls).tolist())
+            assert ops.flatten(tokens).tolist() == expected
+            assert ops.flatten(left).tolist() == list(expected_left) == []
+            # splitting the interleaved stream gives back the events and the controls
+            back_events, back_controls = ops.split(tokens)
+            np.testing.assert_array_equal(back_events, padded)
+            np.testing.assert_array_equal(back_controls, controls)
+
+
+def test_anticipate_returns_controls_beyond_the_events():
+    events = np.array([[0, 10_010, 11_060], [100, 10_010, 11_062]])
+    controls = ops.to_controls(np.array([[50, 10_010, 11_064], [900, 10_010, 11_065]]))
+    tokens, left = ops.anticipate(events, controls)
+    assert ops.flatten(tokens).tolist() == ref.anticipate(ops.flatten(events).tolist(), ops.flatten(controls).tolist())[0]
+    np.testing.assert_array_equal(left, controls[1:])
+
+
+def test_time_helpers_translate_and_clip_match_the_reference(some_files):
+    rng = np.random.default_rng(1)
+    for events in some_files:
+        kept, controls = augment.extract_random(events, 5, rng)
+        tokens, _ = ops.anticipate(ops.pad(kept, ops.max_time(events, seconds=False)), controls)
+        window = np.concatenate([tokens[:200], np.full((1, 3), vocab.SEPARATOR), tokens[200:341]])
+        flat = ops.flatten(window).tolist()
+        assert ops.min_time(window, seconds=False) == ref.min_time(flat, seconds=False)
+        assert ops.max_time(window, seconds=False) == ref.max_time(flat, seconds=False)
+        shift = -ops.min_time(window, seconds=False)
+        assert ops.flatten(ops.translate(window, shift)).tolist() == ref.translate(flat, shift)
+        start, end = ops.times(tokens)[[len(tokens) // 4, 3 * len(tokens) // 4]]
+        assert ops.flatten(ops.clip(tokens, start, end, seconds=False)).tolist() == ref.clip(ops.flatten(tokens).tolist(), start, end)
+
+
+def test_sort_split_combine_and_instruments(some_files):
+    events = some_files[0]
+    kept, controls = augment.extract_random(events, 3, np.random.default_rng(2))
+    combined = ops.combine(kept, controls)
+    assert np.all(np.diff(ops.times(combined)) >= 0)
+    canonical = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731  (ties in time may come in either order)
+    np.testing.assert_array_equal(canonical(combined), canonical(events))
+    assert ops.instruments(events) == ops.instruments(np.concatenate([kept, controls]))
+    assert sum(ops.instruments(events).values()) == len(events)
+    assert ops.min_time(events, seconds=True) == ops.times(events).min() / 100
+
+
+def test_translate_refuses_negative_times():
+    with pytest.raises(ValueError, match="negative"):
+        ops.translate(np.array([[5, 10_000, 11_000]]), -10)

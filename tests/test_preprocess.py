@@ -1,0 +1,211 @@
+"""The preprocessing job: caches Levanter reads, bad files skipped with reasons, resumable after kill -9."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amt import preprocess, sequences, sources, vocab
+from amt.preprocess import PreprocessConfig
+
+LAKH_FILES = ("d6caebd1964d9e4a3c5ea59525230e2a.mid", "d8faddb8596fff7abb24d78666f73e4e.mid")
+
+
+def _load_rows(out: Path, split: str) -> np.ndarray:
+    from levanter.store.cache import TreeCache
+
+    cache = TreeCache.load(str(out / split), preprocess.CACHE_EXEMPLAR)
+    rows = cache.get_batch_sync(list(range(len(cache))))
+    return np.stack([np.asarray(r["input_ids"]) for r in rows]) if rows else np.zeros((0, 1024), np.int32)
+
+
+def _run(source, out, **options) -> dict:
+    return preprocess.run(PreprocessConfig(source=str(source), out=str(out), progress_bar=False, **options))
+
+
+@pytest.fixture(scope="module")
+def corpus(midi_dir, tmp_path_factory) -> Path:
+    """A small real corpus: 24 files from several collections, plus the two Lakh-named files, plus copies
+    renamed with MD5-style names starting with e and f (validation and test by Lakh's rule)."""
+    root = tmp_path_factory.mktemp("corpus")
+    files = [p for p in midi.midi_files(midi_dir) if "corrupted" not in str(p) and p.name != "empty.mid"]
+    for i, path in enumerate(files[5:125:5]):
+        target = root / path.parent.name / f"{i:02d}_{path.name}"
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(path, target)
+    lakh = root / "lmd_full"
+    for name in LAKH_FILES:
+        (lakh / name[0]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(midi_dir / "lakh_from_miditok" / name, lakh / name[0] / name)
+    for digit, source in (("e", files[20]), ("f", files[40])):
+        (lakh / digit).mkdir(exist_ok=True)
+        shutil.copy(source, lakh / digit / f"{digit}{'0' * 31}.mid")
+    return root
+
+
+from amt import midi  # noqa: E402  (used by the fixture above)
+
+
+def test_caches_load_in_levanter_and_splits_follow_md5(corpus, tmp_path):
+    stats = _run(corpus, tmp_path / "out")
+    splits = stats["splits"]
+    expected = {"train": 0, "validation": 0, "test": 0}
+    for path in midi.midi_files(corpus):
+        named = len(path.stem) == 32 and all(c in "0123456789abcdef" for c in path.stem)
+        digit = path.stem[0] if named else hashlib.md5(path.read_bytes()).hexdigest()[0]
+        expected["validation" if digit == "e" else "test" if digit == "f" else "train"] += 1
+    assert {split: s["files_seen"] for split, s in splits.items()} == expected
+    total = 0
+    for split in ("train", "validation", "test"):
+        rows = _load_rows(tmp_path / "out", split)
+        assert rows.shape == (splits[split]["sequences"], vocab.CONTEXT_SIZE) and len(rows) > 0
+        assert rows.dtype == np.int32 and rows.min() >= 0 and rows.max() < vocab.VOCAB_SIZE
+        assert all(sequences.validate_sequence(r) == [] for r in rows)
+        total += len(rows)
+    assert stats["splits"]["train"]["tail_loss_fraction"] < 0.01
+    # the two Lakh files (MD5 digit d) are train, by their names
+    for name in LAKH_FILES:
+        assert sources.split_of(sources.content_md5(f"lmd_full/d/{name}", b"")) == "train"
+    # the e/f files went to validation and test, unaugmented: only AUTOREGRESS flags there
+    assert set(_load_rows(tmp_path / "out", "validation")[:, 0]) == {vocab.AUTOREGRESS}
+
+
+def test_train_is_augmented_and_validation_is_not(corpus, tmp_path):
+    stats = _run(corpus, tmp_path / "out", augment=4)
+    plain = _run(corpus, tmp_path / "plain")
+    assert stats["splits"]["validation"]["sequences"] == plain["splits"]["validation"]["sequences"]
+    assert stats["splits"]["train"]["control_events"] > 0
+    assert stats["splits"]["validation"]["control_events"] == 0
+    flags = _load_rows(tmp_path / "out", "train")[:, 0]
+    assert vocab.ANTICIPATE in flags and vocab.AUTOREGRESS in flags
+
+
+def test_bad_files_are_skipped_with_reasons(midi_dir, tmp_path, caplog):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    good = midi_dir / "miditok" / "multitrack" / "Funkytown.mid"
+    shutil.copy(good, folder / "good.mid")
+    (folder / "empty.mid").write_bytes(b"")
+    (folder / "truncated.mid").write_bytes(good.read_bytes()[:3000])
+    (folder / "not_midi.mid").write_text("this is not a MIDI file")
+    shutil.copy(midi_dir / "miditok" / "corrupted" / "ValueError_Control168.mid", folder / "corrupt.mid")
+    shutil.copy(midi_dir / "miditok" / "one_track" / "empty.mid", folder / "no_notes.mid")
+    stats = _run(folder, tmp_path / "out", split="none")
+    train = stats["splits"]["train"]
+    assert train["files_seen"] == 6 and train["files_kept"] == 1
+    assert train["files_skipped"] == {"parse_error": 4, "short": 1}
+    reasons = {s["file"]: s["reason"] for s in stats["skipped_files"]}
+    assert reasons == {"empty.mid": "parse_error", "truncated.mid": "parse_error", "not_midi.mid": "parse_error",
+                       "corrupt.mid": "parse_error", "no_notes.mid": "short"}
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    for name in ("empty.mid", "truncated.mid", "not_midi.mid", "corrupt.mid"):
+        assert name in warned
+    saved = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert saved["splits"]["train"]["files_skipped"] == train["files_skipped"]
+    assert saved["splits"]["train"]["hours_of_music"] > 0
+
+
+def test_finished_job_is_not_redone_and_changed_options_are_refused(corpus, tmp_path):
+    out = tmp_path / "out"
+    _run(corpus, out, split="none")
+    stamp = (out / "train" / "shard_ledger.json").stat().st_mtime_ns
+    _run(corpus, out, split="none")
+    assert (out / "train" / "shard_ledger.json").stat().st_mtime_ns == stamp
+    with pytest.raises(preprocess.ConfigMismatch, match="augment"):
+        _run(corpus, out, split="none", augment=2)
+    _run(corpus, out, split="none", augment=2, overwrite=True)
+    assert json.loads((out / "stats.json").read_text())["config"]["augment"] == 2
+
+
+def test_bad_options_and_missing_source_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        _run(tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(ValueError, match="split"):
+        _run(tmp_path, tmp_path / "out", split="random")
+    with pytest.raises(ValueError, match="interarrival"):
+        _run(tmp_path, tmp_path / "out", encoding="interarrival", augment=3)
+
+
+def test_tar_and_dataset_sources_give_the_same_rows(corpus, tmp_path):
+    folder_out = tmp_path / "folder"
+    _run(corpus, folder_out)
+    files = [item.name for item in sources.iter_items(str(corpus))]
+    archive = tmp_path / "corpus.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in files:
+            tar.add(corpus / name, arcname=name)
+    _run(archive, tmp_path / "tar")
+    assert preprocess.cache_fingerprint(tmp_path / "tar") == preprocess.cache_fingerprint(folder_out)
+
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"midi": [(corpus / n).read_bytes() for n in files], "name": files})
+    dataset.save_to_disk(str(tmp_path / "dataset"))
+    _run(tmp_path / "dataset", tmp_path / "from_dataset")
+    assert preprocess.cache_fingerprint(tmp_path / "from_dataset") == preprocess.cache_fingerprint(folder_out)
+
+
+def test_interarrival_encoding(corpus, tmp_path):
+    stats = _run(corpus, tmp_path / "out", encoding="interarrival", split="none")
+    rows = _load_rows(tmp_path / "out", "train")
+    assert len(rows) == stats["splits"]["train"]["sequences"] > 0
+    assert rows.max() < vocab.MIDI_VOCAB_SIZE and rows[0, 0] == vocab.MIDI_SEPARATOR
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_same_rows_as_one(corpus, tmp_path):
+    _run(corpus, tmp_path / "one", files_per_shard=4)
+    _run(corpus, tmp_path / "two", files_per_shard=4, workers=2)
+    assert preprocess.cache_fingerprint(tmp_path / "one") == preprocess.cache_fingerprint(tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_same_rows(corpus, tmp_path):
+    _run(corpus, tmp_path / "one", files_per_shard=8)
+    try:
+        _run(corpus, tmp_path / "ray", files_per_shard=8, workers=2, ray_address="local")
+    finally:
+        import ray
+
+        ray.shutdown()
+    assert preprocess.cache_fingerprint(tmp_path / "ray") == preprocess.cache_fingerprint(tmp_path / "one")
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_to_the_same_rows(midi_dir, tmp_path):
+    """kill -9 part-way (a real signal to the process), run the same command again, compare with a clean run."""
+    command = [sys.executable, "-m", "amt.cli", "preprocess", str(midi_dir), "--augment", "3", "--files-per-shard",
+               "6", "--text", "--no-progress"]
+    subprocess.run([*command, "--out", str(tmp_path / "clean")], check=True, capture_output=True)
+    total_shards = json.loads((tmp_path / "clean" / "progress.json").read_text())["next_shard"]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline:
+        try:
+            done = json.loads((killed / "progress.json").read_text())["next_shard"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            done = 0
+        if done >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    progress = json.loads((killed / "progress.json").read_text())
+    assert 3 <= progress["next_shard"] < total_shards and not progress["finished"]
+
+    subprocess.run([*command, "--out", str(killed)], check=True, capture_output=True)
+    assert preprocess.cache_fingerprint(killed) == preprocess.cache_fingerprint(tmp_path / "clean")
+    for split in ("train", "validation", "test"):
+        assert (killed / f"{split}.txt").read_bytes() == (tmp_path / "clean" / f"{split}.txt").read_bytes()

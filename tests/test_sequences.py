@@ -1,0 +1,90 @@
+"""Training sequences: the reference's packing token for token, the validator, the augmentation mix."""
+
+import numpy as np
+import pytest
+
+from amt import cli, midi, ops, sequences, vocab
+
+
+def test_text_output_is_identical_to_the_reference(parity_dir, tmp_path):
+    out = tmp_path / "out"
+    status = cli.main(["preprocess", str(parity_dir / "manifest.txt"), "--out", str(out), "--augment", "1",
+                       "--workers", "1", "--split", "none", "--text", "--no-progress"])
+    assert status == 0
+    reference = (parity_dir / "reference_sequences_augment1.txt").read_text()
+    assert (out / "train.txt").read_text() == reference
+    assert len(reference.splitlines()) == 1139
+
+
+def _rows(real_events, augment, seed=0):
+    packer, rows = sequences.SequencePacker(), []
+    for i, name in enumerate(sorted(real_events)):
+        for copy in sequences.file_copies(real_events[name], augment, seed, file_key=i):
+            rows += packer.add(copy)
+    return rows
+
+
+def test_every_sequence_is_valid_and_the_augmentation_mix_shows(real_events):
+    rows = _rows(real_events, augment=10)
+    assert len(rows) > 8000
+    problems = [p for row in rows for p in sequences.validate_sequence(row)]
+    assert problems == []
+    flags = np.array([row[0] for row in rows])
+    autoregressive = np.mean(flags == vocab.AUTOREGRESS)
+    assert 0.07 < autoregressive < 0.13, autoregressive  # 1 plain copy in 10
+    body = np.stack([ops.as_triples(row[1:]) for row in rows])
+    is_control = (body[..., 2] >= vocab.CONTROL_OFFSET) & (body[..., 2] < vocab.SPECIAL_OFFSET)
+    is_note = is_control | (body[..., 2] < vocab.REST)
+    per_row = is_control.sum(1) / np.maximum(is_note.sum(1), 1)
+    # plain copies have no controls; anticipated copies average about half their notes as controls
+    assert np.mean(per_row[flags == vocab.AUTOREGRESS] == 0) > 0.8
+    assert 0.3 < per_row[flags == vocab.ANTICIPATE].mean() < 0.6
+
+
+def test_validator_catches_broken_sequences(real_events):
+    row = _rows(real_events, augment=2)[5]
+    assert sequences.validate_sequence(row) == []
+    triples = ops.as_triples(row[1:])
+    late_event = np.flatnonzero((triples[:, 2] < vocab.REST) & (triples[:, 0] > triples[0, 0]))[-1]
+    damages = {
+        "not a flag": lambda r: r.__setitem__(0, 5),
+        "malformed": lambda r: r.__setitem__(2, 11_000),  # a note where a duration belongs
+        "goes back": lambda r: r.__setitem__(1 + 3 * late_event, triples[0, 0] - 1 if triples[0, 0] else 0),
+    }
+    for problem, damage in damages.items():
+        bad = row.copy()
+        damage(bad)
+        assert any(problem in p for p in sequences.validate_sequence(bad)), problem
+    assert any("length" in p for p in sequences.validate_sequence(row[:-3]))
+    # a control more than 5 s ahead of the event before it
+    events = np.array([[100, 10_010, 11_060]] * 341)
+    late = np.concatenate([[vocab.ANTICIPATE], ops.flatten(events)])
+    late[4:7] = [vocab.ATIME_OFFSET + 100 + 501, vocab.ADUR_OFFSET, vocab.ANOTE_OFFSET + 60]
+    assert any("ahead" in p for p in sequences.validate_sequence(late))
+
+
+def test_windows_reaching_100_seconds_are_dropped():
+    long_gap = np.array([[0, 10_010, 11_060]] * 100 + [[12_000, 10_010, 11_060]] * 300)
+    packer = sequences.SequencePacker()
+    copy = sequences.Copy(vocab.AUTOREGRESS, np.concatenate([[vocab.SEPARATOR] * 3, ops.flatten(long_gap)]), 0, 0)
+    assert packer.add(copy) == [] and packer.dropped == 1
+
+
+@pytest.mark.parametrize("name, events, reason", [
+    ("few", np.array([[i * 20, 10_010, 11_060] for i in range(99)]), "short"),
+    ("brief", np.array([[i, 10_010, 11_060] for i in range(200)]), "short"),
+    ("long", np.array([[i * 4000, 10_010, 11_060] for i in range(101)]), "long"),
+    ("crowded", np.array([[i * 20, 10_010, 11_000 + 128 * (i % 17)] for i in range(200)]), "too_many_instruments"),
+    ("fine", np.array([[i * 20, 10_010, 11_000 + 128 * (i % 16)] for i in range(200)]), None),
+])
+def test_file_filters(name, events, reason):
+    assert sequences.FileFilter().reason_to_skip(events) == reason
+
+
+def test_interarrival_packing(reference_events):
+    packer, rows = sequences.InterarrivalPacker(), []
+    for path, status, _ in reference_events:
+        if status == "ok":
+            rows += packer.add(midi.midi_to_interarrival(path))
+    assert rows and all(len(r) == vocab.CONTEXT_SIZE and r.max() < vocab.MIDI_VOCAB_SIZE for r in rows)
+    assert rows[0][0] == vocab.MIDI_SEPARATOR
