@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-import reference_ops as ref
 from amt import augment, ops, vocab
+from amt import reference as ref
 
 
 @pytest.fixture(scope="module")

@@ -184,7 +184,7 @@ def test_ray_engine_gives_the_same_rows(corpus, tmp_path):
 def test_killed_job_resumes_to_the_same_rows(midi_dir, tmp_path):
     """kill -9 part-way (a real signal to the process), run the same command again, compare with a clean run."""
     command = [sys.executable, "-m", "amt.cli", "preprocess", str(midi_dir), "--augment", "3", "--files-per-shard",
-               "6", "--text", "--no-progress"]
+               "6", "--flush-rows", "50", "--text", "--no-progress"]
     subprocess.run([*command, "--out", str(tmp_path / "clean")], check=True, capture_output=True)
     total_shards = json.loads((tmp_path / "clean" / "progress.json").read_text())["next_shard"]
 

@@ -32,6 +32,8 @@ def _add_preprocess(subparsers) -> None:
     p.add_argument("--dataset-column", default=defaults.dataset_column, help="dataset column with MIDI bytes or paths")
     p.add_argument("--ray-address", default=None, help="run on a Ray cluster ('auto'), or 'local' for a local Ray")
     p.add_argument("--overwrite", action="store_true", help="rebuild if OUT holds a job with other options")
+    p.add_argument("--flush-rows", type=int, default=defaults.flush_rows,
+                   help="rows buffered between writes and progress commits (a killed job redoes at most these)")
     p.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress bar")
 
 
@@ -42,7 +44,7 @@ def _run_preprocess(args) -> int:
         source=args.source, out=args.out, augment=args.augment, workers=args.workers, seed=args.seed,
         split=args.split, text=args.text, cache=args.cache, encoding=args.encoding,
         files_per_shard=args.files_per_shard, dataset_column=args.dataset_column, ray_address=args.ray_address,
-        overwrite=args.overwrite, progress_bar=args.progress_bar,
+        overwrite=args.overwrite, progress_bar=args.progress_bar, flush_rows=args.flush_rows,
     )
     try:
         stats = run(config)

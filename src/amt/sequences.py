@@ -77,13 +77,25 @@ def file_copies(events: np.ndarray, augment_factor: int, seed: int, file_key: in
         )
 
 
-def relativize_window(window: np.ndarray) -> np.ndarray | None:
-    """Make one 1,023-token window's time relative (reference rule); None if it reaches 100 s."""
-    triples = ops.as_triples(window)
-    shifted = ops.translate(triples, -ops.min_time(triples, seconds=False))
-    if ops.max_time(shifted, seconds=False) >= vocab.MAX_TIME:
-        return None
-    return ops.flatten(shifted)
+def relativize_windows(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make each 1,023-token window's time relative, by the reference's rule; also say which to keep.
+
+    As the reference's `translate(seq, -min_time(seq))`: the earliest arrival time before the window's first
+    SEPARATOR is subtracted from the triples before that SEPARATOR (the next file already starts near 0).
+    A window is kept when its latest arrival time (over all triples) stays under 100 s.
+    """
+    triples = windows.reshape(len(windows), vocab.M, vocab.EVENT_SIZE).copy()
+    note = triples[:, :, 2]
+    separator = note == vocab.SEPARATOR
+    first_separator = np.where(separator.any(axis=1), separator.argmax(axis=1), vocab.M)
+    before = np.arange(vocab.M)[None, :] < first_separator[:, None]
+    time = triples[:, :, 0] - np.where(note >= vocab.CONTROL_OFFSET, vocab.ATIME_OFFSET, vocab.TIME_OFFSET)
+    earliest = np.where(before, time, np.iinfo(np.int64).max).min(axis=1)
+    earliest = np.where(before.any(axis=1), earliest, 0)
+    shift = np.where(before, earliest[:, None], 0)
+    triples[:, :, 0] -= shift
+    latest = np.where(separator, 0, time - shift).max(axis=1)
+    return triples.reshape(len(windows), WINDOW_TOKENS), np.maximum(latest, 0) < vocab.MAX_TIME
 
 
 @dataclass
@@ -103,16 +115,18 @@ class SequencePacker:
             self.flag = copy.flag
         stream = np.concatenate([self.buffer, copy.tokens])
         complete = len(stream) // WINDOW_TOKENS
-        out = []
-        for i in range(complete):
-            window = relativize_window(stream[i * WINDOW_TOKENS : (i + 1) * WINDOW_TOKENS])
-            if window is None:
-                self.dropped += 1
-                continue
-            out.append(np.concatenate([[self.flag], window]))
-            self.flag = copy.flag
         self.buffer = stream[complete * WINDOW_TOKENS :]
-        return out
+        if complete == 0:
+            return []
+        windows, keep = relativize_windows(stream[: complete * WINDOW_TOKENS].reshape(complete, WINDOW_TOKENS))
+        windows = windows[keep]
+        self.dropped += int(complete - keep.sum())
+        if len(windows) == 0:
+            return []
+        flags = np.full((len(windows), 1), copy.flag, dtype=np.int64)
+        flags[0] = self.flag  # the first keeps the flag in force; every written window sets it to this copy's
+        self.flag = copy.flag
+        return list(np.concatenate([flags, windows], axis=1))
 
     @property
     def leftover_tokens(self) -> int:
