@@ -58,12 +58,40 @@ def _run_preprocess(args) -> int:
     return 0
 
 
+def _run_train(args, rest: list[str]) -> int:
+    """`amt train --config_path RECIPE [--any.levanter.key VALUE ...]`: draccus parses the recipe and overrides."""
+    import draccus
+
+    from amt.train import TrainConfig, train
+
+    config = draccus.parse(TrainConfig, config_path=args.config_path, args=rest)
+    train(config)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="amt", description="Anticipatory Music Transformer on Levanter")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_preprocess(subparsers)
-    args = parser.parse_args(argv)
+    p = subparsers.add_parser("train", help="train a recipe with Levanter (any config key can be overridden)",
+                              description="Run Levanter's train_lm on a recipe, e.g. recipes/amt-small.yaml. Other "
+                              "flags override recipe keys: --trainer.num_train_steps 10 --data.cache_dir DIR. "
+                              "--dry_run true prints the parameter count and batch arithmetic.")
+    p.add_argument("--config_path", required=True, help="a YAML recipe (recipes/*.yaml)")
+    p = subparsers.add_parser("export", help="write a Levanter checkpoint as a Hugging Face GPT-2 folder")
+    p.add_argument("--checkpoint", required=True, help="a step-N folder or a run's checkpoint folder (latest step)")
+    p.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "export":
+        from amt.checkpoints import export_hf
+
+        print(f"wrote {export_hf(args.checkpoint, args.out)}")
+        return 0
+    if args.command == "train":
+        return _run_train(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "preprocess":
         return _run_preprocess(args)
     parser.error(f"unknown command {args.command}")

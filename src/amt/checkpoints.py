@@ -1,0 +1,113 @@
+"""Models in and out: Levanter checkpoints and Hugging Face GPT-2 folders, both ways, offline.
+
+`amt train` writes the run's model config beside its checkpoints (`<base_path>/amt-model.yaml`), so a
+checkpoint path alone is enough to load a model (`load_model`), to export it (`export_hf`), to sample from it
+or to evaluate it. Hugging Face folders (ours, or the released `stanford-crfm/music-*` GPT-2s with vocabulary
+55,028) load through Levanter's converter; transformers must load them with `attn_implementation="eager"`,
+since its SDPA path ignores `scale_attn_by_inverse_layer_idx`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import logging
+import os
+from pathlib import Path
+
+import draccus
+import fsspec
+import yaml
+
+from amt import vocab
+from amt.train import MusicGpt2Config, TrainConfig
+
+logger = logging.getLogger("amt.checkpoints")
+MODEL_CONFIG_FILE = "amt-model.yaml"
+
+
+def save_model_config(config: TrainConfig) -> str:
+    """Write the run's model config beside its checkpoints; returns its path."""
+    base = config.trainer.checkpointer.base_path
+    if config.trainer.checkpointer.append_run_id_to_base_path and config.trainer.id:
+        base = os.path.join(base, config.trainer.id)
+    path = os.path.join(base, MODEL_CONFIG_FILE)
+    fs, plain = fsspec.core.url_to_fs(path)
+    fs.makedirs(os.path.dirname(plain), exist_ok=True)
+    fields = {f.name: getattr(config.model, f.name) for f in dataclasses.fields(config.model)}
+    fields = {k: v.value if isinstance(v, enum.Enum) else v for k, v in fields.items()}
+    with fsspec.open(path, "w") as file:
+        yaml.safe_dump(fields, file, sort_keys=True)
+    return path
+
+
+def is_hf_folder(path: str | os.PathLike) -> bool:
+    return os.path.exists(os.path.join(path, "config.json"))
+
+
+def model_config_for(checkpoint: str | os.PathLike) -> MusicGpt2Config:
+    """The model config saved by `amt train` for a checkpoint (in its folder or the one above)."""
+    checkpoint = os.fspath(checkpoint).rstrip("/")
+    for folder in (checkpoint, os.path.dirname(checkpoint)):
+        path = os.path.join(folder, MODEL_CONFIG_FILE)
+        if os.path.exists(path):
+            return draccus.parse(MusicGpt2Config, config_path=path, args=[])
+    raise FileNotFoundError(
+        f"{checkpoint}: no {MODEL_CONFIG_FILE} beside this checkpoint (written by `amt train`); "
+        "pass the model config explicitly"
+    )
+
+
+@contextlib.contextmanager
+def single_device_mesh(device=None):
+    """A one-device mesh (Levanter's loaders and converters need one), on `device` (default: the first)."""
+    import haliax
+    import jax
+    from haliax.partitioning import ResourceAxis
+
+    device = device or jax.devices()[0]
+    mesh = jax.make_mesh((1, 1, 1), (ResourceAxis.REPLICA, ResourceAxis.DATA, ResourceAxis.MODEL), devices=[device])
+    with haliax.partitioning.set_mesh(mesh):
+        yield mesh
+
+
+def load_model(checkpoint: str | os.PathLike, model_config: MusicGpt2Config | None = None):
+    """(model, model config) from a Levanter checkpoint (a `step-N` folder, or a run folder: its latest)
+    or a Hugging Face GPT-2 folder. Parameters in float32, on one device."""
+    with single_device_mesh():
+        return _load_model(checkpoint, model_config)
+
+
+def _load_model(checkpoint, model_config):
+    import equinox as eqx
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+    from levanter.checkpoint import load_checkpoint
+    from levanter.utils.jax_utils import is_inexact_arrayish
+
+    checkpoint = os.fspath(checkpoint)
+    if not os.path.exists(checkpoint) and "://" not in checkpoint:
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if is_hf_folder(checkpoint):
+        converter = MusicGpt2Config().hf_checkpoint_converter().replaced(reference_checkpoint=checkpoint)
+        config = model_config or converter.config_from_hf_checkpoint(checkpoint)
+        model = converter.load_pretrained(config.model_type, ref=checkpoint, config=config, dtype=jnp.float32)
+        return model, config
+    config = model_config or model_config_for(checkpoint)
+    Vocab = hax.Axis("vocab", vocab.VOCAB_SIZE)
+    shapes = eqx.filter_eval_shape(config.build, Vocab, key=jax.random.PRNGKey(0))
+    trainable, static = eqx.partition(shapes, is_inexact_arrayish)
+    trainable = load_checkpoint(trainable, checkpoint, subpath="model", discover_latest=True)
+    return eqx.combine(trainable, static), config
+
+
+def export_hf(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write a checkpoint as a Hugging Face GPT-2 folder (config.json with vocabulary 55,028 and our
+    special ids, and safetensors weights)."""
+    model, config = load_model(checkpoint)
+    with single_device_mesh():
+        config.hf_checkpoint_converter().save_pretrained(model, os.fspath(out), save_tokenizer=False)
+    logger.info("wrote %s", out)
+    return Path(out)

@@ -1,0 +1,182 @@
+"""Training through `amt train`: recipes, offline Levanter runs on real caches, resume, HF interop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import draccus
+import numpy as np
+import pytest
+
+from amt import preprocess, vocab
+from amt.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "JAX_PLATFORMS": "cpu"}
+TINY = ["--model.hidden_dim", "32", "--model.num_heads", "2", "--model.seq_len", "256",
+        "--trainer.train_batch_size", "2", "--trainer.num_train_steps", "9", "--optimizer.warmup", "2",
+        "--trainer.steps_per_eval", "4", "--trainer.max_eval_batches", "1",
+        "--trainer.checkpointer.keep", "[{every: 4}]", "--trainer.id", "test"]
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory) -> Path:
+    """Caches of the bundled demo corpus (real MIDI), augmented twice."""
+    out = tmp_path_factory.mktemp("demo-data")
+    preprocess.run(preprocess.PreprocessConfig(source=str(REPO / "demo" / "midi"), out=str(out), augment=2,
+                                               progress_bar=False))
+    return out
+
+
+def _train_command(cache: Path, run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "amt.cli", "train", "--config_path", str(RECIPES / "amt-tiny.yaml"),
+            "--data.cache_dir", str(cache), "--trainer.checkpointer.base_path", str(run / "checkpoints"),
+            "--trainer.log_dir", str(run / "logs"), *TINY, *extra]
+
+
+def _metrics(run: Path, name: str) -> dict[int, float]:
+    """step -> value of a metric, from the JSON lines Levanter's json_logger writes to the run's log."""
+    values = {}
+    for log in (run / "logs").glob("*.log"):
+        for line in log.read_text().splitlines():
+            if '"event": "log"' in line and f'"{name}"' in line:
+                record = json.loads(line[line.index("{"):])
+                values[record["step"]] = record["metrics"][name]
+    return values
+
+
+@pytest.fixture(scope="module")
+def tiny_run(demo_cache, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("tiny-run")
+    subprocess.run(_train_command(demo_cache, run), check=True, env=ENV, capture_output=True, cwd=run)
+    return run
+
+
+@pytest.mark.parametrize("name, layers, width, heads, lr, parameters", [
+    ("small", 12, 768, 12, 6e-4, 128e6), ("medium", 24, 1024, 16, 3e-4, 360e6), ("large", 36, 1280, 20, 2e-4, 780e6),
+])
+def test_recipes_hold_the_papers_table_6(name, layers, width, heads, lr, parameters):
+    from amt.train import parameter_count
+
+    config = draccus.parse(TrainConfig, config_path=str(RECIPES / f"amt-{name}.yaml"), args=[])
+    m, t, o = config.model, config.trainer, config.optimizer
+    assert (m.num_layers, m.hidden_dim, m.num_heads, m.seq_len) == (layers, width, heads, 1024)
+    assert (m.embed_pdrop, m.resid_pdrop, m.attn_pdrop) == (0.1, 0.1, 0.0)
+    assert m.scale_attn_by_inverse_layer_idx and m.gradient_checkpointing
+    assert type(o).__name__ == "AdamConfig" and (o.beta1, o.beta2, o.epsilon) == (0.9, 0.999, 1e-8)
+    assert (o.learning_rate, o.weight_decay, o.warmup, o.lr_schedule, o.min_lr_ratio, o.max_grad_norm) == (
+        lr, 0.1, 1000, "cosine", 0.0, 1.0)
+    assert (t.train_batch_size, t.num_train_steps) == (512, 100_000)
+    assert str(t.mp.param_dtype.dtype) == "float32" and str(t.mp.compute_dtype.dtype) == "bfloat16"
+    assert (t.batch_axis, t.fsdp_axis, t.model_axis_size) == ("batch", "embed", 1)
+    assert t.checkpointer.save_interval.total_seconds() == 30 * 60
+    assert type(t.tracker).__name__ == "WandbConfig"
+    assert config.data.shuffle is True and config.data.vocab_size == vocab.VOCAB_SIZE
+    # a v3-32 slice: 32 devices x per-device batch x gradient accumulation = 512
+    assert 512 % (32 * t.per_device_parallelism) == 0
+    assert parameter_count(m) == pytest.approx(parameters, rel=0.005)
+
+
+def test_dry_run_prints_the_parameter_count():
+    out = subprocess.run([sys.executable, "-m", "amt.cli", "train", "--config_path", str(RECIPES / "amt-small.yaml"),
+                          "--dry_run", "true"], env=ENV, capture_output=True, text=True, check=True).stdout
+    assert "128.1M parameters" in out and "524,288 tokens a step" in out
+
+
+@pytest.mark.slow
+def test_tiny_training_on_real_caches_lowers_the_loss_and_checkpoints(tiny_run):
+    losses = _metrics(tiny_run, "train/loss")
+    assert sorted(losses) == list(range(9))
+    assert losses[0] == pytest.approx(np.log(vocab.VOCAB_SIZE), abs=0.2)  # a fresh model is uniform
+    assert np.mean([losses[7], losses[8]]) < losses[0] - 0.05
+    assert _metrics(tiny_run, "eval/loss")  # validation loss is logged
+    for step in (4, 8):
+        assert (tiny_run / "checkpoints" / f"step-{step}" / "metadata.json").exists()
+    assert (tiny_run / "checkpoints" / "amt-model.yaml").exists()
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_on_the_same_trajectory(demo_cache, tiny_run, tmp_path):
+    run = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(demo_cache, run), env=ENV, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "step-4" / "metadata.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run / "checkpoints" / "step-8").exists(), "the run was not killed part-way"
+    subprocess.run(_train_command(demo_cache, run), check=True, env=ENV, capture_output=True, cwd=tmp_path)
+    resumed, uninterrupted = _metrics(run, "train/loss"), _metrics(tiny_run, "train/loss")
+    for step in range(5, 9):
+        assert resumed[step] == pytest.approx(uninterrupted[step], abs=1e-5), step
+
+
+def _levanter_logits(model, tokens):
+    import haliax as hax
+    import jax.numpy as jnp
+    from levanter.layers.attention import AttentionMask
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt.checkpoints import single_device_mesh
+
+    with single_device_mesh():
+        ids = hax.named(jnp.asarray(tokens, dtype=jnp.int32), "position")
+        return np.asarray(inference_mode(model, True)(ids, attn_mask=AttentionMask.causal(), key=None).array)
+
+
+@pytest.mark.slow
+def test_export_to_hugging_face_and_back(tiny_run, demo_cache, tmp_path):
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from amt.checkpoints import load_model
+
+    hf = tmp_path / "hf"
+    subprocess.run([sys.executable, "-m", "amt.cli", "export", "--checkpoint", str(tiny_run / "checkpoints"),
+                    "--out", str(hf)], check=True, env=ENV, capture_output=True)
+    config = json.loads((hf / "config.json").read_text())
+    assert config["vocab_size"] == vocab.VOCAB_SIZE and config["scale_attn_by_inverse_layer_idx"]
+    assert (config["bos_token_id"], config["eos_token_id"]) == (vocab.AUTOREGRESS, vocab.SEPARATOR)
+
+    tokens = _first_row(demo_cache)[:256]
+    model, _ = load_model(tiny_run / "checkpoints")  # the run folder: its latest step
+    ours = _levanter_logits(model, tokens)
+    torch_model = GPT2LMHeadModel.from_pretrained(hf, attn_implementation="eager").eval()
+    with torch.no_grad():
+        theirs = torch_model(torch.tensor(tokens[None], dtype=torch.long)).logits[0].numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    back, back_config = load_model(hf)
+    assert back_config.num_layers == 2 and back_config.scale_attn_by_inverse_layer_idx
+    np.testing.assert_allclose(_levanter_logits(back, tokens), ours, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_a_hugging_face_folder(tiny_run, demo_cache, tmp_path):
+    from amt.checkpoints import load_model
+
+    hf = tmp_path / "hf"
+    from amt.checkpoints import export_hf
+
+    export_hf(tiny_run / "checkpoints", hf)
+    run = tmp_path / "finetune"
+    subprocess.run(_train_command(demo_cache, run, "--initialize_from_hf", str(hf), "--optimizer.learning_rate", "0",
+                                  "--trainer.num_train_steps", "5", "--optimizer.warmup", "0.0"),
+                   check=True, env=ENV, capture_output=True, cwd=tmp_path)
+    tokens = _first_row(demo_cache)[:256]
+    started, _ = load_model(run / "checkpoints" / "step-4")
+    original, _ = load_model(tiny_run / "checkpoints")
+    # with a zero learning rate the fine-tuned weights are the Hugging Face weights
+    np.testing.assert_allclose(_levanter_logits(started, tokens), _levanter_logits(original, tokens), atol=1e-4)
+
+
+def _first_row(cache: Path) -> np.ndarray:
+    from levanter.store.cache import TreeCache
+
+    rows = TreeCache.load(str(cache / "validation"), preprocess.CACHE_EXEMPLAR)
+    return np.asarray(rows.get_batch_sync([0])[0]["input_ids"])
