@@ -180,3 +180,20 @@ def _first_row(cache: Path) -> np.ndarray:
 
     rows = TreeCache.load(str(cache / "validation"), preprocess.CACHE_EXEMPLAR)
     return np.asarray(rows.get_batch_sync([0])[0]["input_ids"])
+
+
+@pytest.mark.slow
+def test_a_training_step_on_a_simulated_8_device_mesh_shards_by_named_axes(demo_cache):
+    """data 4 x model 2: FSDP puts `embed` on the data axis, tensor parallelism `mlp` and `heads` on the model axis."""
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "mesh_step.py"), str(demo_cache)],
+                         env=ENV, capture_output=True, text=True, check=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["mesh"] == {"replica": 1, "data": 4, "model": 2}
+    assert report["loss"] == pytest.approx(np.log(vocab.VOCAB_SIZE), abs=0.2)
+    shardings = report["shardings"]
+    assert len(shardings) >= 15
+    for name, axes in shardings.items():
+        for axis, mesh_axis in axes.items():
+            expected = {"embed": "data", "mlp": "model", "heads": "model"}.get(axis)
+            assert mesh_axis == expected, (name, axis, mesh_axis)
+    assert shardings[".transformer.blocks.stacked.mlp.c_fc.weight"] == {"layers": None, "embed": "data", "mlp": "model"}
