@@ -82,7 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     p = subparsers.add_parser("export", help="write a Levanter checkpoint as a Hugging Face GPT-2 folder")
     p.add_argument("--checkpoint", required=True, help="a step-N folder or a run's checkpoint folder (latest step)")
     p.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
+    p = subparsers.add_parser("sweep", help="expand a sweep file into runs: print, write, run, or a wandb sweep")
+    p.add_argument("sweep_file", help="a sweep YAML (see recipes/sweeps/)")
+    p.add_argument("--write", metavar="DIR", help="write each run's full config to DIR/<run id>.yaml")
+    p.add_argument("--run", action="store_true", help="train the runs one after another")
+    p.add_argument("--wandb", metavar="FILE", help="write the equivalent wandb sweep config")
+    p = subparsers.add_parser("tpu", help="launch a recipe on a Cloud TPU VM slice (gcloud), resuming after preemption",
+                              description="Other flags are passed to `amt train` on every host.")
+    from amt import tpu
+
+    tpu.add_arguments(p)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "tpu":
+        return tpu.main(args, rest)
+    if args.command == "sweep" and not rest:
+        from amt import sweep
+
+        return sweep.main(args.sweep_file, write=args.write, run=args.run, wandb=args.wandb)
     if args.command == "export":
         from amt.checkpoints import export_hf
 
