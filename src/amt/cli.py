@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+import numpy as np
+
 
 def _add_preprocess(subparsers) -> None:
     from amt.preprocess import PreprocessConfig
@@ -69,6 +71,47 @@ def _run_train(args, rest: list[str]) -> int:
     return 0
 
 
+def _run_generate(args) -> int:
+    from pathlib import Path
+
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt import midi, ops, sampling
+    from amt.checkpoints import load_model
+    from amt.pianoroll import save_pianoroll
+
+    model, _ = load_model(args.checkpoint)
+    sampler = sampling.Sampler(inference_mode(model, True))
+    options = sampling.SamplingOptions(top_p=args.top_p, temperature=args.temperature, seed=args.seed,
+                                       num_samples=args.num_samples)
+    events = ops.as_triples(midi.midi_to_events(args.prompt)) if args.prompt else None
+    given = None
+    if events is None:
+        if args.accompany or args.infill:
+            print("amt generate: error: --accompany and --infill need --prompt", file=sys.stderr)
+            return 2
+        outputs = sampler.generate(0, args.end, options=options, anticipatory=not args.autoregressive)
+    elif args.infill:
+        outputs = sampling.infill(sampler, events, *args.infill, options=options)
+    elif args.accompany:
+        instruments = [int(x) for x in args.accompany.split(",")]
+        outputs = sampling.accompany(sampler, events, instruments, args.start, args.end, options,
+                                     anticipatory=not args.autoregressive)
+        given = ops.clip(ops.as_triples(events)[np.isin((events[:, 2] - 11_000) // 128, instruments)], 0, args.end,
+                         clip_duration=False)
+    else:
+        outputs = sampling.continuation(sampler, events, args.start, args.end, options,
+                                        anticipatory=not args.autoregressive)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, sample in enumerate(outputs):
+        path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+        midi.events_to_midi(sample, path)
+        save_pianoroll(sample, path.with_suffix(".png"), given=given, title=path.name)
+        print(f"wrote {path} ({len(sample)} notes, {ops.max_time(sample):.1f} s) and {path.with_suffix('.png')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="amt", description="Anticipatory Music Transformer on Levanter")
@@ -87,12 +130,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", metavar="DIR", help="write each run's full config to DIR/<run id>.yaml")
     p.add_argument("--run", action="store_true", help="train the runs one after another")
     p.add_argument("--wandb", metavar="FILE", help="write the equivalent wandb sweep config")
+    p = subparsers.add_parser("generate", help="sample MIDI from a model: unconditional, continuation, infilling, "
+                              "accompaniment", description="Writes OUT (and OUT-2.mid, ... for more samples) with a "
+                              "piano-roll PNG beside each.")
+    p.add_argument("--checkpoint", required=True, help="a Levanter checkpoint (step-N or run folder) or an HF folder")
+    p.add_argument("--prompt", help="a MIDI file: the prompt (and the controls for --accompany / --infill)")
+    p.add_argument("--start", type=float, default=0.0, help="seconds of the prompt kept before generating")
+    p.add_argument("--end", type=float, default=20.0, help="generate up to this time (seconds)")
+    p.add_argument("--accompany", help="instruments of the prompt to keep as controls, e.g. 0 or 0,40 (128 = drums)")
+    p.add_argument("--infill", nargs=2, type=float, metavar=("T0", "T1"), help="regenerate the span [T0, T1)")
+    p.add_argument("--autoregressive", action="store_true", help="Algorithm 2 (no anticipation)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--top-p", type=float, default=0.98)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", default="generated.mid")
     p = subparsers.add_parser("tpu", help="launch a recipe on a Cloud TPU VM slice (gcloud), resuming after preemption",
                               description="Other flags are passed to `amt train` on every host.")
     from amt import tpu
 
     tpu.add_arguments(p)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "generate":
+        return _run_generate(args)
     if args.command == "tpu":
         return tpu.main(args, rest)
     if args.command == "sweep" and not rest:

@@ -152,17 +152,17 @@ class InterarrivalPacker:
         return len(self.buffer)
 
 
-def validate_sequence(sequence, delta: int = vocab.DELTA_BINS) -> list[str]:
-    """Problems with one arrival-time training sequence (empty list = valid).
+def validate_sequence(sequence, delta: int = vocab.DELTA_BINS, length: int | None = vocab.CONTEXT_SIZE) -> list[str]:
+    """Problems with one arrival-time sequence (empty list = valid).
 
-    Checks the grammar: 1,024 ids in the vocabulary; a flag first; then triples typed by position (event:
+    Checks the grammar: `length` ids (1,024 for training; None: any) in the vocabulary; a flag first; then triples typed by position (event:
     onset, duration, note or REST; control: the same in the control block; or SEPARATOR x 3); event times
     non-decreasing between separators; each control at most `delta` ahead of the event before it.
     """
     seq = np.asarray(sequence, dtype=np.int64).ravel()
     problems = []
-    if len(seq) != vocab.CONTEXT_SIZE:
-        problems.append(f"length {len(seq)} != {vocab.CONTEXT_SIZE}")
+    if length is not None and len(seq) != length:
+        problems.append(f"length {len(seq)} != {length}")
     if len(seq) == 0 or (seq.min() < 0 or seq.max() >= vocab.VOCAB_SIZE):
         return problems + ["token outside the vocabulary"]
     if seq[0] not in (vocab.AUTOREGRESS, vocab.ANTICIPATE):
