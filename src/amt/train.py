@@ -1,7 +1,7 @@
 """Training with Levanter's `train_lm` on the caches `amt preprocess` writes, with no network at any point.
 
 The recipes in `recipes/` are Levanter's own `TrainLmConfig`, extended only where the passthrough-token path
-breaks offline. Each workaround lives here, named for what it fixes:
+breaks offline. Each workaround lives here, named for what it fixes (three for the passthrough path offline, one for the end of runs):
 
 1. `MusicDataConfig.build_or_load_cache`: Levanter opens a cache through a text `BatchTokenizer`, which asks
    the tokenizer to encode "hi there" (the passthrough tokenizer cannot). Our caches hold token ids already,
@@ -12,6 +12,7 @@ breaks offline. Each workaround lives here, named for what it fixes:
 3. `MusicGpt2Config.hf_checkpoint_converter`: Levanter's GPT-2 converter loads the `gpt2` config and
    tokenizer from the Hugging Face hub; ours takes its reference config from `amt/hf_reference/config.json`
    (a GPT-2 config with our vocabulary and special ids, shipped with the package) and our tokenizer.
+4. `saving_the_last_step`: the checkpoint Levanter means to force after the last step is never written.
 """
 
 from __future__ import annotations
@@ -133,6 +134,38 @@ def evaluation_without_bytes():
         levanter.eval.cb_tagged_lm_evaluate = original
 
 
+@contextlib.contextmanager
+def saving_the_last_step():
+    """Workaround 4: Levanter forces a checkpoint after the last step, but the checkpointer's hook drops the
+    `force` flag, and train_lm returns without waiting for asynchronous saves; so a run's last steps were never
+    saved unless they fell on a checkpoint interval. Keep the checkpointers train_lm creates, save the final
+    step with them, and wait for the writes before returning."""
+    from levanter.checkpoint import CheckpointerConfig
+    from levanter.trainer import Trainer
+
+    original_create, original_train = CheckpointerConfig.create, Trainer.train
+    created = []
+
+    def create_and_keep(self, *args, **kwargs):
+        checkpointer = original_create(self, *args, **kwargs)
+        created.append(checkpointer)
+        return checkpointer
+
+    def train_and_save_the_last_step(self, state, train_loader):
+        info = original_train(self, state, train_loader)
+        for checkpointer in created:
+            if checkpointer._last_save_step != info.step:
+                checkpointer.on_step(info, force=True)
+            checkpointer.wait_until_finished()
+        return info
+
+    CheckpointerConfig.create, Trainer.train = create_and_keep, train_and_save_the_last_step
+    try:
+        yield
+    finally:
+        CheckpointerConfig.create, Trainer.train = original_create, original_train
+
+
 def parameter_count(model_config: MusicGpt2Config) -> int:
     """Parameters of the model (the paper: Small 128M, Medium 360M, Large 780M), without building it."""
     import equinox as eqx
@@ -173,5 +206,5 @@ def train(config: TrainConfig) -> None:
     from amt.checkpoints import save_model_config
 
     save_model_config(config)  # so that a checkpoint path alone can be loaded, sampled, evaluated, exported
-    with evaluation_without_bytes():
+    with evaluation_without_bytes(), saving_the_last_step():
         train_lm.main(config)
