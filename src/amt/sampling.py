@@ -40,19 +40,22 @@ MAX_SAMPLED_INSTRUMENTS = 15  # the 16th MIDI channel stays free for drums (the 
 def constrained_sample(logits, key, *, phase: int, min_onset, instrument_allowed, rest_allowed, top_p: float,
                        temperature):
     """One token per row of (batch, vocab) logits for the slot `phase` (0 onset, 1 duration, 2 note)."""
-    v = jnp.arange(logits.shape[-1])
+    # only the slot's block of the vocabulary can be sampled: work on that slice (a smaller sort for top-p)
+    low, high = ((vocab.TIME_OFFSET, vocab.TIME_OFFSET + vocab.MAX_TIME), (vocab.DUR_OFFSET, vocab.DUR_OFFSET + vocab.MAX_DUR),
+                 (vocab.NOTE_OFFSET, vocab.REST + 1))[phase]
+    logits = logits[:, low:high]
+    v = jnp.arange(low, high)
     if phase == 0:
-        allowed = (v >= vocab.TIME_OFFSET + min_onset[:, None]) & (v < vocab.TIME_OFFSET + vocab.MAX_TIME)
+        allowed = v[None] >= vocab.TIME_OFFSET + min_onset[:, None]
     elif phase == 1:
-        allowed = jnp.broadcast_to((v >= vocab.DUR_OFFSET) & (v < vocab.DUR_OFFSET + vocab.MAX_DUR), logits.shape)
+        allowed = jnp.ones(logits.shape, bool)
     else:
         note = v - vocab.NOTE_OFFSET
-        is_note = (note >= 0) & (note < vocab.MAX_NOTE)
         instrument = jnp.clip(note // vocab.MAX_PITCH, 0, vocab.MAX_INSTR - 1)
-        allowed = (is_note[None] & instrument_allowed[:, instrument]) | ((v == vocab.REST)[None] & rest_allowed[:, None])
+        allowed = ((v < vocab.REST)[None] & instrument_allowed[:, instrument]) | ((v == vocab.REST)[None] & rest_allowed[:, None])
     logits = jnp.where(allowed, logits / temperature, -jnp.inf)
     if top_p >= 1.0:
-        return jax.random.categorical(key, logits, axis=-1)
+        return low + jax.random.categorical(key, logits, axis=-1)
     # nucleus: keep the most probable tokens whose cumulative probability reaches top_p (at least one)
     order = jnp.argsort(-logits, axis=-1)
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
@@ -60,7 +63,7 @@ def constrained_sample(logits, key, *, phase: int, min_onset, instrument_allowed
     remove_sorted = jnp.concatenate([jnp.zeros_like(cumulative[:, :1], bool), cumulative[:, :-1] > top_p], axis=-1)
     remove = jnp.zeros_like(remove_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(remove_sorted)
     logits = jnp.where(remove, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1)
+    return low + jax.random.categorical(key, logits, axis=-1)
 
 
 @dataclass
@@ -84,7 +87,7 @@ class SamplingOptions:
     temperature: float = 1.0
     seed: int = 0
     num_samples: int = 1
-    window_chunk: int = 64  # events dropped from the window at a time once the context is full
+    window_chunk: int = 128  # events dropped from the window at a time once the context is full
     max_events: int = 20_000  # per sample: a model that never reaches the end time still stops
     delta: int = vocab.DELTA_BINS
 
