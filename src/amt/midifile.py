@@ -68,6 +68,20 @@ def _varint(data, pos):
 
 
 @numba.njit(cache=True)
+def _payload_length(data, pos):
+    """(length, new position, status) of a meta or sysex payload: mido's read_variable_int, then its checks
+    that the length is at most 1,000,000 bytes and that the bytes are there."""
+    length, pos, status = _varint(data, pos)
+    if status != 0:
+        return 0, pos, status
+    if length > MAX_MESSAGE_LENGTH:
+        return 0, pos, TOO_LONG
+    if len(data) - pos < length:
+        return 0, pos, EOF
+    return length, pos, 0
+
+
+@numba.njit(cache=True)
 def _read(data, bad_denominator_exponent):
     n = len(data)
     capacity = n // 2 + 2  # every message takes at least two bytes
@@ -134,13 +148,9 @@ def _read(data, bad_denominator_exponent):
                     return EOF, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
                 meta_type = data[pos]
                 pos += 1
-                length, pos, st = _varint(data, pos)
+                length, pos, st = _payload_length(data, pos)
                 if st != 0:
                     return st, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
-                if length > MAX_MESSAGE_LENGTH:
-                    return TOO_LONG, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
-                if n - pos < length:
-                    return EOF, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
                 bad = False
                 if meta_type == 0x00:  # sequence number: 0 or >= 2 bytes
                     bad = length == 1
@@ -169,13 +179,9 @@ def _read(data, bad_denominator_exponent):
                     return BAD_META, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
                 pos += length
             elif status == 0xF0 or status == 0xF7:  # sysex (a running-status data byte is dropped, as in mido)
-                length, pos, st = _varint(data, pos)
+                length, pos, st = _payload_length(data, pos)
                 if st != 0:
                     return st, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
-                if length > MAX_MESSAGE_LENGTH:
-                    return TOO_LONG, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
-                if n - pos < length:
-                    return EOF, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
                 first = pos
                 last = pos + length
                 if last > first and data[first] == 0xF0:
