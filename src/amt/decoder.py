@@ -133,7 +133,6 @@ def _forward(weights: DecoderWeights, cache: KVCache, tokens: jax.Array, start: 
     over layers, or one stacked array, copied the whole cache at every token (several times slower)."""
     layers, heads, head, context = weights.shape
     batch, T = tokens.shape
-    embed = weights.wte.shape[1]
     positions = start + jnp.arange(T)
     x = weights.wte[tokens] + weights.wpe[positions][None]
     visible = jnp.arange(context)[None, :] <= positions[:, None]  # (T, context): causal, and only what is written

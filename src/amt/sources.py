@@ -8,7 +8,6 @@ their bytes (a .tar.gz is streamed, never unpacked to disk).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tarfile
 from dataclasses import dataclass
