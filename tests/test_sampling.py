@@ -140,10 +140,17 @@ def test_generate_command_writes_midi_and_pianoroll(tmp_path, tiny_model):
         tiny_model.config.hf_checkpoint_converter().save_pretrained(tiny_model, str(tmp_path / "hf"), save_tokenizer=False)
     out = tmp_path / "out" / "acc.mid"
     subprocess.run([sys.executable, "-m", "amt.cli", "generate", "--checkpoint", str(tmp_path / "hf"), "--prompt",
-                    str(DEMO / "miditok_multitrack" / "Funkytown.mid"), "--accompany", "33", "--start", "2",
+                    str(DEMO / "miditok_multitrack" / "Funkytown.mid"), "--accompany", "87", "--start", "2",
                     "--end", "8", "--num-samples", "2", "-o", str(out)], check=True, capture_output=True,
                    env={"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    lead = {tuple(r) for r in ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid")).tolist()
+            if (r[2] - vocab.NOTE_OFFSET) // vocab.MAX_PITCH == 87 and r[0] < 800}
     for path in (out, out.with_name("acc-2.mid")):
         assert mido.MidiFile(path).length > 0
         assert path.with_suffix(".png").stat().st_size > 10_000
-        assert len(midi.midi_to_events(path)) > 0
+        assert lead <= {tuple(r) for r in ops.as_triples(midi.midi_to_events(path)).tolist()}  # the given part
+    absent = subprocess.run([sys.executable, "-m", "amt.cli", "generate", "--checkpoint", str(tmp_path / "hf"),
+                             "--prompt", str(DEMO / "miditok_multitrack" / "Funkytown.mid"), "--accompany", "33",
+                             "-o", str(out)], capture_output=True, text=True,
+                            env={"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    assert absent.returncode == 2 and "instrument(s) [33] do not play" in absent.stderr

@@ -95,6 +95,12 @@ def _run_generate(args) -> int:
         outputs = sampling.infill(sampler, events, *args.infill, options=options)
     elif args.accompany:
         instruments = [int(x) for x in args.accompany.split(",")]
+        present = ops.instruments(ops.clip(events, 0, args.end, clip_duration=False))
+        missing = [i for i in instruments if i not in present]
+        if missing:
+            print(f"amt generate: error: --accompany: instrument(s) {missing} do not play in the first {args.end:g} s of "
+                  f"{args.prompt} (it has {sorted(present)}; 0-127 General MIDI programs, 128 drums)", file=sys.stderr)
+            return 2
         outputs = sampling.accompany(sampler, events, instruments, args.start, args.end, options,
                                      anticipatory=not args.autoregressive)
         given = ops.clip(ops.as_triples(events)[np.isin((events[:, 2] - 11_000) // 128, instruments)], 0, args.end,
