@@ -7,8 +7,6 @@ import json
 import logging
 import sys
 
-import numpy as np
-
 
 def _add_preprocess(subparsers) -> None:
     from amt.preprocess import PreprocessConfig
@@ -76,7 +74,7 @@ def _run_generate(args) -> int:
 
     from levanter.utils.tree_utils import inference_mode
 
-    from amt import midi, ops, sampling
+    from amt import augment, midi, ops, sampling, vocab
     from amt.checkpoints import load_model
     from amt.pianoroll import save_pianoroll
 
@@ -103,8 +101,8 @@ def _run_generate(args) -> int:
             return 2
         outputs = sampling.accompany(sampler, events, instruments, args.start, args.end, options,
                                      anticipatory=not args.autoregressive)
-        given = ops.clip(ops.as_triples(events)[np.isin((events[:, 2] - 11_000) // 128, instruments)], 0, args.end,
-                         clip_duration=False)
+        given = ops.clip(augment.extract_instruments(events, instruments)[1], 0, args.end, clip_duration=False)
+        given = given - vocab.CONTROL_OFFSET  # outlined in the piano roll
     else:
         outputs = sampling.continuation(sampler, events, args.start, args.end, options,
                                         anticipatory=not args.autoregressive)

@@ -29,10 +29,9 @@ from typing import Optional
 import numpy as np
 
 from amt import vocab
+from amt.preprocess import CACHE_EXEMPLAR  # the caches' row layout, defined with the job that writes them
 
 logger = logging.getLogger("amt.train")
-
-CACHE_EXEMPLAR = {"input_ids": np.zeros((0,), dtype=np.int32)}
 
 # Levanter's config classes are imported at module level: recipes are these classes written down.
 from levanter.compat.hf_checkpoints import HFCheckpointConverter  # noqa: E402
