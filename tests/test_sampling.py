@@ -10,7 +10,7 @@ import mido
 import numpy as np
 import pytest
 
-from amt import augment, decoder, midi, ops, sampling, sequences, vocab
+from amt import augment, checkpoints, decoder, midi, ops, sampling, sequences, vocab
 from amt.train import MusicGpt2Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,21 +36,10 @@ def sampler(tiny_model):
     return sampling.Sampler(tiny_model)
 
 
-def _levanter_logits(model, tokens):
-    import haliax as hax
-    from levanter.layers.attention import AttentionMask
-
-    from amt.checkpoints import single_device_mesh
-
-    with single_device_mesh():
-        ids = hax.named(jnp.asarray(tokens, dtype=jnp.int32), "position")
-        return np.asarray(model(ids, attn_mask=AttentionMask.causal(), key=None).array)
-
-
 def test_cached_logits_equal_the_full_forward_pass_at_every_position(tiny_model):
     tokens = ops.flatten(ops.as_triples(midi.midi_to_events(DEMO / "npm_misc" / "fur-elise.mid")))[:255]
     tokens = np.concatenate([[vocab.AUTOREGRESS], tokens])
-    expected = _levanter_logits(tiny_model, tokens)
+    expected = checkpoints.logits(tiny_model, tokens)
     weights = decoder.decoder_weights(tiny_model)
     np.testing.assert_allclose(np.asarray(decoder.full_logits(weights, jnp.asarray(tokens[None], jnp.int32)))[0],
                                expected, atol=1e-4)

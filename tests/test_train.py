@@ -12,7 +12,7 @@ import draccus
 import numpy as np
 import pytest
 
-from amt import preprocess, vocab
+from amt import checkpoints, preprocess, vocab
 from amt.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,19 +117,6 @@ def test_killed_training_resumes_on_the_same_trajectory(demo_cache, tiny_run, tm
         assert resumed[step] == pytest.approx(uninterrupted[step], abs=1e-5), step
 
 
-def _levanter_logits(model, tokens):
-    import haliax as hax
-    import jax.numpy as jnp
-    from levanter.layers.attention import AttentionMask
-    from levanter.utils.tree_utils import inference_mode
-
-    from amt.checkpoints import single_device_mesh
-
-    with single_device_mesh():
-        ids = hax.named(jnp.asarray(tokens, dtype=jnp.int32), "position")
-        return np.asarray(inference_mode(model, True)(ids, attn_mask=AttentionMask.causal(), key=None).array)
-
-
 @pytest.mark.slow
 def test_export_to_hugging_face_and_back(tiny_run, demo_cache, tmp_path):
     import torch
@@ -146,14 +133,14 @@ def test_export_to_hugging_face_and_back(tiny_run, demo_cache, tmp_path):
 
     tokens = _first_row(demo_cache)[:256]
     model, _ = load_model(tiny_run / "checkpoints")  # the run folder: its latest step
-    ours = _levanter_logits(model, tokens)
+    ours = checkpoints.logits(model, tokens)
     torch_model = GPT2LMHeadModel.from_pretrained(hf, attn_implementation="eager").eval()
     with torch.no_grad():
         theirs = torch_model(torch.tensor(tokens[None], dtype=torch.long)).logits[0].numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     back, back_config = load_model(hf)
     assert back_config.num_layers == 2 and back_config.scale_attn_by_inverse_layer_idx
-    np.testing.assert_allclose(_levanter_logits(back, tokens), ours, atol=1e-4)
+    np.testing.assert_allclose(checkpoints.logits(back, tokens), ours, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -172,7 +159,7 @@ def test_fine_tuning_starts_from_a_hugging_face_folder(tiny_run, demo_cache, tmp
     started, _ = load_model(run / "checkpoints" / "step-3")
     original, _ = load_model(tiny_run / "checkpoints")
     # with a zero learning rate the fine-tuned weights are the Hugging Face weights
-    np.testing.assert_allclose(_levanter_logits(started, tokens), _levanter_logits(original, tokens), atol=1e-4)
+    np.testing.assert_allclose(checkpoints.logits(started, tokens), checkpoints.logits(original, tokens), atol=1e-4)
 
 
 def _first_row(cache: Path) -> np.ndarray:

@@ -103,6 +103,20 @@ def _load_model(checkpoint, model_config):
     return eqx.combine(trainable, static), config
 
 
+def logits(model, tokens):
+    """Next-token logits (positions, vocab) of one token sequence through a Levanter model, dropout off
+    (the full forward pass: the reference for the KV-cached decoder, and what evaluation scores)."""
+    import haliax as hax
+    import jax.numpy as jnp
+    import numpy as np
+    from levanter.layers.attention import AttentionMask
+    from levanter.utils.tree_utils import inference_mode
+
+    with single_device_mesh():
+        ids = hax.named(jnp.asarray(tokens, dtype=jnp.int32), "position")
+        return np.asarray(inference_mode(model, True)(ids, attn_mask=AttentionMask.causal(), key=None).array)
+
+
 def export_hf(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write a checkpoint as a Hugging Face GPT-2 folder (config.json with vocabulary 55,028 and our
     special ids, and safetensors weights)."""
