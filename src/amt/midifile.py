@@ -19,6 +19,8 @@ import math
 import numba
 import numpy as np
 
+from amt.vocab import DRUM_CHANNEL, DRUMS, MAX_NOTE, MAX_PITCH  # numba compiles these in as constants
+
 # message kinds
 OTHER, NOTE_OFF, NOTE_ON, PROGRAM_CHANGE, SET_TEMPO, END_OF_TRACK = 0, 1, 2, 3, 4, 5
 
@@ -280,7 +282,7 @@ def _play(kind, tick, channel, value, velocity, ticks_per_beat, max_interarrival
             tempo = value[i]
         elif k == NOTE_ON or k == NOTE_OFF:
             ch = channel[i]
-            instr = 128 if ch == 9 else programs[ch]
+            instr = DRUMS if ch == DRUM_CHANNEL else programs[ch]
             shift = np.int64(np.rint(100.0 * since_note))
             if shift > max_interarrival - 1:
                 shift = max_interarrival - 1
@@ -288,8 +290,8 @@ def _play(kind, tick, channel, value, velocity, ticks_per_beat, max_interarrival
             if shift > 0:
                 interarrival[tokens] = shift
                 tokens += 1
-            note = 128 * instr + value[i]
-            key = (instr * 128 + value[i]) * 16 + ch
+            note = MAX_PITCH * instr + value[i]
+            key = note * 16 + ch
             touched[touches] = key
             touches += 1
             since_note = 0.0
@@ -339,8 +341,8 @@ def read_messages(data: bytes | np.ndarray):
     return 0, header, kind[order], tick[order], channel[order], value[order], velocity[order]
 
 
-_QUEUE_HEAD = np.full(129 * 128 * 16, -1, np.int64)
-_QUEUE_TAIL = np.full(129 * 128 * 16, -1, np.int64)
+_QUEUE_HEAD = np.full(MAX_NOTE * 16, -1, np.int64)  # one queue per (note, channel)
+_QUEUE_TAIL = np.full(MAX_NOTE * 16, -1, np.int64)
 
 
 def play(kind, tick, channel, value, velocity, ticks_per_beat: int, max_interarrival: int, start_offset: int, end_offset: int):
