@@ -43,3 +43,25 @@ def real_events(reference_events):
     from amt import midi, ops
 
     return {p.name: ops.as_triples(midi.midi_to_events(p)) for p, status, _ in reference_events if status == "ok"}
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model():
+    """make_tiny_model(seq_len): a tiny random GPT-2 (2 layers, 32 wide) of our vocabulary, dropout off."""
+
+    def make(seq_len: int):
+        import haliax as hax
+        import jax
+        from levanter.utils.tree_utils import inference_mode
+
+        from amt import vocab
+        from amt.checkpoints import single_device_mesh
+        from amt.train import MusicGpt2Config
+
+        config = MusicGpt2Config(seq_len=seq_len, hidden_dim=32, num_layers=2, num_heads=2,
+                                 scale_attn_by_inverse_layer_idx=True)
+        with single_device_mesh():
+            model = config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0))
+        return inference_mode(model, True)
+
+    return make

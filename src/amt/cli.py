@@ -74,7 +74,7 @@ def _run_generate(args) -> int:
 
     from levanter.utils.tree_utils import inference_mode
 
-    from amt import augment, midi, ops, sampling, vocab
+    from amt import augment, midi, ops, sampling
     from amt.checkpoints import load_model
     from amt.pianoroll import save_pianoroll
 
@@ -101,8 +101,8 @@ def _run_generate(args) -> int:
             return 2
         outputs = sampling.accompany(sampler, events, instruments, args.start, args.end, options,
                                      anticipatory=not args.autoregressive)
-        given = ops.clip(augment.extract_instruments(events, instruments)[1], 0, args.end, clip_duration=False)
-        given = given - vocab.CONTROL_OFFSET  # outlined in the piano roll
+        given = ops.from_controls(ops.clip(augment.extract_instruments(events, instruments)[1], 0, args.end,
+                                           clip_duration=False))  # outlined in the piano roll
     else:
         outputs = sampling.continuation(sampler, events, args.start, args.end, options,
                                         anticipatory=not args.autoregressive)
@@ -113,6 +113,61 @@ def _run_generate(args) -> int:
         midi.events_to_midi(sample, path)
         save_pianoroll(sample, path.with_suffix(".png"), given=given, title=path.name)
         print(f"wrote {path} ({len(sample)} notes, {ops.max_time(sample):.1f} s) and {path.with_suffix('.png')}")
+    return 0
+
+
+def _add_eval(subparsers) -> None:
+    from amt.generation_eval import TASKS, GenerationEvalConfig
+    from amt.perplexity import PerplexityConfig
+
+    p = subparsers.add_parser("eval", help="evaluate: perplexity and bits/s on a cache; prompted-generation metrics")
+    tasks = p.add_subparsers(dest="evaluation", required=True)
+    defaults = PerplexityConfig()
+    q = tasks.add_parser("perplexity", help="the paper's Table 1 on a test cache, for one or many checkpoints",
+                         description="Loss, event / onset / duration / note perplexity and bits per second of each "
+                         "checkpoint on a cache; writes OUT/perplexity.{csv,json,png}.")
+    q.add_argument("--checkpoint", nargs="+", required=True,
+                   help="step-N folders, run checkpoint folders (every step-N in them) or Hugging Face folders")
+    q.add_argument("--cache", required=True, help="a cache written by `amt preprocess`, e.g. runs/demo-data/test")
+    q.add_argument("--out", default=defaults.out)
+    q.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    q.add_argument("--max-sequences", type=int, default=None, help="evaluate the first N sequences only")
+    defaults = GenerationEvalConfig()
+    q = tasks.add_parser("generation", help="continue / accompany test clips; metrics against the truth and baselines",
+                         description="Writes OUT/report.{md,json}, metric histograms and piano rolls.")
+    q.add_argument("--checkpoint", required=True, help="a Levanter checkpoint (step-N or run folder) or an HF folder")
+    q.add_argument("--midi", default=defaults.midi, help="MIDI source (folder, manifest, .tar.gz, datasets)")
+    q.add_argument("--split", default=defaults.split, help="train / validation / test (Lakh's MD5 split) or all")
+    q.add_argument("--clips", type=int, default=defaults.clips, help="at most this many clips, one per file")
+    q.add_argument("--clip-seconds", type=float, default=defaults.clip_seconds)
+    q.add_argument("--prompt-seconds", type=float, default=defaults.prompt_seconds)
+    q.add_argument("--tasks", default=",".join(defaults.tasks), help=f"comma-separated, of {','.join(TASKS)}")
+    q.add_argument("--top-p", type=float, default=defaults.top_p)
+    q.add_argument("--seed", type=int, default=defaults.seed)
+    q.add_argument("--examples", type=int, default=defaults.examples, help="clips drawn as piano rolls")
+    q.add_argument("--out", default=defaults.out)
+
+
+def _run_eval(args) -> int:
+    from amt import generation_eval, perplexity
+
+    try:
+        if args.evaluation == "perplexity":
+            rows = perplexity.run(perplexity.PerplexityConfig(
+                checkpoints=args.checkpoint, cache=args.cache, out=args.out, batch_size=args.batch_size,
+                max_sequences=args.max_sequences))
+            print(perplexity.markdown_table(rows))
+            print(f"wrote {args.out}/perplexity.csv, perplexity.json and perplexity.png")
+            return 0
+        report = generation_eval.run(generation_eval.GenerationEvalConfig(
+            checkpoint=args.checkpoint, midi=args.midi, split=args.split, clips=args.clips,
+            clip_seconds=args.clip_seconds, prompt_seconds=args.prompt_seconds, tasks=args.tasks.split(","),
+            top_p=args.top_p, seed=args.seed, examples=args.examples, out=args.out))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"amt eval {args.evaluation}: error: {error}", file=sys.stderr)
+        return 2
+    print(generation_eval.markdown_report(report))
+    print(f"wrote {args.out}/report.md, report.json and plots")
     return 0
 
 
@@ -149,31 +204,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", default="generated.mid")
+    _add_eval(subparsers)
     p = subparsers.add_parser("tpu", help="launch a recipe on a Cloud TPU VM slice (gcloud), resuming after preemption",
                               description="Other flags are passed to `amt train` on every host.")
     from amt import tpu
 
     tpu.add_arguments(p)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "generate":
-        return _run_generate(args)
     if args.command == "tpu":
         return tpu.main(args, rest)
     if args.command == "sweep" and not rest:
         from amt import sweep
 
         return sweep.main(args.sweep_file, write=args.write, run=args.run, wandb=args.wandb)
-    if args.command == "export":
-        from amt.checkpoints import export_hf
-
-        print(f"wrote {export_hf(args.checkpoint, args.out)}")
-        return 0
     if args.command == "train":
         return _run_train(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "preprocess":
         return _run_preprocess(args)
+    if args.command == "generate":
+        return _run_generate(args)
+    if args.command == "eval":
+        return _run_eval(args)
+    if args.command == "export":
+        from amt.checkpoints import export_hf
+
+        print(f"wrote {export_hf(args.checkpoint, args.out)}")
+        return 0
     parser.error(f"unknown command {args.command}")
     return 2
 

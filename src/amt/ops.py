@@ -100,9 +100,14 @@ def to_controls(events: np.ndarray) -> np.ndarray:
     return as_triples(events) + vocab.CONTROL_OFFSET
 
 
+def from_controls(controls: np.ndarray) -> np.ndarray:
+    """Controls as the events they stand for (the inverse of `to_controls`)."""
+    return as_triples(controls) - vocab.CONTROL_OFFSET
+
+
 def combine(events: np.ndarray, controls: np.ndarray) -> np.ndarray:
     """Controls turned back into events and merged with the events, in time order."""
-    return sort(np.concatenate([as_triples(events), as_triples(controls) - vocab.CONTROL_OFFSET]))
+    return sort(np.concatenate([as_triples(events), from_controls(controls)]))
 
 
 def translate(triples: np.ndarray, dt, seconds: bool = False) -> np.ndarray:

@@ -1,0 +1,236 @@
+"""Perplexity and bits per second on a test cache, as in the paper's Table 1, for one or many checkpoints.
+
+Each 1,024-token sequence is a flag and 341 triples; the model predicts tokens 1..1,023 (the flag is given).
+From the per-token losses (nats):
+- loss: the mean over all predicted tokens (what Levanter's evaluation reports);
+- event perplexity exp(3 x mean loss over event tokens), and onset / duration / note perplexities
+  exp(mean loss over the event tokens in that slot of the triple): the paper's Table 1 (their product is
+  the event perplexity). Events include REST; SEPARATOR triples count only in the overall loss;
+- for anticipatory data, the same for the controls;
+- bits per second, the paper's "mean loss / ln 2 x test tokens / test seconds", i.e. all bits over all
+  seconds, with the seconds measured from the sequences themselves (`sequence_seconds`), not a constant;
+  and event bits per second (event tokens only: controls repeat information the events also carry).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from amt import ops, vocab
+
+logger = logging.getLogger("amt.perplexity")
+
+EVENT, CONTROL, SEPARATOR = 0, 1, 2  # kinds of triple
+
+
+@dataclass(frozen=True)
+class PerplexityConfig:
+    """`amt eval perplexity` / eval/perplexity.py."""
+
+    checkpoints: list[str] = field(default_factory=list)  # step-N folders, run folders (every step-N), HF folders
+    cache: str = "runs/demo-data/test"  # a Levanter cache written by `amt preprocess` (arrival-time encoding)
+    out: str = "runs/eval/perplexity"  # perplexity.csv, perplexity.json, perplexity.png
+    batch_size: int = 4  # sequences per jitted forward pass (logits are batch x 1,024 x 55,028 floats)
+    max_sequences: int | None = None  # the first N sequences of the cache (None: all)
+
+
+def read_cache(path: str | os.PathLike, max_sequences: int | None = None) -> np.ndarray:
+    """The rows (n, 1,024) of a cache written by `amt preprocess`."""
+    from levanter.store.cache import TreeCache
+
+    from amt.preprocess import CACHE_EXEMPLAR
+
+    path = os.fspath(path)
+    if "://" not in path and not os.path.exists(os.path.join(path, "shard_ledger.json")):
+        raise FileNotFoundError(f"{path}: not a finished cache (no shard_ledger.json); write one with `amt preprocess`")
+    cache = TreeCache.load(path, CACHE_EXEMPLAR)
+    n = len(cache) if max_sequences is None else min(max_sequences, len(cache))
+    rows = [np.asarray(row["input_ids"], dtype=np.int64) for row in cache.get_batch_sync(list(range(n)))] if n else []
+    sequences = np.stack(rows) if rows else np.zeros((0, vocab.CONTEXT_SIZE), np.int64)
+    if len(sequences) and not np.isin(sequences[:, 0], (vocab.AUTOREGRESS, vocab.ANTICIPATE)).all():
+        raise ValueError(f"{path}: sequences do not start with a flag; perplexity needs arrival-time caches")
+    return sequences
+
+
+def triple_kinds(sequences: np.ndarray) -> np.ndarray:
+    """(n, 341) EVENT / CONTROL / SEPARATOR for each triple after the flag, by its note token."""
+    note = np.asarray(sequences)[:, 1:].reshape(len(sequences), -1, vocab.EVENT_SIZE)[:, :, 2]
+    return np.where(note < vocab.CONTROL_OFFSET, EVENT, np.where(note < vocab.SPECIAL_OFFSET, CONTROL, SEPARATOR))
+
+
+def sequence_seconds(sequence: np.ndarray) -> float:
+    """Seconds of music a sequence covers: for each stretch of one file (between SEPARATORs), the time
+    from its first event's onset to its last event's onset (RESTs included: they mark silence)."""
+    triples = ops.as_triples(np.asarray(sequence)[1:])
+    kinds = triple_kinds(np.asarray(sequence)[None])[0]
+    segment = np.cumsum(kinds == SEPARATOR)
+    onset = triples[:, 0] - vocab.TIME_OFFSET
+    total = 0
+    for s in np.unique(segment[kinds == EVENT]):
+        t = onset[(segment == s) & (kinds == EVENT)]
+        total += int(t.max() - t.min())
+    return total / vocab.TIME_RESOLUTION
+
+
+def metrics(sequences: np.ndarray, losses: np.ndarray) -> dict:
+    """Table 1's numbers from sequences (n, 1,024) and the losses (n, 1,023) of tokens 1..1,023 (nats)."""
+    sequences, losses = np.asarray(sequences), np.asarray(losses, dtype=np.float64)
+    n = len(sequences)
+    kind = np.repeat(triple_kinds(sequences), vocab.EVENT_SIZE, axis=1)  # per predicted token
+    slot = np.broadcast_to(np.arange(losses.shape[1]) % vocab.EVENT_SIZE, losses.shape)
+    seconds = float(sum(sequence_seconds(s) for s in sequences))
+    bits = losses / math.log(2)
+
+    def mean(mask):
+        return float(losses[mask].mean()) if mask.any() else None
+
+    def exp(x, scale=1.0):
+        return None if x is None else math.exp(scale * x)
+
+    out = {"sequences": n, "tokens": int(losses.size), "seconds": seconds, "loss": mean(np.ones_like(kind, bool))}
+    out["perplexity"] = exp(out["loss"])
+    out["bits_per_second"] = float(bits.sum() / seconds) if seconds else None
+    out["event_bits_per_second"] = float(bits[kind == EVENT].sum() / seconds) if seconds else None
+    for name, k in (("event", EVENT), ("control", CONTROL)):
+        out[f"{name}_tokens"] = int((kind == k).sum())
+        out[f"{name}_loss"] = mean(kind == k)
+        out[f"{name}_perplexity"] = exp(out[f"{name}_loss"], vocab.EVENT_SIZE)
+        for s, slot_name in enumerate(("onset", "duration", "note")):
+            out[f"{name}_{slot_name}_perplexity"] = exp(mean((kind == k) & (slot == s)))
+    return out
+
+
+def token_losses(model, sequences: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    """Losses (n, 1,023) in nats of tokens 1..1,023 of each sequence under a Levanter LM, dropout off;
+    batched and jitted (the last batch is padded to keep one compiled shape)."""
+    import equinox as eqx
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+    from levanter.layers.attention import AttentionMask
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt.checkpoints import single_device_mesh
+
+    model = inference_mode(model, True)
+    if model.Pos.size < np.shape(sequences)[1]:
+        raise ValueError(f"the model's context ({model.Pos.size} tokens) is shorter than the sequences "
+                         f"({np.shape(sequences)[1]}); evaluate a model trained with seq_len 1024")
+
+    @eqx.filter_jit
+    def losses_of(model, ids):
+        named = hax.named(ids, ("batch", "position"))
+        logits = model(named, attn_mask=AttentionMask.causal(), key=None).rearrange(("batch", "position", "vocab"))
+        log_probs = jax.nn.log_softmax(logits.array[:, :-1].astype(jnp.float32), axis=-1)
+        return -jnp.take_along_axis(log_probs, ids[:, 1:, None], axis=-1)[..., 0]
+
+    sequences = np.asarray(sequences, dtype=np.int32)
+    out = np.zeros((len(sequences), sequences.shape[1] - 1), np.float32)
+    with single_device_mesh():
+        for start in range(0, len(sequences), batch_size):
+            batch = sequences[start : start + batch_size]
+            padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
+            out[start : start + len(batch)] = np.asarray(losses_of(model, jnp.asarray(padded)))[: len(batch)]
+    return out
+
+
+def expand_checkpoints(paths: list[str]) -> list[tuple[str, int | None]]:
+    """(path, step) for each checkpoint, local or remote (gs://): a run's checkpoint folder stands for all its
+    `step-N` folders, in step order; Hugging Face folders have no step."""
+    import fsspec
+
+    found = []
+    for path in paths:
+        path = path.rstrip("/")
+        fs, plain = fsspec.core.url_to_fs(path)
+        if not fs.isdir(plain):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        match = re.fullmatch(r"step-(\d+)", os.path.basename(plain))
+        if match:
+            found.append((path, int(match.group(1))))
+        elif fs.exists(f"{plain}/config.json"):
+            found.append((path, None))
+        else:
+            names = [os.path.basename(p.rstrip("/")) for p in fs.ls(plain, detail=False)]
+            steps = sorted((int(m.group(1)), f"{path}/{name}") for name in names if (m := re.fullmatch(r"step-(\d+)", name)))
+            if not steps:
+                raise FileNotFoundError(f"{path}: neither a step-N checkpoint, a folder of them, nor a Hugging Face folder")
+            found.extend((p, step) for step, p in steps)
+    return found
+
+
+COLUMNS = ("checkpoint", "step", "sequences", "tokens", "seconds", "loss", "perplexity", "event_perplexity",
+           "event_onset_perplexity", "event_duration_perplexity", "event_note_perplexity", "bits_per_second",
+           "event_bits_per_second", "event_tokens", "event_loss", "control_tokens", "control_loss",
+           "control_perplexity", "control_onset_perplexity", "control_duration_perplexity",
+           "control_note_perplexity")
+
+
+def run(config: PerplexityConfig) -> list[dict]:
+    """Evaluate every checkpoint on the cache; write CSV, JSON and a plot over steps to `config.out`."""
+    from amt.checkpoints import load_model
+
+    if not config.checkpoints:
+        raise ValueError("checkpoints: give at least one checkpoint")
+    checkpoints = expand_checkpoints(config.checkpoints)
+    sequences = read_cache(config.cache, config.max_sequences)
+    if len(sequences) == 0:
+        raise ValueError(f"{config.cache}: the cache has no sequences")
+    logger.info("%d checkpoint(s) on %d sequences of %s", len(checkpoints), len(sequences), config.cache)
+    rows = []
+    for path, step in checkpoints:
+        model, _ = load_model(path)
+        row = {"checkpoint": path, "step": step, **metrics(sequences, token_losses(model, sequences, config.batch_size))}
+        logger.info("%s: loss %.4f, event perplexity %.2f, %.1f bits/s", path, row["loss"], row["event_perplexity"],
+                    row["bits_per_second"])
+        rows.append(row)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "perplexity.json").write_text(json.dumps({"config": asdict(config), "results": rows}, indent=2))
+    with open(out / "perplexity.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
+    plot(rows, out / "perplexity.png")
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Loss, event perplexity and bits per second over training steps (checkpoints without a step last)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [row["step"] if row["step"] is not None else i for i, row in enumerate(rows)]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, label in zip(axes, ("loss", "event_perplexity", "bits_per_second"),
+                              ("loss (nats/token)", "event perplexity", "bits per second")):
+        ax.plot(x, [row[key] for row in rows], marker="o")
+        ax.set_xlabel("step" if all(row["step"] is not None for row in rows) else "checkpoint")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The Table 1 columns for the README / reports."""
+    lines = ["| checkpoint | step | loss | event ppl | onset | duration | note | bits/s |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['checkpoint']} | {row['step'] if row['step'] is not None else ''} | {row['loss']:.3f} | "
+            f"{row['event_perplexity']:.1f} | {row['event_onset_perplexity']:.2f} | "
+            f"{row['event_duration_perplexity']:.2f} | {row['event_note_perplexity']:.2f} | {row['bits_per_second']:.1f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,216 @@
+"""Evaluation: Table 1's numbers checked against the model's own logits; generation metrics on real clips."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amt import clip_metrics, midi, ops, perplexity, preprocess, sequences, vocab
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "demo" / "midi"
+ENV = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(make_tiny_model):
+    return make_tiny_model(seq_len=1024)  # the full context: evaluation scores whole 1,024-token sequences
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tiny_model, tmp_path_factory) -> Path:
+    from amt.checkpoints import single_device_mesh
+
+    folder = tmp_path_factory.mktemp("hf")
+    with single_device_mesh():
+        tiny_model.config.hf_checkpoint_converter().save_pretrained(tiny_model, str(folder), save_tokenizer=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_sequences() -> np.ndarray:
+    """Training sequences of two real pieces, two copies each (a plain one, then an anticipatory one):
+    events, controls and a SEPARATOR between files."""
+    packer = sequences.SequencePacker()
+    rows = []
+    for key, name in enumerate(["npm_misc/fur-elise.mid", "miditok_multitrack/Funkytown.mid"]):
+        events = ops.as_triples(midi.midi_to_events(DEMO / name))
+        for copy in sequences.file_copies(events, 2, seed=0, file_key=key):
+            rows += packer.add(copy)
+    return np.stack(rows)
+
+
+def test_perplexity_is_the_mean_loss_of_the_models_own_logits(tiny_model, real_sequences):
+    from amt.checkpoints import logits
+
+    chosen = real_sequences[[0, 3, len(real_sequences) - 1]]
+    assert (ops.is_control(ops.as_triples(chosen[:, 1:].ravel())).any() and ops.is_separator(ops.as_triples(chosen[:, 1:].ravel())).any())
+    losses = perplexity.token_losses(tiny_model, chosen, batch_size=2)  # 3 rows: the last batch is padded
+    direct = []
+    for sequence in chosen:
+        z = logits(tiny_model, sequence)[:-1].astype(np.float64)
+        log_probs = z - z.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        direct.append(-log_probs[np.arange(len(z)), sequence[1:]])
+    direct = np.stack(direct)
+    np.testing.assert_allclose(losses, direct, rtol=1e-4, atol=1e-4)
+
+    m = perplexity.metrics(chosen, losses)
+    assert m["tokens"] == 3 * 1023 and m["loss"] == pytest.approx(direct.mean(), rel=1e-5)
+    # kinds from the triples themselves (ops), per predicted token
+    triples = ops.as_triples(chosen[:, 1:].reshape(-1))
+    control = np.repeat(ops.is_control(triples), 3).reshape(3, 1023)
+    event = ~control & ~np.repeat(ops.is_separator(triples), 3).reshape(3, 1023)
+    slot = np.arange(1023) % 3
+    assert m["event_perplexity"] == pytest.approx(math.exp(3 * direct[event].mean()), rel=1e-4)
+    assert m["control_perplexity"] == pytest.approx(math.exp(3 * direct[control].mean()), rel=1e-4)
+    for s, name in enumerate(["onset", "duration", "note"]):
+        assert m[f"event_{name}_perplexity"] == pytest.approx(math.exp(direct[event & (slot == s)].mean()), rel=1e-4)
+    # a random model: near-uniform over 55,028 tokens, and the product of the slots is the event perplexity
+    assert abs(m["loss"] - math.log(vocab.VOCAB_SIZE)) < 0.5
+    product = m["event_onset_perplexity"] * m["event_duration_perplexity"] * m["event_note_perplexity"]
+    assert product == pytest.approx(m["event_perplexity"], rel=0.2)  # equal when the slots are balanced
+
+
+def test_bits_per_second_use_the_seconds_of_the_actual_sequences(real_sequences):
+    # by hand: a file stretch 0 -> 2.5 s, a SEPARATOR, then the next file 0.3 -> 1.3 s (and a control, ignored)
+    body = [[0, 10_010, 11_060], [250, 10_000, vocab.REST], [vocab.SEPARATOR] * 3, [30, 10_020, 11_064],
+            [130, 10_020, 11_067], [vocab.ATIME_OFFSET + 900, vocab.ADUR_OFFSET + 5, vocab.ANOTE_OFFSET + 60]]
+    sequence = np.array([vocab.ANTICIPATE] + sum(body, []))
+    assert perplexity.sequence_seconds(sequence) == pytest.approx(2.5 + 1.0)
+
+    # real sequences: a window of one file covers its first to last event onset
+    first = real_sequences[1]
+    triples = ops.as_triples(first[1:])
+    assert not ops.is_separator(triples).any()
+    events = triples[~ops.is_control(triples)]
+    assert perplexity.sequence_seconds(first) == pytest.approx((events[:, 0].max() - events[:, 0].min()) / 100)
+
+    losses = np.random.default_rng(0).uniform(1, 3, (len(real_sequences), 1023))
+    m = perplexity.metrics(real_sequences, losses)
+    seconds = sum(perplexity.sequence_seconds(s) for s in real_sequences)
+    assert 10 < seconds and m["seconds"] == pytest.approx(seconds)
+    assert m["bits_per_second"] == pytest.approx(losses.sum() / math.log(2) / seconds)
+    # the same tokens at half the tempo: twice the seconds, half the bits per second
+    slow = real_sequences.copy()
+    body = slow[:, 1:].reshape(len(slow), -1, 3)
+    is_event = body[:, :, 2] <= vocab.REST
+    body[:, :, 0] = np.where(is_event, body[:, :, 0] * 2, body[:, :, 0])
+    assert perplexity.metrics(slow, losses)["bits_per_second"] == pytest.approx(m["bits_per_second"] / 2)
+
+
+def test_eval_perplexity_command_on_a_cache_and_a_hugging_face_folder(tiny_model, hf_folder, tmp_path):
+    source = tmp_path / "midi"
+    source.mkdir()
+    for name in ["npm_misc/fur-elise.mid", "npm_misc/the-entertainer.mid"]:
+        shutil.copy(DEMO / name, source)
+    preprocess.run(preprocess.PreprocessConfig(source=str(source), out=str(tmp_path / "data"), split="none",
+                                               progress_bar=False))
+    out = tmp_path / "eval"
+    done = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "perplexity", "--checkpoint", str(hf_folder),
+                           "--cache", str(tmp_path / "data" / "train"), "--max-sequences", "3", "--out", str(out)],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "perplexity.json").read_text())["results"]
+    assert len(result) == 1 and result[0]["step"] is None and result[0]["sequences"] == 3
+    rows = perplexity.read_cache(tmp_path / "data" / "train", 3)
+    assert result[0]["loss"] == pytest.approx(float(perplexity.token_losses(tiny_model, rows).mean()), rel=1e-4)
+    assert (out / "perplexity.csv").read_text().count("\n") == 2 and (out / "perplexity.png").stat().st_size > 5_000
+    assert "| event ppl |" in done.stdout
+
+    missing = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "perplexity", "--checkpoint", str(hf_folder),
+                              "--cache", str(tmp_path / "nowhere")], capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert missing.returncode == 2 and "nowhere: not a finished cache" in missing.stderr
+
+
+def test_every_step_of_a_run_in_step_order(tmp_path):
+    run = tmp_path / "checkpoints"
+    for step in (10, 3, 100):
+        (run / f"step-{step}").mkdir(parents=True)
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    found = perplexity.expand_checkpoints([str(run), str(tmp_path / "hf"), str(run / "step-3")])
+    assert [step for _, step in found] == [3, 10, 100, None, 3]
+    with pytest.raises(FileNotFoundError, match="neither a step-N"):
+        perplexity.expand_checkpoints([str(tmp_path)])
+
+
+def _clip(name: str, start: float, seconds: float = 15.0) -> clip_metrics.Clip:
+    events = ops.as_triples(midi.midi_to_events(DEMO / name))
+    t = ops.times(events)
+    part = events[(t >= start * 100) & (t < (start + seconds) * 100)].copy()
+    part[:, 0] -= int(start * 100)
+    return clip_metrics.Clip.from_events(part, seconds)
+
+
+CLIPS = {  # real clips of different character: solo piano, a band with drums, a ragtime piano
+    "fur-elise": ("npm_misc/fur-elise.mid", 10.0),
+    "funkytown": ("miditok_multitrack/Funkytown.mid", 20.0),
+    "entertainer": ("npm_misc/the-entertainer.mid", 30.0),
+}
+
+
+def test_generation_metrics_are_perfect_against_the_same_clip_and_not_against_another():
+    clips = {name: _clip(*where) for name, where in CLIPS.items()}
+    for name, clip in clips.items():
+        assert len(clip) > 40
+        same = clip_metrics.compare(clip, clip, prompt_instruments=set(clip.instrument.tolist()))
+        assert same == {**clip_metrics.PERFECT, "instrument_f1_vs_prompt": 1.0}, name
+    names = list(clips)
+    for name, other in zip(names, names[1:] + names[:1]):  # each clip against the next: a shuffled pairing
+        scores = clip_metrics.compare(clips[other], clips[name])
+        for metric, perfect in clip_metrics.PERFECT.items():
+            if metric == "instrument_f1" and {name, other} == {"fur-elise", "entertainer"}:
+                assert scores[metric] == 1.0  # both are a piano alone: the one metric that should agree
+                continue
+            assert scores[metric] != pytest.approx(perfect, abs=1e-3), (name, other, metric)
+
+
+def test_features_of_a_known_clip():
+    # a C major triad held 1 s, then C alone, on a piano; a drum hit with each onset
+    events = np.array([[0, 10_100, 11_060], [0, 10_100, 11_064], [0, 10_100, 11_067], [100, 10_050, 11_060],
+                       [0, 10_010, vocab.NOTE_OFFSET + 128 * vocab.DRUMS + 36],
+                       [100, 10_010, vocab.NOTE_OFFSET + 128 * vocab.DRUMS + 36]])
+    clip = clip_metrics.Clip.from_events(events, seconds=2.0)
+    f = clip_metrics.features(clip)
+    assert f["notes"] == 6 and f["note_density"] == 3.0 and f["instruments"] == 2
+    assert f["pitch_class_entropy"] == pytest.approx(-(0.5 * math.log2(0.5) + 2 * 0.25 * math.log2(0.25)))
+    np.testing.assert_allclose(clip_metrics.pitch_class_histogram(clip)[[0, 4, 7]], [0.5, 0.25, 0.25])
+    np.testing.assert_allclose(clip_metrics.inter_onset_intervals(clip), [1.0])
+    patterns = clip_metrics.groove_patterns(clip)
+    assert patterns.shape == (1, 16) and patterns[0].nonzero()[0].tolist() == [0, 8]
+
+
+def test_eval_generation_command_reports_model_and_baselines(hf_folder, tmp_path):
+    source = tmp_path / "midi"
+    source.mkdir()
+    for name in ["miditok_multitrack/Funkytown.mid", "miditok_multitrack/Aicha.mid", "npm_misc/fur-elise.mid"]:
+        shutil.copy(DEMO / name, source)
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "generation", "--checkpoint", str(hf_folder),
+                           "--midi", str(source), "--split", "all", "--clips", "3", "--clip-seconds", "6",
+                           "--prompt-seconds", "2", "--examples", "1", "--out", str(out)],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["clips"] == 3 and set(report["summary"]) == {"continuation", "accompaniment"}
+    continuation = report["summary"]["continuation"]
+    assert set(continuation) == {"model", "retrieval", "truth"}
+    assert continuation["retrieval"]["groove_similarity"] < 1.0
+    accompaniment = report["summary"]["accompaniment"]
+    assert set(accompaniment) == {"model", "autoregressive", "retrieval", "truth"}
+    assert len(report["per_clip"]["accompaniment"]) >= 2  # the piano piece may have no second instrument
+    for system in ("model", "autoregressive", "retrieval"):
+        assert accompaniment[system]["controls_kept"] == 1.0
+    assert "## continuation (3 clips)" in (out / "report.md").read_text()
+    assert len(list(out.glob("continuation-*-model.png"))) == 1 and (out / "accompaniment-metrics.png").exists()
+
+    bad = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "generation", "--checkpoint", str(hf_folder),
+                          "--midi", str(source), "--tasks", "continuation,harmonize"],
+                         capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert bad.returncode == 2 and "tasks: unknown ['harmonize']" in bad.stderr
