@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", default="generated.mid")
     _add_eval(subparsers)
+    subparsers.add_parser(
+        "demo", help="the whole path on the bundled corpus: caches, a tiny model, perplexity, music (minutes on a CPU)",
+        description="Preprocess demo/midi, train recipes/amt-tiny.yaml, evaluate perplexity, generate a continuation "
+        "and an accompaniment (MIDI, piano rolls, WAV with FluidSynth). Options (amt.demo.DemoConfig): --out runs/demo "
+        "--steps 100 --augment 10 --workers 2 --eval_sequences N --prompt_seconds 5 --end_seconds 20 --seed 0 "
+        "--soundfont FILE.sf2")
     p = subparsers.add_parser("tpu", help="launch a recipe on a Cloud TPU VM slice (gcloud), resuming after preemption",
                               description="Other flags are passed to `amt train` on every host.")
     from amt import tpu
@@ -219,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         return sweep.main(args.sweep_file, write=args.write, run=args.run, wandb=args.wandb)
     if args.command == "train":
         return _run_train(args, rest)
+    if args.command == "demo":
+        from amt import demo
+
+        return demo.main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "preprocess":
