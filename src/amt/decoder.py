@@ -1,13 +1,19 @@
-"""Levanter's GPT-2 as plain JAX with a key/value cache: prefill once, then one jitted step per token.
+"""Levanter's GPT-2 as plain JAX with a key/value cache: prefill a window once, then a few tokens at a time.
 
 Why a focused cache of our own: Levanter's paged KV cache serves only Llama-family models and its GPT-2 has no
 incremental decoding. This module reads the weights out of a trained `Gpt2LMHeadModel` (haliax named arrays)
 and runs the same computation (pre-LayerNorm blocks, `gelu_new`, attention scaled by 1/sqrt(head size) and,
 with `scale_attn_by_inverse_layer_idx`, by 1/(layer + 1); tied unembedding) on fixed-shape arrays: a cache of
-(layers, batch, heads, context, head size) for keys and values, so nothing recompiles per token.
-A test holds its logits to the full Levanter forward pass at every position (f32, 1e-4). On CPU a step is
-memory-bound: per-layer weight matrices (not slices of stacked arrays), per-layer cache arrays, the
-unembedding pre-transposed, and elementwise attention for single tokens each cut the step time severalfold.
+(batch, heads, context, head size) keys and values a layer, so nothing recompiles per token.
+A test holds its logits to the full Levanter forward pass at every position (f32, 1e-4).
+
+On CPU a step is memory-bound (GPT-2 Small, batch 1: ~27 ms a token, of which reading the weights and the
+cache once takes ~18 ms at this machine's ~24 GB/s): per-layer weight matrices (not slices of stacked
+arrays), per-layer cache arrays, the unembedding pre-transposed, and elementwise attention for single tokens
+each cut the step time severalfold. Steps only read the cache (`forward`; `write` puts an event's keys and
+values in place), and a prefill runs only the real tokens and one position's unembedding: with the sampler
+unembedding only the sampled slot's block, ~33 -> ~27 ms a token, and ~2.5 -> ~1.5 s for a 640-token
+window. bfloat16 weights are not offered: XLA's CPU matrix-vector products measured 8x slower in bfloat16.
 """
 
 from __future__ import annotations
@@ -111,84 +117,109 @@ def _layer_norm(x, w, b, eps):
 
 @dataclass(frozen=True)
 class KVCache:
-    keys: tuple[jax.Array, ...]  # one (batch, heads, context, head) array a layer: each updated in place
+    keys: tuple[jax.Array, ...]  # one (batch, heads, positions, head) array a layer
     values: tuple[jax.Array, ...]
 
 
 jax.tree_util.register_dataclass(KVCache, data_fields=["keys", "values"], meta_fields=[])
 
 
-def empty_cache(weights: DecoderWeights, batch: int) -> KVCache:
-    layers, heads, head, context = weights.shape
-    shape = (batch, heads, context, head)
+def empty_cache(weights: DecoderWeights, batch: int, positions: int) -> KVCache:
+    layers, heads, head, _ = weights.shape
+    shape = (batch, heads, positions, head)
     return KVCache(tuple(jnp.zeros(shape, weights.wte.dtype) for _ in range(layers)),
                    tuple(jnp.zeros(shape, weights.wte.dtype) for _ in range(layers)))
 
 
-def _forward(weights: DecoderWeights, cache: KVCache, tokens: jax.Array, start: jax.Array):
-    """Logits (batch, T, vocab) of `tokens` (batch, T) placed at positions start..start+T-1, attending to the
-    cache's earlier positions; returns them with the cache holding these positions too.
+def _scores(q, keys):
+    """(batch, heads, T, S) from q (batch, heads, T, head) and keys (batch, heads, S, head). For one token,
+    elementwise products: they beat XLA CPU's batched matrix-vector products."""
+    if q.shape[2] == 1:
+        return (q * keys).sum(-1)[:, :, None]
+    return jnp.einsum("bhtk,bhsk->bhts", q, keys)
 
-    The layers are unrolled and each writes only its new keys and values into its own cache array: a scan
-    over layers, or one stacked array, copied the whole cache at every token (several times slower)."""
-    layers, heads, head, context = weights.shape
+
+def _weighted(probabilities, values):
+    """(batch, heads, T, head): the values (batch, heads, S, head) weighted by probabilities (batch, heads, T, S)."""
+    if probabilities.shape[2] == 1:
+        return (probabilities[:, :, 0, :, None] * values).sum(2)[:, :, None]
+    return jnp.einsum("bhts,bhsk->bhtk", probabilities, values)
+
+
+def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tokens: jax.Array, start, first):
+    """Hidden states (batch, T, embed), after the final LayerNorm, of `tokens` (batch, T) at positions
+    start + first .. start + first + T - 1. They attend to the cache's positions before `start` (read only;
+    none if `cache` is None) and to `recent`: the keys and values of positions start, start + 1, .. (a few),
+    into which theirs are written at first .. first + T - 1. Returns the hidden states and `recent`.
+
+    The cache is only read: the new keys and values go to the small `recent`, and `write` puts them into the
+    cache in place (donated) once per event; a step that returned an updated cache copied all of it (the
+    whole cache, at every call: 75 MB a sample at GPT-2 Small size). The layers are unrolled: a scan over
+    layers, or one stacked array, copied more still."""
+    _, heads, head, context = weights.shape
     batch, T = tokens.shape
-    positions = start + jnp.arange(T)
-    x = weights.wte[tokens] + weights.wpe[positions][None]
-    visible = jnp.arange(context)[None, :] <= positions[:, None]  # (T, context): causal, and only what is written
-    keys, values = list(cache.keys), list(cache.values)
-    scale = 1.0 / np.sqrt(head)
+    own = first + jnp.arange(T)  # the tokens' indices in `recent`
+    x = weights.wte[tokens] + weights.wpe[start + own][None]
+    sees_recent = jnp.arange(recent.keys[0].shape[2])[None, :] <= own[:, None]  # (T, recent): causal
+    sees_cache = jnp.arange(context) < start
+    keys, values = list(recent.keys), list(recent.values)
     for index, w in enumerate(weights.layers):
         h = _layer_norm(x, w.ln1_w, w.ln1_b, weights.eps)
         qkv = h @ w.attn_w + w.attn_b
         q, k, v = jnp.moveaxis(qkv.reshape(batch, T, 3, heads, head), (2, 3), (0, 2))  # each (batch, heads, T, head)
-        if weights.scale_by_layer:
-            q = q / (index + 1.0)
-        keys[index] = jax.lax.dynamic_update_slice(keys[index], k, (0, 0, start, 0))
-        values[index] = jax.lax.dynamic_update_slice(values[index], v, (0, 0, start, 0))
-        if T == 1:  # one new token: elementwise products beat XLA CPU's batched matrix-vector products
-            scores = (q * keys[index]).sum(-1)[:, :, None, :] * scale
-        else:
-            scores = jnp.einsum("bhtk,bhsk->bhts", q, keys[index]) * scale
-        scores = jnp.where(visible[None, None], scores, jnp.finfo(scores.dtype).min)
-        probabilities = jax.nn.softmax(scores, axis=-1)
-        if T == 1:
-            attention = (probabilities[:, :, 0, :, None] * values[index]).sum(2)[:, None]  # (batch, 1, heads, head)
-        else:
-            attention = jnp.einsum("bhts,bhsk->bthk", probabilities, values[index])
-        x = x + attention.reshape(batch, T, heads * head) @ w.attn_proj_w + w.attn_proj_b
+        q = q / (np.sqrt(head) * (index + 1.0 if weights.scale_by_layer else 1.0))
+        keys[index] = jax.lax.dynamic_update_slice(keys[index], k, (0, 0, first, 0))
+        values[index] = jax.lax.dynamic_update_slice(values[index], v, (0, 0, first, 0))
+        # one softmax over the scores against the cache, then against `recent`
+        sources = [(keys[index], values[index], sees_recent[None, None])]
+        if cache is not None:
+            sources.insert(0, (cache.keys[index], cache.values[index], sees_cache))
+        scores = jnp.concatenate([jnp.where(sees, _scores(q, k_), jnp.finfo(x.dtype).min) for k_, _, sees in sources],
+                                 axis=-1)
+        probabilities = jnp.split(jax.nn.softmax(scores, axis=-1), np.cumsum([k_.shape[2] for k_, _, _ in sources[:-1]]),
+                                  axis=-1)
+        attention = sum(_weighted(p, v_) for p, (_, v_, _) in zip(probabilities, sources))
+        x = x + jnp.moveaxis(attention, 1, 2).reshape(batch, T, heads * head) @ w.attn_proj_w + w.attn_proj_b
         h = _layer_norm(x, w.ln2_w, w.ln2_b, weights.eps)
         h = jax.nn.gelu(h @ w.fc_w + w.fc_b, approximate=True)
         x = x + h @ w.proj_w + w.proj_b
-    x = _layer_norm(x, weights.lnf_w, weights.lnf_b, weights.eps)
-    logits = x @ weights.lm_head
-    return logits, KVCache(tuple(keys), tuple(values))
+    return _layer_norm(x, weights.lnf_w, weights.lnf_b, weights.eps), KVCache(tuple(keys), tuple(values))
+
+
+def _write(cache: KVCache, recent: KVCache, start) -> KVCache:
+    def put(a, b):
+        return jax.lax.dynamic_update_slice(a, b, (0, 0, start, 0))
+
+    return KVCache(tuple(map(put, cache.keys, recent.keys)), tuple(map(put, cache.values, recent.values)))
+
+
+# the cache with `recent` written at positions start.. (in place: the cache is donated; 0.3 ms)
+write = jax.jit(_write, donate_argnums=0)
 
 
 @jax.jit
-def prefill(weights: DecoderWeights, cache: KVCache, tokens: jax.Array, length: jax.Array):
-    """Run a whole window (batch, context) of tokens, of which the first `length` are real; returns the
-    logits for the next token (after position length - 1) and the filled cache."""
-    logits, cache = _forward(weights, cache, tokens, jnp.asarray(0))
-    return logits[:, length - 1], cache
-
-
-@jax.jit  # not donating the cache: measured faster on CPU (donation serializes the steps)
-def step(weights: DecoderWeights, cache: KVCache, tokens: jax.Array, position: jax.Array):
-    """Feed one token per sequence (batch,) at `position`; returns the next-token logits and the cache."""
-    logits, cache = _forward(weights, cache, tokens[:, None], position)
-    return logits[:, 0], cache
+def prefill(weights: DecoderWeights, tokens: jax.Array, length: jax.Array):
+    """Run a window (batch, T) of tokens, of which the first `length` are real; returns the hidden state of
+    position length - 1 (the next token's logits are `hidden @ weights.lm_head`, or a block of it) and the
+    cache, holding positions 0..T-1 of its `context`. Only the real tokens and one position's logits are
+    computed: T is the window's length rounded up (`pad_window`), and the unembedding (55,028 wide) of
+    every position was a third of a full window's cost."""
+    batch, T = tokens.shape
+    hidden, recent = forward(weights, None, empty_cache(weights, batch, T), tokens, 0, 0)
+    return hidden[:, length - 1], _write(empty_cache(weights, batch, weights.shape[3]), recent, 0)
 
 
 @jax.jit
 def full_logits(weights: DecoderWeights, tokens: jax.Array) -> jax.Array:
-    """Logits at every position of (batch, context) tokens, without a cache (the reference's way to sample:
-    the whole context again for every token)."""
-    return _forward(weights, empty_cache(weights, tokens.shape[0]), tokens, jnp.asarray(0))[0]
+    """Logits at every position of (batch, T) tokens, without a cache (the reference's way to sample: the
+    whole context again for every token)."""
+    hidden, _ = forward(weights, None, empty_cache(weights, tokens.shape[0], tokens.shape[1]), tokens, 0, 0)
+    return hidden @ weights.lm_head
 
 
-def pad_window(tokens: np.ndarray, context: int) -> np.ndarray:
-    """(batch, n) tokens padded with zeros to (batch, context)."""
-    out = np.zeros((tokens.shape[0], context), dtype=np.int32)
+def pad_window(tokens: np.ndarray, context: int, multiple: int = 128) -> np.ndarray:
+    """(batch, n) tokens padded with zeros to a multiple of `multiple` columns, at most `context` (so that
+    prefills compile for a few lengths only)."""
+    out = np.zeros((tokens.shape[0], min(-(-tokens.shape[1] // multiple) * multiple, context)), dtype=np.int32)
     out[:, : tokens.shape[1]] = tokens
     return out

@@ -6,10 +6,19 @@ are interleaved with anticipation; then, until an onset reaches the end time, co
 current time are inserted and one event (onset, duration, note) is sampled. Constraints on every token, as the
 reference's: no control or special tokens, onset / duration / note by position in the triple, no onset before
 the current time, no 16th instrument once 15 are used (one channel stays for drums); then temperature and
-nucleus (top-p) sampling from a seeded generator.
+nucleus (top-p) sampling from a seeded generator (same seed, same music).
+
+How it runs: one jitted call per event (`_event`) samples the onset, duration and note on the device, each
+under its constraints and fed to the model before the next, and returns only the three tokens; the Python
+loop between events inserts the controls due (a row of the batch then plays its triple instead of sampling)
+and moves the window. Per event at GPT-2 Small size on CPU (batch 1) that is ~81 ms, three ~27 ms decoder
+steps, where a call and a round trip per token, a sort per token for top-p and a copy of the cache per step
+had cost ~60 ms more (benchmarks/sample.py has the end-to-end numbers).
 
 Differences from the reference, on purpose:
-- N samples of one request run as one batch (one jitted step per token for all of them).
+- N samples of one request run as one batch (one jitted call per event for all of them).
+- Top-p keeps the tokens at least as probable as a threshold found by bisection (`_nucleus`), not a sorted
+  cumsum: the same tokens except at exact ties and last-ulp rounding of the cumulative sum.
 - REST may only be sampled in the note slot, after a zero duration (as in the training data; the reference
   leaves it allowed everywhere, which can make an unreadable triple).
 - Beyond the context (1,024 tokens) the reference slides a window of the latest 1,017 tokens forward by one
@@ -36,14 +45,16 @@ from amt import augment, decoder, ops, vocab
 MAX_SAMPLED_INSTRUMENTS = 15  # the 16th MIDI channel stays free for drums (the reference's rule)
 
 
-@functools.partial(jax.jit, static_argnames=("phase", "top_p"))
+# the vocabulary block of each slot of an event: onset, duration, note (or REST)
+SLOTS = ((vocab.TIME_OFFSET, vocab.TIME_OFFSET + vocab.MAX_TIME), (vocab.DUR_OFFSET, vocab.DUR_OFFSET + vocab.MAX_DUR),
+         (vocab.NOTE_OFFSET, vocab.REST + 1))
+
+
 def constrained_sample(logits, key, *, phase: int, min_onset, instrument_allowed, rest_allowed, top_p: float,
                        temperature):
-    """One token per row of (batch, vocab) logits for the slot `phase` (0 onset, 1 duration, 2 note)."""
-    # only the slot's block of the vocabulary can be sampled: work on that slice (a smaller sort for top-p)
-    low, high = ((vocab.TIME_OFFSET, vocab.TIME_OFFSET + vocab.MAX_TIME), (vocab.DUR_OFFSET, vocab.DUR_OFFSET + vocab.MAX_DUR),
-                 (vocab.NOTE_OFFSET, vocab.REST + 1))[phase]
-    logits = logits[:, low:high]
+    """One token per row of (batch, block) logits of the slot `phase`'s vocabulary block (0 onset, 1 duration,
+    2 note)."""
+    low, high = SLOTS[phase]
     v = jnp.arange(low, high)
     if phase == 0:
         allowed = v[None] >= vocab.TIME_OFFSET + min_onset[:, None]
@@ -56,14 +67,59 @@ def constrained_sample(logits, key, *, phase: int, min_onset, instrument_allowed
     logits = jnp.where(allowed, logits / temperature, -jnp.inf)
     if top_p >= 1.0:
         return low + jax.random.categorical(key, logits, axis=-1)
-    # nucleus: keep the most probable tokens whose cumulative probability reaches top_p (at least one)
-    order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    remove_sorted = jnp.concatenate([jnp.zeros_like(cumulative[:, :1], bool), cumulative[:, :-1] > top_p], axis=-1)
-    remove = jnp.zeros_like(remove_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(remove_sorted)
-    logits = jnp.where(remove, -jnp.inf, logits)
-    return low + jax.random.categorical(key, logits, axis=-1)
+    return low + jax.random.categorical(key, jnp.where(_nucleus(jax.nn.softmax(logits, axis=-1), top_p), logits, -jnp.inf),
+                                        axis=-1)
+
+
+def _nucleus(probabilities, top_p: float):
+    """Which tokens top-p keeps, per row: the most probable ones, in order, up to the first whose cumulative
+    probability passes top_p (at least one). That is the tokens at least as probable as a threshold: the
+    largest value t with mass(p >= t) > top_p, found by bisection on the bits of t (non-negative floats
+    order as their bits do), 31 masked sums instead of a sort of up to 16,513 entries (a sort per token was
+    a third of a step at batch 1). Ties at the threshold are all kept, and the sums are not a cumsum's
+    rounding: equal to the sorted cumsum's choice but at exact ties and last-ulp sums."""
+    def mass_above(bits):  # (batch,) int32 bits of thresholds -> mass(p >= threshold) > top_p
+        threshold = jax.lax.bitcast_convert_type(bits, probabilities.dtype)[:, None]
+        return jnp.where(probabilities >= threshold, probabilities, 0).sum(-1) > top_p
+
+    def bisect(_, bounds):  # invariant: mass_above(low), not mass_above(high)
+        low, high = bounds
+        middle = low + (high - low) // 2
+        above = mass_above(middle)
+        return jnp.where(above, middle, low), jnp.where(above, high, middle)
+
+    batch = probabilities.shape[0]
+    start = (jnp.zeros(batch, jnp.int32), jnp.full(batch, 0x7F800000, jnp.int32))  # 0 .. +inf
+    low, _ = jax.lax.fori_loop(0, 31, bisect, start)
+    return probabilities >= jax.lax.bitcast_convert_type(low, probabilities.dtype)[:, None]
+
+
+@functools.partial(jax.jit, static_argnames="top_p")
+def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, start, key, given, given_at,
+           min_onset, instrument_allowed, *, top_p: float, temperature):
+    """One event per row at positions start..start + 2, in one call and one round trip (not one a token):
+    the onset, duration and note are sampled under the constraints, each fed to the model before the next. A row plays its `given` triple
+    (time relative to the window) instead when its sampled onset reaches `given_at`: 0 for a control due
+    now, the given note's time for Algorithm 2's backfill, otherwise never (MAX_TIME).
+
+    `hidden` (batch, embed) is the state that predicts the onset; `unembed` the unembedding's block for
+    each slot (half the vocabulary is never sampled: controls and specials). Returns the sampled triples (batch, 3), the hidden
+    state after the event and its keys and values (for `decoder.write`)."""
+    recent = decoder.empty_cache(weights, hidden.shape[0], 3)
+    keys = jax.random.split(key, 3)
+    sampled, plays_given = [], None
+    for phase in range(3):
+        token = constrained_sample(hidden @ unembed[phase], keys[phase], phase=phase, min_onset=min_onset,
+                                   instrument_allowed=instrument_allowed,
+                                   rest_allowed=sampled[1] == vocab.DUR_OFFSET if phase == 2 else None,
+                                   top_p=top_p, temperature=temperature)
+        if phase == 0:
+            plays_given = token - vocab.TIME_OFFSET >= given_at
+        sampled.append(token)
+        hidden, recent = decoder.forward(weights, cache, recent, jnp.where(plays_given, given[:, phase], token)[:, None],
+                                         start, phase)
+        hidden = hidden[:, 0]
+    return jnp.stack(sampled, axis=1), hidden, recent
 
 
 @dataclass
@@ -75,8 +131,7 @@ class _Sample:
     current_time: int
     offset: int = 0  # absolute - relative time of the window in the cache
     sampled: int = 0  # events sampled so far
-    pending: list[int] = field(default_factory=list)  # tokens to feed before sampling again (a control)
-    triple: list[int] = field(default_factory=list)  # the event being sampled
+    pending: list[list[int]] = field(default_factory=list)  # triples to feed before sampling again (controls)
     done: bool = False
     instruments: set = field(default_factory=set)
 
@@ -98,6 +153,8 @@ class Sampler:
     def __init__(self, model):
         self.weights = decoder.decoder_weights(model)
         self.context = self.weights.shape[3]
+        # contiguous copies: a dot with a column slice of the whole unembedding copied the slice every time
+        self.unembed = tuple(self.weights.lm_head[:, low:high] for low, high in SLOTS)
 
     def generate(self, start_time: float, end_time: float, inputs=None, controls=None,
                  options: SamplingOptions = SamplingOptions(), anticipatory: bool = True) -> list[np.ndarray]:
@@ -144,88 +201,81 @@ class Sampler:
     # --- the loop -----------------------------------------------------------------------------------
     def _prefill(self, samples: list[_Sample], flag: int, room: int):
         """Prefill the cache with each sample's latest `room` events, time relative to that window (the
-        reference's rule: minus the window's earliest time). Returns (logits, cache, next position)."""
+        reference's rule: minus the window's earliest time). Returns (hidden state, cache, next position)."""
         windows = []
         for s in samples:
             history = ops.as_triples(np.asarray(s.tokens, dtype=np.int64))[-room:] if room else np.zeros((0, 3), np.int64)
             s.offset = ops.min_time(history, seconds=False) if len(history) else 0
             windows.append([flag] + ops.flatten(ops.translate(history, -s.offset)).tolist())
         batch = decoder.pad_window(np.asarray(windows, dtype=np.int32), self.context)
-        cache = decoder.empty_cache(self.weights, len(samples))
-        logits, cache = decoder.prefill(self.weights, cache, jnp.asarray(batch), len(windows[0]))
-        return logits, cache, len(windows[0])
+        hidden, cache = decoder.prefill(self.weights, jnp.asarray(batch), len(windows[0]))
+        return hidden, cache, len(windows[0])
 
     def _run(self, samples: list[_Sample], flag: int, start: int, end: int, options: SamplingOptions,
              anticipatory: bool) -> None:
         full = (self.context - 1) // 3  # events that fit the context after the flag
         sliding = max(full - options.window_chunk, 1)
         key = jax.random.PRNGKey(options.seed)
-        logits, cache, position = self._prefill(samples, flag, full if len(samples[0].tokens) <= 3 * full else sliding)
+        hidden, cache, position = self._prefill(samples, flag, full if len(samples[0].tokens) <= 3 * full else sliding)
         # controls are inserted `delta` ahead (Algorithm 1); Algorithm 2 inserts given notes as events, on time
         delta, condition_offset = (options.delta, vocab.ATIME_OFFSET) if anticipatory else (0, vocab.TIME_OFFSET)
+        never = vocab.MAX_TIME  # beyond any sampled onset
         while True:
-            phase = (position - 1) % 3
-            if phase == 0:
-                if position + 3 > self.context:  # the context is full: move the window (see the notes above)
-                    logits, cache, position = self._prefill(samples, flag, sliding)
-                for s in samples:  # between events: the controls now due go in first
-                    while not s.done and s.controls and s.current_time >= s.controls[0][0] - condition_offset - delta:
-                        s.pending.extend(s.controls.pop(0))
+            if position + 3 > self.context:  # the context is full: move the window (see the notes above)
+                hidden, cache, position = self._prefill(samples, flag, sliding)
             min_onset = np.array([max(start, s.current_time) - s.offset for s in samples], dtype=np.int32)
             allowed = np.ones((len(samples), vocab.MAX_INSTR), dtype=bool)
+            given = np.zeros((len(samples), 3), dtype=np.int32)
+            given_at = np.full(len(samples), never, dtype=np.int32)
             for i, s in enumerate(samples):
+                while not s.done and s.controls and s.current_time >= s.controls[0][0] - condition_offset - delta:
+                    s.pending.append(s.controls.pop(0))  # the controls now due go in first
                 if len(s.instruments) >= MAX_SAMPLED_INSTRUMENTS:
                     allowed[i] = False
                     allowed[i, sorted(s.instruments)] = True
-            rest_allowed = np.array([len(s.triple) == 2 and s.triple[1] == vocab.DUR_OFFSET for s in samples])
+                if s.pending or (not anticipatory and s.controls):  # Algorithm 2: backfill if the onset passes it
+                    given[i] = s.pending[0] if s.pending else s.controls[0]
+                    given[i, 0] -= s.offset
+                    given_at[i] = 0 if s.pending else given[i, 0] - vocab.TIME_OFFSET
             key, subkey = jax.random.split(key)
-            sampled = np.asarray(constrained_sample(
-                logits, subkey, phase=phase, min_onset=jnp.asarray(np.minimum(min_onset, vocab.MAX_TIME - 1)),
-                instrument_allowed=jnp.asarray(allowed), rest_allowed=jnp.asarray(rest_allowed),
-                top_p=float(options.top_p), temperature=options.temperature))
-            feed = np.array([(vocab.TIME_OFFSET, vocab.DUR_OFFSET, vocab.REST)[phase]] * len(samples), dtype=np.int32)
+            sampled, hidden, recent = _event(
+                self.weights, self.unembed, cache, hidden, jnp.asarray(position), subkey, jnp.asarray(given),
+                jnp.asarray(given_at), jnp.asarray(np.minimum(min_onset, vocab.MAX_TIME - 1)),
+                jnp.asarray(allowed), top_p=float(options.top_p), temperature=options.temperature)
+            cache = decoder.write(cache, recent, jnp.asarray(position))
+            sampled = np.asarray(sampled)
             for i, s in enumerate(samples):
                 if s.done:
                     continue
-                if s.pending:  # a control (or, in Algorithm 2, a given note) being inserted
-                    token = s.pending.pop(0)
-                    s.tokens.append(token)
-                    feed[i] = token - s.offset if phase == 0 else token
-                    if phase == 2:
-                        s.instruments.add((token - condition_offset - vocab.NOTE_OFFSET) // vocab.MAX_PITCH)
-                        if not anticipatory:  # a given note played as an event moves time forward
-                            s.current_time = max(s.current_time, s.tokens[-3] - vocab.TIME_OFFSET)
-                    continue
-                token = int(sampled[i])
-                feed[i] = token
-                if phase == 0:
-                    onset = token - vocab.TIME_OFFSET + s.offset
+                if not s.pending:
+                    onset = int(sampled[i, 0]) - vocab.TIME_OFFSET + s.offset
                     if onset >= end or min_onset[i] >= vocab.MAX_TIME:
                         s.done = True
                         continue
-                    if not anticipatory and s.controls and s.controls[0][0] - vocab.TIME_OFFSET <= onset:
-                        # Algorithm 2's backfill: given notes up to the sampled onset go first; the model
-                        # then samples its event again, having seen them
-                        while s.controls and s.controls[0][0] - vocab.TIME_OFFSET <= onset:
-                            s.pending.extend(s.controls.pop(0))
-                        token = s.pending.pop(0)
-                        s.tokens.append(token)
-                        feed[i] = token - s.offset
+                    if onset - s.offset < given_at[i]:  # (sampled onsets are below `never`)
+                        self._add_event(s, [vocab.TIME_OFFSET + onset, int(sampled[i, 1]), int(sampled[i, 2])], options)
                         continue
-                    token = vocab.TIME_OFFSET + onset
-                s.triple.append(token)
-                if phase == 2:
-                    s.tokens.extend(s.triple)
-                    s.current_time = s.triple[0] - vocab.TIME_OFFSET
-                    s.sampled += 1
-                    s.done = s.sampled >= options.max_events
-                    if token != vocab.REST:
-                        s.instruments.add((token - vocab.NOTE_OFFSET) // vocab.MAX_PITCH)
-                    s.triple = []
+                    # Algorithm 2's backfill: given notes up to the sampled onset go first (the first one was
+                    # played instead of the event); the model then samples its event again, having seen them
+                    while s.controls and s.controls[0][0] - vocab.TIME_OFFSET <= onset:
+                        s.pending.append(s.controls.pop(0))
+                triple = s.pending.pop(0)  # a control (or, in Algorithm 2, a given note), played
+                s.tokens.extend(triple)
+                s.instruments.add((triple[2] - condition_offset - vocab.NOTE_OFFSET) // vocab.MAX_PITCH)
+                if not anticipatory:  # a given note played as an event moves time forward
+                    s.current_time = max(s.current_time, triple[0] - vocab.TIME_OFFSET)
             if all(s.done for s in samples):
                 return
-            logits, cache = decoder.step(self.weights, cache, jnp.asarray(feed), jnp.asarray(position))
-            position += 1
+            position += 3
+
+    @staticmethod
+    def _add_event(s: _Sample, triple: list[int], options: SamplingOptions) -> None:
+        s.tokens.extend(triple)
+        s.current_time = triple[0] - vocab.TIME_OFFSET
+        s.sampled += 1
+        s.done = s.sampled >= options.max_events
+        if triple[2] != vocab.REST:
+            s.instruments.add((triple[2] - vocab.NOTE_OFFSET) // vocab.MAX_PITCH)
 
 
 # --- tasks: what musicians ask for ----------------------------------------------------------------------
