@@ -1,11 +1,16 @@
 """Sampling speed at a full 1,024-token context, GPT-2 Small size (random weights, fixed seed), on this machine.
 
 Three ways, same weights, same run:
-- ours: `amt.sampling.Sampler` (KV cache, one jitted step per token, the window moved and prefilled again when
-  the context fills), generating events after a real prompt that fills the context;
+- ours: `amt.sampling.Sampler` (KV cache, one jitted call per event, the window moved and prefilled again when
+  the context fills), generating events after a real prompt that fills the context; its time includes both
+  prefills of a 640-token window (the prompt's and the moved window's, ~1.5 s each: ~20 ms of each event);
 - the reference's method: the whole context through the model again for every token (`decoder.full_logits`
   on the 1,024-token window), timed over a few tokens;
 - Hugging Face transformers' GPT-2 with its own KV cache (torch, eager attention), same weights, timed per token.
+
+Measured (2-core CPU, shared): ours 118 ms an event one sample, 73 ms batched (8); full recompute 6,602 ms;
+Hugging Face 145 ms: 56x / 91x the reference's method, 1.22x / 1.99x Hugging Face's KV cache. (Before one
+call per event: 171 / 167 ms, 42x, 0.89x.)
 
 Usage: python benchmarks/sample.py [--events 30] [--reference-tokens 3] [--layers 12 --width 768 --heads 12]
 """
