@@ -142,8 +142,8 @@ def run(config: GenerationEvalConfig) -> dict:
     options = sampling.SamplingOptions(top_p=config.top_p, seed=config.seed)
     start, end = config.prompt_seconds, config.clip_seconds
     start_bin, end_bin = int(vocab.TIME_RESOLUTION * start), int(vocab.TIME_RESOLUTION * end)
-    partner = list(range(1, len(clips))) + [0]  # retrieval: the next clip (a derangement)
-    random.Random(config.seed).shuffle(clips)
+    random.Random(config.seed).shuffle(clips)  # so that retrieval pairs unrelated files, not folder neighbours
+    partner = list(range(1, len(clips))) + [0]  # retrieval: the next clip (never the clip itself)
 
     results = {task: [] for task in config.tasks}
     outputs = {task: [] for task in config.tasks}  # for piano rolls
