@@ -99,7 +99,13 @@ def _load_model(checkpoint, model_config):
     Vocab = hax.Axis("vocab", vocab.VOCAB_SIZE)
     shapes = eqx.filter_eval_shape(config.build, Vocab, key=jax.random.PRNGKey(0))
     trainable, static = eqx.partition(shapes, is_inexact_arrayish)
-    trainable = load_checkpoint(trainable, checkpoint, subpath="model", discover_latest=True)
+    serialization = logging.getLogger("levanter.tensorstore_serialization")
+    level = serialization.level
+    serialization.setLevel(logging.ERROR)  # it warns "Unknown leaf type NoneType" for every static (None) field
+    try:
+        trainable = load_checkpoint(trainable, checkpoint, subpath="model", discover_latest=True)
+    finally:
+        serialization.setLevel(level)
     return eqx.combine(trainable, static), config
 
 

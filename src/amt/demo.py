@@ -88,8 +88,9 @@ class _TrainingProgress(logging.Handler):
 
 
 def _console_filter(record: logging.LogRecord) -> bool:
-    """The console keeps warnings, our own messages and Levanter's evaluation summary; the log file keeps all."""
-    return record.levelno >= logging.WARNING or record.name.startswith(("amt", "levanter.eval"))
+    """The console keeps warnings and our own messages (steps and evaluations print as compact lines);
+    the log file keeps everything."""
+    return record.levelno >= logging.WARNING or record.name.startswith("amt")
 
 
 @contextlib.contextmanager
@@ -141,6 +142,7 @@ def run(config: DemoConfig) -> dict:
     for path in (config.midi, config.recipe, config.continuation_prompt, config.accompaniment_prompt):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path} not found (amt demo runs from a checkout of the repository)")
+    logging.getLogger("jax").setLevel(logging.WARNING)  # checkpoint serialization narrates every write at INFO
     out = Path(config.out)
     data, checkpoints, samples = out / "data", out / "checkpoints", out / "samples"
     stages = _Stages(total=5)
