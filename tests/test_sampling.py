@@ -11,24 +11,14 @@ import numpy as np
 import pytest
 
 from amt import augment, checkpoints, decoder, midi, ops, sampling, sequences, vocab
-from amt.train import MusicGpt2Config
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "midi"
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    """A tiny random GPT-2 of our vocabulary (context 256, so long pieces move the window)."""
-    import haliax as hax
-    from levanter.utils.tree_utils import inference_mode
-
-    from amt.checkpoints import single_device_mesh
-
-    config = MusicGpt2Config(seq_len=256, hidden_dim=32, num_layers=2, num_heads=2, scale_attn_by_inverse_layer_idx=True)
-    with single_device_mesh():
-        model = config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0))
-    return inference_mode(model, True)
+def tiny_model(make_tiny_model):
+    return make_tiny_model(seq_len=256)  # a short context, so long pieces move the window
 
 
 @pytest.fixture(scope="module")
