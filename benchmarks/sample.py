@@ -8,9 +8,10 @@ Three ways, same weights, same run:
   on the 1,024-token window), timed over a few tokens;
 - Hugging Face transformers' GPT-2 with its own KV cache (torch, eager attention), same weights, timed per token.
 
-Measured (2-core CPU, shared): ours 118 ms an event one sample, 73 ms batched (8); full recompute 6,602 ms;
-Hugging Face 145 ms: 56x / 91x the reference's method, 1.22x / 1.99x Hugging Face's KV cache. (Before one
-call per event: 171 / 167 ms, 42x, 0.89x.)
+Measured (this 2-core CPU, otherwise idle, two runs): ours 91-95 ms an event for one sample, 64 ms batched (8);
+full recompute 6,447-6,939 ms; Hugging Face 139-143 ms: 71-73x / 101-109x the reference's method, 1.50-1.52x /
+2.18-2.25x Hugging Face's KV cache (with other jobs sharing the CPU: 56x and 1.22x). Before one call per event:
+171 / 167 ms, 42x, 0.89x.
 
 Usage: python benchmarks/sample.py [--events 30] [--reference-tokens 3] [--layers 12 --width 768 --heads 12]
 """
