@@ -209,3 +209,9 @@ def test_killed_job_resumes_to_the_same_rows(midi_dir, tmp_path):
     assert preprocess.cache_fingerprint(killed) == preprocess.cache_fingerprint(tmp_path / "clean")
     for split in ("train", "validation", "test"):
         assert (killed / f"{split}.txt").read_bytes() == (tmp_path / "clean" / f"{split}.txt").read_bytes()
+
+
+def test_a_bucket_as_output_is_refused_with_what_to_do_instead():
+    config = preprocess.PreprocessConfig(source="lmd_full.tar.gz", out="gs://bucket/lakh-a30")
+    with pytest.raises(ValueError, match="out: gs://bucket/lakh-a30: the job writes to a local folder.*gsutil"):
+        config.validate()

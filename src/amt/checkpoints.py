@@ -42,17 +42,25 @@ def save_model_config(config: TrainConfig) -> str:
     return path
 
 
+def _exists(path: str) -> bool:
+    """Local or remote (gs://...) paths alike."""
+    fs, plain = fsspec.core.url_to_fs(path)
+    return fs.exists(plain)
+
+
 def is_hf_folder(path: str | os.PathLike) -> bool:
-    return os.path.exists(os.path.join(path, "config.json"))
+    return _exists(os.path.join(os.fspath(path), "config.json"))
 
 
 def model_config_for(checkpoint: str | os.PathLike) -> MusicGpt2Config:
-    """The model config saved by `amt train` for a checkpoint (in its folder or the one above)."""
+    """The model config saved by `amt train` for a checkpoint (in its folder or the one above), local or remote."""
     checkpoint = os.fspath(checkpoint).rstrip("/")
     for folder in (checkpoint, os.path.dirname(checkpoint)):
         path = os.path.join(folder, MODEL_CONFIG_FILE)
-        if os.path.exists(path):
-            return draccus.parse(MusicGpt2Config, config_path=path, args=[])
+        if _exists(path):
+            with fsspec.open(path) as file:
+                fields = yaml.safe_load(file)
+            return draccus.decode(MusicGpt2Config, fields)
     raise FileNotFoundError(
         f"{checkpoint}: no {MODEL_CONFIG_FILE} beside this checkpoint (written by `amt train`); "
         "pass the model config explicitly"

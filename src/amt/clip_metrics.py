@@ -8,8 +8,9 @@ two-clip comparisons, so those are here, following their sources:
   on fixed log-spaced bins (10 ms to 10 s), as in Yang & Lerch's mgeval (which smooths with a Gaussian KDE;
   fixed bins also behave on clips with one distinct value, where a KDE is singular);
 - instrument F1: of one clip's instrument set against another's (or the prompt's);
-- groove similarity: Wu & Yang's grooving pattern (onset positions on a 16-step grid of each 2 s window;
-  our time is in seconds, not bars), 1 - Hamming distance / 16, averaged over aligned windows.
+- groove similarity: Wu & Yang's grooving patterns (onset positions on a 16-step grid of each 2 s window;
+  our time is in seconds, not bars), compared on aligned windows as shared onset cells over cells with an
+  onset in either (their 1 - Hamming distance also counts shared silence, which flatters a silent clip).
 Drums count for density, IOIs, durations, instruments and groove, not for pitch classes.
 """
 
@@ -127,9 +128,13 @@ def groove_patterns(clip: Clip, window: float = GROOVE_WINDOW_SECONDS, steps: in
 
 
 def groove_similarity(a: Clip, b: Clip) -> float:
+    """Shared onset cells over cells with an onset in either clip, on aligned windows (Jaccard). Wu & Yang's
+    1 - Hamming / steps counts agreeing empty cells too, which on mostly empty grids rewards a
+    near-silent clip; both are 1 for equal clips, and two silent clips agree."""
     pa, pb = groove_patterns(a), groove_patterns(b)
     n = min(len(pa), len(pb))
-    return float(1.0 - (pa[:n] != pb[:n]).mean())
+    union = (pa[:n] | pb[:n]).sum()
+    return float((pa[:n] & pb[:n]).sum() / union) if union else 1.0
 
 
 def compare(generated: Clip, reference: Clip, prompt_instruments: set | None = None) -> dict:

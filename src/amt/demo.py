@@ -166,9 +166,13 @@ def run(config: DemoConfig) -> dict:
 
     stages.start("perplexity on the held-out test split (every checkpoint)",
                  f"amt eval perplexity --checkpoint {checkpoints} --cache {data / 'test'} --out {out / 'eval'}")
-    rows = perplexity.run(perplexity.PerplexityConfig(checkpoints=[str(checkpoints)], cache=str(data / "test"),
-                                                      out=str(out / "eval"), max_sequences=config.eval_sequences))
-    print(perplexity.markdown_table(rows))
+    rows = []
+    if stats["splits"].get("test", {}).get("sequences", 0):
+        rows = perplexity.run(perplexity.PerplexityConfig(checkpoints=[str(checkpoints)], cache=str(data / "test"),
+                                                          out=str(out / "eval"), max_sequences=config.eval_sequences))
+        print(perplexity.markdown_table(rows))
+    else:
+        print(f"skipped: no file of {config.midi} falls in the test split (Lakh's rule: MD5 starting with f)")
 
     continuation = samples / "continuation.mid"
     generate = ["generate", "--checkpoint", str(checkpoints), "--prompt", config.continuation_prompt,
@@ -189,8 +193,9 @@ def run(config: DemoConfig) -> dict:
         raise RuntimeError("generating the accompaniment failed")
     stages.finish()
 
-    written = {"caches": data, "checkpoints": checkpoints, "training log": out / "logs",
-               "perplexity": out / "eval" / "perplexity.csv", "perplexity plot": out / "eval" / "perplexity.png"}
+    written = {"caches": data, "checkpoints": checkpoints, "training log": out / "logs"}
+    if rows:
+        written.update({"perplexity": out / "eval" / "perplexity.csv", "perplexity plot": out / "eval" / "perplexity.png"})
     for path in (continuation, accompaniment):
         written[path.stem] = path
         written[f"{path.stem} piano roll"] = path.with_suffix(".png")

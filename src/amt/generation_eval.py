@@ -7,10 +7,13 @@ For each test file, one clip of `clip_seconds` at a seeded random start (transla
   `min_melody_notes` notes) is given for the whole clip as controls; the model is prompted with the other
   instruments' first `prompt_seconds` and generates the rest (Algorithm 1), and, as the paper's baseline,
   the same model does it autoregressively (Algorithm 2).
-Every system's part after the prompt is compared with the clip's true part (`amt.clip_metrics.compare`);
-the retrieval baseline is the same part of another test clip (for accompaniment: its other instruments,
-with this clip's melody). Accompaniments are also checked: the given melody comes back exactly, and how many
-new notes fall in the melody's instrument (the model was asked to accompany, not to add melody).
+Every system's part after the prompt (from just after it: notes exactly at the prompt's end belong to the
+prompt) is compared with the clip's true part (`amt.clip_metrics.compare`); the retrieval baseline is the same
+part of another test clip. For accompaniment only the accompaniment is compared: the given melody, identical
+in every output, is taken out (and the melody instrument out of the truth); retrieval is the other clip without
+its own melody and this clip's melody instrument. Accompaniments are also checked: the given melody comes back
+exactly, the share of it the model was conditioned on before it stopped, and how many notes a system added to
+the melody's instrument (it was asked to accompany, not to add melody).
 Writes report.md, report.json (aggregate and per clip), histograms of each metric, and piano rolls.
 """
 
@@ -54,6 +57,8 @@ class GenerationEvalConfig:
             raise ValueError(f"tasks: unknown {unknown}; choose from {list(TASKS)}")
         if self.split not in (*sources.SPLITS, "all"):
             raise ValueError(f"split: {self.split!r} is not one of {[*sources.SPLITS, 'all']}")
+        if self.clip_seconds > vocab.MAX_TIME_IN_SECONDS:
+            raise ValueError(f"clip_seconds: at most {vocab.MAX_TIME_IN_SECONDS} (the onset vocabulary's span)")
         if not 0 < self.prompt_seconds < self.clip_seconds:
             raise ValueError(f"prompt_seconds ({self.prompt_seconds}) must be in (0, clip_seconds={self.clip_seconds})")
 
@@ -85,7 +90,11 @@ def choose_clips(config: GenerationEvalConfig) -> tuple[list[TestClip], dict]:
     for item in sources.iter_items(config.midi):
         if len(clips) >= config.clips:
             break
-        data = item.read()
+        try:
+            data = item.read()
+        except OSError as error:
+            skipped[item.name] = f"unreadable: {error}"
+            continue
         if config.split != "all" and sources.split_of(sources.content_md5(item.name, data)) != config.split:
             continue
         try:
@@ -144,39 +153,39 @@ def run(config: GenerationEvalConfig) -> dict:
     start_bin, end_bin = int(vocab.TIME_RESOLUTION * start), int(vocab.TIME_RESOLUTION * end)
     random.Random(config.seed).shuffle(clips)  # so that retrieval pairs unrelated files, not folder neighbours
     partner = list(range(1, len(clips))) + [0]  # retrieval: the next clip (never the clip itself)
+    # compared: (start, end) exclusive of the start, since the prompt keeps the notes arriving exactly at it
+    first, last = start_bin + 1, end_bin
 
     results = {task: [] for task in config.tasks}
     outputs = {task: [] for task in config.tasks}  # for piano rolls
     for index, clip in enumerate(clips):
         other = clips[partner[index]]
-        prompt_instruments = _instruments(ops.clip(clip.events, 0, start, clip_duration=False))
-        truth = _part(clip.events, start_bin, end_bin)
         if "continuation" in config.tasks:
-            systems = {
-                "model": sampling.continuation(sampler, clip.events, start, end, options)[0],
-                "retrieval": other.events,
-            }
-            rows = {name: clip_metrics.compare(_part(events, start_bin, end_bin), truth, prompt_instruments)
-                    for name, events in systems.items()}
-            results["continuation"].append({"clip": clip.name, **_features(truth, systems, start_bin, end_bin), "vs_truth": rows})
+            prompt_instruments = _instruments(ops.clip(clip.events, 0, start, clip_duration=False))
+            systems = {"model": sampling.continuation(sampler, clip.events, start, end, options)[0],
+                       "retrieval": other.events}
+            results["continuation"].append(_measure(clip.name, clip.events, systems, first, last, prompt_instruments))
             outputs["continuation"].append((clip, systems))
         if "accompaniment" in config.tasks and clip.melody is not None:
+            # measured: the accompaniment alone (the given melody, identical in every system, is taken out of
+            # the outputs, and the melody instrument out of the truth)
             others, given = augment.extract_instruments(clip.events, [clip.melody])
             given = ops.from_controls(given)
-            retrieved_others, _ = augment.extract_instruments(other.events, [clip.melody])
-            systems = {
-                "model": sampling.accompany(sampler, clip.events, [clip.melody], start, end, options)[0],
-                "autoregressive": sampling.accompany(sampler, clip.events, [clip.melody], start, end, options,
-                                                     anticipatory=False)[0],
-                "retrieval": ops.sort(np.concatenate([given, retrieved_others])),
-            }
-            prompt_instruments = _instruments(ops.clip(others, 0, start, clip_duration=False)) | {clip.melody}
-            rows = {}
+            drop = [clip.melody] + ([other.melody] if other.melody is not None else [])
+            retrieved_others = augment.extract_instruments(other.events, drop)[0]
+            systems, context = {}, {}
+            for name, anticipatory in (("model", True), ("autoregressive", False)):
+                systems[name] = sampling.accompany(sampler, clip.events, [clip.melody], start, end, options,
+                                                   anticipatory=anticipatory)[0]
+                context[name] = sampler.last_sequences[0]
+            systems["retrieval"] = ops.sort(np.concatenate([given, retrieved_others]))
+            prompt_instruments = _instruments(ops.clip(others, 0, start, clip_duration=False))
+            row = _measure(clip.name, others, {name: _without(events, given) for name, events in systems.items()},
+                           first, last, prompt_instruments)
+            row["melody"] = clip.melody
             for name, events in systems.items():
-                rows[name] = clip_metrics.compare(_part(events, start_bin, end_bin), truth, prompt_instruments)
-                rows[name].update(_accompaniment_checks(events, given, clip.melody, start_bin))
-            results["accompaniment"].append({"clip": clip.name, "melody": clip.melody,
-                                             **_features(truth, systems, start_bin, end_bin), "vs_truth": rows})
+                row["vs_truth"][name].update(_accompaniment_checks(events, given, context.get(name), clip.melody, first))
+            results["accompaniment"].append(row)
             outputs["accompaniment"].append((clip, systems))
         logger.info("clip %d/%d done: %s", index + 1, len(clips), clip.name)
 
@@ -194,32 +203,61 @@ def run(config: GenerationEvalConfig) -> dict:
     return report
 
 
-def _features(truth: clip_metrics.Clip, systems: dict, start: int, end: int) -> dict:
-    return {"features": {"truth": clip_metrics.features(truth),
-                         **{name: clip_metrics.features(_part(e, start, end)) for name, e in systems.items()}}}
+def _measure(name: str, truth: np.ndarray, systems: dict, first: int, last: int, prompt_instruments: set) -> dict:
+    """Features of the truth's and each system's [first, last) part, and each system against the truth."""
+    truth_part = _part(truth, first, last)
+    parts = {system: _part(events, first, last) for system, events in systems.items()}
+    return {"clip": name,
+            "features": {"truth": clip_metrics.features(truth_part),
+                         **{system: clip_metrics.features(part) for system, part in parts.items()}},
+            "vs_truth": {system: clip_metrics.compare(part, truth_part, prompt_instruments)
+                         for system, part in parts.items()}}
 
 
-def _accompaniment_checks(events: np.ndarray, given: np.ndarray, melody: int, start: int) -> dict:
-    """Whether every given melody note is in the output unchanged, and new notes in the melody's instrument."""
+def _without(events: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """The rows of `events` that are not given rows."""
+    given_rows = set(map(tuple, ops.as_triples(given).tolist()))
+    events = ops.as_triples(events)
+    return events[[tuple(row) not in given_rows for row in events.tolist()]].reshape(-1, 3)
+
+
+def _accompaniment_checks(events: np.ndarray, given: np.ndarray, context: np.ndarray | None, melody: int,
+                          first: int) -> dict:
+    """controls_kept: every given melody note is in the output unchanged (the sampler's promise, checked);
+    controls_in_context: the share of given notes the model was actually conditioned on (inserted as controls
+    in Algorithm 1, played as events in Algorithm 2) before it stopped (None for retrieval: no model);
+    new_notes_in_melody_instrument: notes the system added to the melody's instrument."""
     rows = set(map(tuple, ops.as_triples(events).tolist()))
     given_rows = set(map(tuple, ops.as_triples(given).tolist()))
-    instrument = (ops.as_triples(events)[:, 2] - vocab.NOTE_OFFSET) // vocab.MAX_PITCH
-    new_in_melody = sum(1 for row, i in zip(ops.as_triples(events).tolist(), instrument)
-                        if i == melody and row[0] >= start and tuple(row) not in given_rows)
-    return {"controls_kept": float(given_rows <= rows), "new_notes_in_melody_instrument": new_in_melody}
+    in_context = None
+    if context is not None:
+        triples = ops.as_triples(np.asarray(context)[1:])
+        seen = set(map(tuple, ops.from_controls(triples[ops.is_control(triples)]).tolist()))
+        seen |= set(map(tuple, triples[~ops.is_control(triples)].tolist()))
+        in_context = len(given_rows & seen) / len(given_rows) if given_rows else 1.0
+    added = ops.as_triples(_without(events, given))
+    instrument = (added[:, 2] - vocab.NOTE_OFFSET) // vocab.MAX_PITCH
+    return {"controls_kept": float(given_rows <= rows), "controls_in_context": in_context,
+            "new_notes_in_melody_instrument": int(((instrument == melody) & (ops.times(added) >= first)).sum())}
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Per system: the mean (and count) of every comparison metric and feature over clips (NaN skipped)."""
-    summary = {}
+    """Per system: the mean of every comparison metric and feature over clips, and under "undefined" how many
+    clips gave none for a metric (e.g. no pitched notes to take an entropy of): those are left out of its mean."""
+    values = {}
     for row in rows:
         for system, metrics in row["vs_truth"].items():
             for name, value in metrics.items():
-                summary.setdefault(system, {}).setdefault(name, []).append(value)
+                values.setdefault(system, {}).setdefault(name, []).append(value)
         for system, features in row["features"].items():
             for name, value in features.items():
-                summary.setdefault(system, {}).setdefault(f"feature:{name}", []).append(value)
-    return {system: {name: _mean(values) for name, values in metrics.items()} for system, metrics in summary.items()}
+                values.setdefault(system, {}).setdefault(f"feature:{name}", []).append(value)
+    summary = {}
+    for system, metrics in values.items():
+        summary[system] = {name: _mean(v) for name, v in metrics.items()}
+        undefined = {name: sum(1 for x in v if x is None or math.isnan(x)) for name, v in metrics.items()}
+        summary[system]["undefined"] = {name: n for name, n in undefined.items() if n}
+    return summary
 
 
 def _mean(values) -> float | None:
@@ -235,7 +273,8 @@ def _json_default(value):
 
 COMPARISON_COLUMNS = ("pitch_class_overlap", "pitch_class_entropy_difference", "note_density_difference",
                       "polyphony_difference", "ioi_overlap", "duration_overlap", "instrument_f1",
-                      "instrument_f1_vs_prompt", "groove_similarity", "controls_kept", "new_notes_in_melody_instrument")
+                      "instrument_f1_vs_prompt", "groove_similarity", "controls_kept", "controls_in_context",
+                      "new_notes_in_melody_instrument")
 FEATURE_COLUMNS = ("notes", "note_density", "pitch_class_entropy", "polyphony", "instruments")
 
 
@@ -263,6 +302,11 @@ def markdown_report(report: dict) -> str:
         for system, values in summary.items():
             lines.append(f"| {system} | " + " | ".join(_fmt(values.get(f"feature:{c}")) for c in FEATURE_COLUMNS) + " |")
         lines.append("")
+    undefined = [f"{task} / {system}: {name.replace('_', ' ')} on {n} clip(s)"
+                 for task, summary in report["summary"].items() for system, values in summary.items()
+                 for name, n in values.get("undefined", {}).items() if name != "controls_in_context"]
+    if undefined:
+        lines += ["Undefined (e.g. no pitched notes after the prompt), left out of the means: " + "; ".join(undefined), ""]
     if report["skipped_files"]:
         lines += ["Files without a clip: " + "; ".join(f"{k}: {v}" for k, v in report["skipped_files"].items()), ""]
     return "\n".join(lines)

@@ -9,7 +9,8 @@ From the per-token losses (nats):
 - for anticipatory data, the same for the controls;
 - bits per second, the paper's "mean loss / ln 2 x test tokens / test seconds", i.e. all bits over all
   seconds, with the seconds measured from the sequences themselves (`sequence_seconds`), not a constant;
-  and event bits per second (event tokens only: controls repeat information the events also carry).
+  and event bits per second (the event tokens' bits only: on anticipatory data, where some notes are moved
+  into controls, it leaves those notes' bits out; on the test split, which has no controls, both agree).
 """
 
 from __future__ import annotations
@@ -93,8 +94,10 @@ def metrics(sequences: np.ndarray, losses: np.ndarray) -> dict:
     def mean(mask):
         return float(losses[mask].mean()) if mask.any() else None
 
-    def exp(x, scale=1.0):
-        return None if x is None else math.exp(scale * x)
+    def exp(x, scale=1.0):  # inf for a diverged checkpoint, instead of stopping a run over many
+        if x is None:
+            return None
+        return math.exp(scale * x) if scale * x < 700 else math.inf
 
     out = {"sequences": n, "tokens": int(losses.size), "seconds": seconds, "loss": mean(np.ones_like(kind, bool))}
     out["perplexity"] = exp(out["loss"])
@@ -109,14 +112,25 @@ def metrics(sequences: np.ndarray, losses: np.ndarray) -> dict:
     return out
 
 
-def token_losses(model, sequences: np.ndarray, batch_size: int = 4) -> np.ndarray:
-    """Losses (n, 1,023) in nats of tokens 1..1,023 of each sequence under a Levanter LM, dropout off;
-    batched and jitted (the last batch is padded to keep one compiled shape)."""
-    import equinox as eqx
+def _losses_of(model, ids):
+    """(batch, positions - 1) next-token losses: logsumexp minus the target's logit (no log-softmax array)."""
     import haliax as hax
     import jax
     import jax.numpy as jnp
     from levanter.layers.attention import AttentionMask
+
+    named = hax.named(ids, ("batch", "position"))
+    logits = model(named, attn_mask=AttentionMask.causal(), key=None).rearrange(("batch", "position", "vocab"))
+    logits = logits.array[:, :-1].astype(jnp.float32)
+    target = jnp.take_along_axis(logits, ids[:, 1:, None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - target
+
+
+def token_losses(model, sequences: np.ndarray, batch_size: int = 4) -> np.ndarray:
+    """Losses (n, 1,023) in nats of tokens 1..1,023 of each sequence under a Levanter LM, dropout off;
+    batched and jitted (the last batch is padded to keep one compiled shape)."""
+    import equinox as eqx
+    import jax.numpy as jnp
     from levanter.utils.tree_utils import inference_mode
 
     from amt.checkpoints import single_device_mesh
@@ -125,14 +139,7 @@ def token_losses(model, sequences: np.ndarray, batch_size: int = 4) -> np.ndarra
     if model.Pos.size < np.shape(sequences)[1]:
         raise ValueError(f"the model's context ({model.Pos.size} tokens) is shorter than the sequences "
                          f"({np.shape(sequences)[1]}); evaluate a model trained with seq_len 1024")
-
-    @eqx.filter_jit
-    def losses_of(model, ids):
-        named = hax.named(ids, ("batch", "position"))
-        logits = model(named, attn_mask=AttentionMask.causal(), key=None).rearrange(("batch", "position", "vocab"))
-        log_probs = jax.nn.log_softmax(logits.array[:, :-1].astype(jnp.float32), axis=-1)
-        return -jnp.take_along_axis(log_probs, ids[:, 1:, None], axis=-1)[..., 0]
-
+    losses_of = eqx.filter_jit(_losses_of)
     sequences = np.asarray(sequences, dtype=np.int32)
     out = np.zeros((len(sequences), sequences.shape[1] - 1), np.float32)
     with single_device_mesh():
@@ -162,6 +169,10 @@ def expand_checkpoints(paths: list[str]) -> list[tuple[str, int | None]]:
         else:
             names = [os.path.basename(p.rstrip("/")) for p in fs.ls(plain, detail=False)]
             steps = sorted((int(m.group(1)), f"{path}/{name}") for name in names if (m := re.fullmatch(r"step-(\d+)", name)))
+            unfinished = [p for _, p in steps if not fs.exists(f"{p}/metadata.json")]
+            if unfinished:  # still being written by a running job (Levanter writes metadata.json last)
+                logger.warning("skipping unfinished checkpoints: %s", ", ".join(unfinished))
+                steps = [(step, p) for step, p in steps if p not in unfinished]
             if not steps:
                 raise FileNotFoundError(f"{path}: neither a step-N checkpoint, a folder of them, nor a Hugging Face folder")
             found.extend((p, step) for step, p in steps)
@@ -190,8 +201,8 @@ def run(config: PerplexityConfig) -> list[dict]:
     for path, step in checkpoints:
         model, _ = load_model(path)
         row = {"checkpoint": path, "step": step, **metrics(sequences, token_losses(model, sequences, config.batch_size))}
-        logger.info("%s: loss %.4f, event perplexity %.2f, %.1f bits/s", path, row["loss"], row["event_perplexity"],
-                    row["bits_per_second"])
+        logger.info("%s: loss %.4f, event perplexity %s, %s bits/s", path, row["loss"],
+                    _fmt(row["event_perplexity"], ".4g"), _fmt(row["bits_per_second"], ".1f"))
         rows.append(row)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,13 +235,18 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The Table 1 columns for the README / reports."""
     lines = ["| checkpoint | step | loss | event ppl | onset | duration | note | bits/s |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
-            f"| {row['checkpoint']} | {row['step'] if row['step'] is not None else ''} | {row['loss']:.3f} | "
-            f"{row['event_perplexity']:.1f} | {row['event_onset_perplexity']:.2f} | "
-            f"{row['event_duration_perplexity']:.2f} | {row['event_note_perplexity']:.2f} | {row['bits_per_second']:.1f} |"
+            f"| {row['checkpoint']} | {row['step'] if row['step'] is not None else ''} | {_fmt(row['loss'], '.3f')} | "
+            f"{_fmt(row['event_perplexity'], '.4g')} | {_fmt(row['event_onset_perplexity'], '.2f')} | "
+            f"{_fmt(row['event_duration_perplexity'], '.2f')} | {_fmt(row['event_note_perplexity'], '.2f')} | "
+            f"{_fmt(row['bits_per_second'], '.1f')} |"
         )
     return "\n".join(lines)

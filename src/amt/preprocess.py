@@ -88,6 +88,9 @@ class PreprocessConfig:
             raise ValueError("source: no MIDI source given")
         if not self.out:
             raise ValueError("out: no output folder given")
+        if "://" in self.out:
+            raise ValueError(f"out: {self.out}: the job writes to a local folder; copy it to a bucket afterwards "
+                             "(gsutil -m cp -r OUT gs://BUCKET/...), training and evaluation read caches from there")
         if self.augment < 1:
             raise ValueError(f"augment: must be >= 1, got {self.augment}")
         if self.workers < 1:
