@@ -42,8 +42,8 @@ class Clip:
     def from_events(cls, events, seconds: float) -> "Clip":
         events = ops.unpad(ops.as_triples(events))
         events = events[events[:, 2] < vocab.REST]
-        instrument, pitch = np.divmod(events[:, 2] - vocab.NOTE_OFFSET, vocab.MAX_PITCH)
-        return cls(onset=(events[:, 0] - vocab.TIME_OFFSET) / vocab.TIME_RESOLUTION,
+        instrument, pitch = np.divmod(ops.notes(events), vocab.MAX_PITCH)
+        return cls(onset=ops.times(events) / vocab.TIME_RESOLUTION,
                    duration=(events[:, 1] - vocab.DUR_OFFSET) / vocab.TIME_RESOLUTION,
                    instrument=instrument, pitch=pitch, seconds=float(seconds))
 

@@ -73,7 +73,7 @@ class TestClip:
 def melody_instrument(events: np.ndarray, min_notes: int) -> int | None:
     """The pitched instrument with the highest mean pitch among those with at least `min_notes` notes,
     if the clip has another instrument to generate."""
-    instrument, pitch = np.divmod(ops.unpad(events)[:, 2] - vocab.NOTE_OFFSET, vocab.MAX_PITCH)
+    instrument, pitch = np.divmod(ops.notes(ops.unpad(events)), vocab.MAX_PITCH)
     candidates = {i: pitch[instrument == i].mean() for i in np.unique(instrument)
                   if i != vocab.DRUMS and (instrument == i).sum() >= min_notes}
     if not candidates or len(np.unique(instrument)) < 2:
@@ -232,11 +232,10 @@ def _accompaniment_checks(events: np.ndarray, given: np.ndarray, context: np.nda
     in_context = None
     if context is not None:
         triples = ops.as_triples(np.asarray(context)[1:])
-        seen = set(map(tuple, ops.from_controls(triples[ops.is_control(triples)]).tolist()))
-        seen |= set(map(tuple, triples[~ops.is_control(triples)].tolist()))
+        seen = set(map(tuple, ops.combine(*ops.split(triples)).tolist()))
         in_context = len(given_rows & seen) / len(given_rows) if given_rows else 1.0
     added = ops.as_triples(_without(events, given))
-    instrument = (added[:, 2] - vocab.NOTE_OFFSET) // vocab.MAX_PITCH
+    instrument = ops.notes(added) // vocab.MAX_PITCH
     return {"controls_kept": float(given_rows <= rows), "controls_in_context": in_context,
             "new_notes_in_melody_instrument": int(((instrument == melody) & (ops.times(added) >= first)).sum())}
 

@@ -64,8 +64,10 @@ def read_cache(path: str | os.PathLike, max_sequences: int | None = None) -> np.
 
 def triple_kinds(sequences: np.ndarray) -> np.ndarray:
     """(n, 341) EVENT / CONTROL / SEPARATOR for each triple after the flag, by its note token."""
-    note = np.asarray(sequences)[:, 1:].reshape(len(sequences), -1, vocab.EVENT_SIZE)[:, :, 2]
-    return np.where(note < vocab.CONTROL_OFFSET, EVENT, np.where(note < vocab.SPECIAL_OFFSET, CONTROL, SEPARATOR))
+    sequences = np.asarray(sequences)
+    triples = ops.as_triples(sequences[:, 1:].reshape(-1))
+    kinds = np.where(ops.is_separator(triples), SEPARATOR, np.where(ops.is_control(triples), CONTROL, EVENT))
+    return kinds.reshape(len(sequences), -1)
 
 
 def sequence_seconds(sequence: np.ndarray) -> float:
