@@ -7,9 +7,16 @@ mido refuses. So this reader reproduces mido 1.3's reading of the byte stream (r
 meta decoding checks, chunk bounds) and yields flat arrays of messages, and `to_compound` replays mido's
 playback iteration (tempo in force, end-of-track deltas carried) and the reference's note pairing.
 
-Rare constructs that mido handles in ways not worth re-implementing (system common and real-time messages
-inside a track, absurdly long variable-length numbers) make the reader answer `NEEDS_REFERENCE`; the caller
-then takes the exact mido path for that file (see `amt.midi`).
+Everything mido accepts is read here too, so no file falls back to mido (whose object per message made one
+stray system byte in a 50 MB file cost minutes and gigabytes). mido's quirks are reproduced: system common
+and real-time messages (0xF1-0xFE) read by their spec lengths and setting running status; an *unknown* meta
+event (mido 1.3 knows 0x00-0x07, 0x09, 0x20, 0x21, 0x2F, 0x51, 0x54, 0x58, 0x59, 0x7F) loses its delta time,
+because mido builds it without one.
+
+Deliberate differences from mido (files refused with a reason instead of read): a tick count or variable-length
+number past 2^62 (mido's Python ints grow without bound and its reading turns quadratic), and a note at or
+past 2^31 time bins (248 days; mido's reading gives onsets that do not fit the token arrays). Such files
+would be skipped as too long anyway.
 """
 
 from __future__ import annotations
@@ -25,7 +32,6 @@ from amt.vocab import DRUM_CHANNEL, DRUMS, MAX_NOTE, MAX_PITCH  # numba compiles
 OTHER, NOTE_OFF, NOTE_ON, PROGRAM_CHANGE, SET_TEMPO, END_OF_TRACK = 0, 1, 2, 3, 4, 5
 
 # reader status codes (0 = read)
-NEEDS_REFERENCE = -1
 ERRORS = {
     1: "file ends early (EOF inside a chunk)",
     2: "MThd not found: probably not a MIDI file",
@@ -38,9 +44,15 @@ ERRORS = {
     9: "malformed meta message",
     10: "can't merge tracks in a type 2 (asynchronous) file",
     11: "non-positive ticks per beat (SMPTE time division is not supported)",
+    12: "a time or length past 2^62 ticks (refused: beyond the reader's integer range)",
+    13: "a note at or past 2^31 time bins (248 days; refused: beyond the token range)",
+    14: "wrong number of data bytes for a system message",
 }
-EOF, NO_MTHD, NO_MTRK, NO_RUNNING_STATUS, UNDEFINED_STATUS, BAD_DATA, TOO_LONG, BAD_SYSEX, BAD_META, TYPE2, BAD_DIVISION = range(1, 12)
+(EOF, NO_MTHD, NO_MTRK, NO_RUNNING_STATUS, UNDEFINED_STATUS, BAD_DATA, TOO_LONG, BAD_SYSEX, BAD_META, TYPE2,
+ BAD_DIVISION, TOO_BIG, TOO_LATE, SYSTEM_LENGTH) = range(1, 15)
 MAX_MESSAGE_LENGTH = 1_000_000
+MAX_TICKS = 1 << 62
+MAX_BINS = (1 << 31) - 1  # onsets and durations must stay below this many 10 ms bins
 DEFAULT_TEMPO = 500_000
 
 # mido checks a time signature's denominator 2**d with math.log(2**d, 2) == int(...): a few exponents fail
@@ -48,22 +60,23 @@ DEFAULT_TEMPO = 500_000
 _BAD_DENOMINATOR_EXPONENT = np.array(
     [math.log(2**d, 2) != int(math.log(2**d, 2)) for d in range(256)], dtype=np.bool_
 )
+# the meta types mido 1.3 decodes; any other is an UnknownMetaMessage, built without its delta time
+_KNOWN_META = np.zeros(256, dtype=np.bool_)
+_KNOWN_META[[0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x09, 0x20, 0x21, 0x2F, 0x51, 0x54, 0x58, 0x59, 0x7F]] = True
 
 
 @numba.njit(cache=True)
 def _varint(data, pos):
     """(value, new position, status); mido's read_variable_int."""
     n = len(data)
-    value = 0
-    count = 0
+    value = np.int64(0)
     while True:
         if pos >= n:
             return 0, pos, EOF
         byte = data[pos]
         pos += 1
-        count += 1
-        if count > 8:
-            return 0, pos, NEEDS_REFERENCE  # mido uses Python ints; not worth emulating
+        if value >= (MAX_TICKS >> 7):
+            return 0, pos, TOO_BIG  # mido's Python int would keep growing (quadratic time); refused
         value = (value << 7) | (byte & 0x7F)
         if byte < 0x80:
             return value, pos, 0
@@ -125,9 +138,9 @@ def _read(data, bad_denominator_exponent):
             delta, pos, st = _varint(data, pos)
             if st != 0:
                 return st, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
-            now += delta
-            if now > (1 << 53):
-                return NEEDS_REFERENCE, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
+            now += delta  # both below 2^62: no overflow
+            if now >= MAX_TICKS:
+                return TOO_BIG, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
             if pos >= n:
                 return EOF, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
             status = np.int64(data[pos])
@@ -160,6 +173,8 @@ def _read(data, bad_denominator_exponent):
                     bad = length < 1
                 elif meta_type == 0x2F:
                     k = END_OF_TRACK
+                elif not _KNOWN_META[meta_type]:
+                    now -= delta  # mido builds an unknown meta without its delta: later messages move earlier
                 elif meta_type == 0x51:  # set tempo
                     if length < 3:
                         bad = True
@@ -194,8 +209,20 @@ def _read(data, bad_denominator_exponent):
                     if data[j] > 127:
                         return BAD_SYSEX, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
                 pos += length
-            elif status >= 0xF0:
-                return NEEDS_REFERENCE, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
+            elif status >= 0xF0:  # system common / real-time: mido reads the spec's length, checks the bytes
+                if status == 0xF4 or status == 0xF5 or status == 0xF9 or status == 0xFD:
+                    return UNDEFINED_STATUS, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
+                extra = 1 if (status == 0xF1 or status == 0xF3) else 2 if status == 0xF2 else 0
+                if peek >= 0:
+                    extra -= 1
+                    if extra < 0:  # a running-status data byte after a one-byte message
+                        return SYSTEM_LENGTH, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
+                for j in range(extra):
+                    if pos >= n:
+                        return EOF, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
+                    if data[pos] > 127:
+                        return BAD_DATA, pos, header, tick[:0], kind[:0], channel[:0], value[:0], velocity[:0]
+                    pos += 1
             else:  # channel voice message
                 high = status & 0xF0
                 ch = status & 0x0F
@@ -268,14 +295,21 @@ def _play(kind, tick, channel, value, velocity, ticks_per_beat, max_interarrival
         delta_ticks = tick[i] - previous_tick
         previous_tick = tick[i]
         if delta_ticks > 0:
-            if ticks_per_beat <= 0:
+            # mido's tick2second; it divides by zero on 0 ticks per beat, and the reference refuses a negative
+            # time (negative ticks per beat, unless the tempo is 0: then the time is -0.0)
+            delta = delta_ticks * (tempo * 1e-6 / ticks_per_beat) if ticks_per_beat != 0 else -1.0
+            if delta < 0:
                 for j in range(touches):
                     head[touched[j]] = -1
                     tail[touched[j]] = -1
                 return BAD_DIVISION, onset[:0], duration[:0], pitch[:0], instrument[:0], interarrival[:0], 0
-            delta = delta_ticks * (tempo * 1e-6 / ticks_per_beat)  # mido's tick2second
             now += delta
             since_note += delta
+        if (k == NOTE_ON or k == NOTE_OFF) and 100.0 * now >= MAX_BINS:
+            for j in range(touches):
+                head[touched[j]] = -1
+                tail[touched[j]] = -1
+            return TOO_LATE, onset[:0], duration[:0], pitch[:0], instrument[:0], interarrival[:0], 0
         if k == PROGRAM_CHANGE:
             programs[channel[i]] = value[i]
         elif k == SET_TEMPO:
@@ -322,6 +356,11 @@ def _play(kind, tick, channel, value, velocity, ticks_per_beat, max_interarrival
     for j in range(touches):
         head[touched[j]] = -1
         tail[touched[j]] = -1
+    # mido's last message is an end of track carrying the deltas of the end-of-track messages after the last
+    # other message: its time goes through the same division and sign check
+    trailing = tick[n - 1] - previous_tick if n > 0 else 0
+    if trailing > 0 and (ticks_per_beat == 0 or trailing * (tempo * 1e-6 / ticks_per_beat) < 0):
+        return BAD_DIVISION, onset[:0], duration[:0], pitch[:0], instrument[:0], interarrival[:0], 0
     return 0, onset[:notes], duration[:notes], pitch[:notes], instrument[:notes], interarrival[:tokens], truncations
 
 
@@ -329,7 +368,7 @@ def read_messages(data: bytes | np.ndarray):
     """Read a Standard MIDI File's bytes into merged message arrays, as mido's merged track orders them.
 
     Returns (status, header, kind, tick, channel, value, velocity) where status is 0 when read, an error
-    code of ERRORS, or NEEDS_REFERENCE; header = (format, tracks, ticks per beat).
+    code of ERRORS; header = (format, tracks, ticks per beat).
     """
     buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     status, _, header, tick, kind, channel, value, velocity = _read(buffer, _BAD_DENOMINATOR_EXPONENT)
