@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amt import preprocess, sequences, sources, vocab
+from amt import midifile, preprocess, sequences, sources, vocab
 from amt.preprocess import PreprocessConfig
 
 LAKH_FILES = ("d6caebd1964d9e4a3c5ea59525230e2a.mid", "d8faddb8596fff7abb24d78666f73e4e.mid")
@@ -215,3 +215,176 @@ def test_a_bucket_as_output_is_refused_with_what_to_do_instead():
     config = preprocess.PreprocessConfig(source="lmd_full.tar.gz", out="gs://bucket/lakh-a30")
     with pytest.raises(ValueError, match="out: gs://bucket/lakh-a30: the job writes to a local folder.*gsutil"):
         config.validate()
+
+
+# --- issue 11: hostile input, held-out streams, checked caches, every entry accounted for -----------------
+def _real_files(midi_dir, n, start=0):
+    files = [p for p in midi.midi_files(midi_dir) if "corrupted" not in str(p) and 3000 < p.stat().st_size < 60_000]
+    return files[start:start + n]
+
+
+def test_hostile_files_and_odd_entries_are_skipped_named_and_counted(midi_dir, tmp_path, monkeypatch):
+    from crafted_midi import long_delta_file, overflow_file, system_byte_file
+
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for i, path in enumerate(_real_files(midi_dir, 4)):
+        shutil.copy(path, folder / f"real{i}.mid")
+    (folder / "overflow.mid").write_bytes(overflow_file())
+    (folder / "long_delta.mid").write_bytes(long_delta_file(1))
+    (folder / "system_byte.mid").write_bytes(system_byte_file(20))  # over a 16 MB budget set below
+    (folder / "dir.mid").mkdir()
+    (folder / "loop.mid").symlink_to(folder / "loop.mid")
+    (folder / "dangling.mid").symlink_to(folder / "nowhere.mid")
+    os.mkfifo(folder / "fifo.mid")
+    (folder / "boom.mid").write_bytes(b"MThd")
+    (folder / "slow.mid").write_bytes(b"MThd slow")
+    real_parse = midi.parse_midi
+
+    def parse(data, *args, name=None, **kwargs):  # an unexpected exception and a stall, in two named files
+        if name == "boom.mid":
+            raise RuntimeError("unexpected")
+        if name == "slow.mid":
+            time.sleep(30)
+        return real_parse(data, *args, name=name, **kwargs)
+
+    monkeypatch.setattr(midi, "parse_midi", parse)
+    start = time.time()
+    stats = _run(folder, tmp_path / "out", split="none", max_file_bytes=16 << 20, max_file_seconds=2.0)
+    assert time.time() - start < 20
+    reasons = {s["file"]: (s["reason"], s["detail"]) for s in stats["skipped_files"]}
+    assert reasons["overflow.mid"] == ("parse_error", midifile.ERRORS[midifile.TOO_LATE])
+    assert reasons["long_delta.mid"] == ("parse_error", midifile.ERRORS[midifile.TOO_BIG])
+    assert reasons["system_byte.mid"][0] == "budget_bytes"
+    assert reasons["dir.mid"] == ("not_a_file", "a directory")
+    assert reasons["loop.mid"] == ("not_a_file", "a symlink loop")
+    assert reasons["dangling.mid"] == ("not_a_file", "a dangling symlink")
+    assert reasons["fifo.mid"] == ("not_a_file", "a FIFO")
+    assert reasons["boom.mid"] == ("error", "RuntimeError: unexpected")
+    assert reasons["slow.mid"][0] == "budget_seconds"
+    seen = sum(s["files_seen"] for s in stats["splits"].values())
+    assert seen == len(list(folder.iterdir())) == 13  # every entry accounted for
+    assert stats["splits"]["train"]["files_kept"] >= 3
+
+
+def test_the_50mb_system_byte_file_reads_on_the_fast_path_within_budget(tmp_path):
+    from crafted_midi import system_byte_file
+
+    (tmp_path / "midi").mkdir()
+    (tmp_path / "midi" / "system_byte.mid").write_bytes(system_byte_file(50))
+    start = time.time()
+    stats = _run(tmp_path / "midi", tmp_path / "out", split="none", max_file_bytes=64 << 20, max_file_notes=1000)
+    assert stats["skipped_files"][0]["reason"] == "budget_notes"  # read (6.25M notes), then refused by budget
+    assert time.time() - start < 30
+
+
+@pytest.fixture(scope="module")
+def held_out_corpus(midi_dir, tmp_path_factory) -> Path:
+    """Lakh-named files: 8 train (digit 0-d), 10 validation (e), 10 test (f), interleaved in file order."""
+    root = tmp_path_factory.mktemp("held_out")
+    files = _real_files(midi_dir, 28, start=3)
+    digits = "0e1f2e3f4e5f6e7f" + "efefef" + "89abcd"
+    for i, (digit, path) in enumerate(zip(digits, files)):
+        name = f"{digit}{i:031x}.mid"
+        shutil.copy(path, root / name)
+    return root
+
+
+def test_held_out_caches_do_not_depend_on_augment_shard_size_or_workers(held_out_corpus, tmp_path):
+    runs = {
+        "a1": {},
+        "a10": {"augment": 10},
+        "fps16": {"files_per_shard": 16},
+        "fps3": {"files_per_shard": 3, "flush_rows": 5},
+    }
+    results = {name: _run(held_out_corpus, tmp_path / name, text=True, **options) for name, options in runs.items()}
+    for split in ("validation", "test"):
+        reference = _load_rows(tmp_path / "a1", split)
+        assert len(reference) > 10
+        for name in runs:
+            np.testing.assert_array_equal(_load_rows(tmp_path / name, split), reference, err_msg=f"{name} {split}")
+            assert (tmp_path / name / f"{split}.txt").read_bytes() == (tmp_path / "a1" / f"{split}.txt").read_bytes()
+        for name in runs:
+            s = results[name]["splits"][split]
+            assert s["packing"] == "one stream in file order"
+            assert s["tail_tokens_dropped"] < sequences.WINDOW_TOKENS  # only the stream's last window is lost
+    assert results["a10"]["splits"]["train"]["sequences"] > 5 * results["a1"]["splits"]["train"]["sequences"]
+
+
+@pytest.fixture(scope="module")
+def finished_output(held_out_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "out"
+    _run(held_out_corpus, out)
+    return out
+
+
+def _damage(out: Path, how: str) -> None:
+    chunk = max((p for p in (out / "test" / "input_ids" / "data").rglob("*") if p.is_file() and p.name != "zarr.json"),
+                key=lambda p: p.stat().st_size)
+    data = chunk.read_bytes()
+    if how == "deleted chunk":
+        chunk.unlink()
+    elif how == "flipped byte":
+        chunk.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0x10]) + data[len(data) // 2 + 1:])
+    else:
+        chunk.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("how", ["deleted chunk", "flipped byte", "truncated file"])
+def test_damaged_caches_are_detected_everywhere_they_are_opened(held_out_corpus, finished_output, tmp_path, how):
+    from amt import cli, perplexity
+    from amt.train import MusicDataConfig
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_output, out)
+    assert cli.main(["preprocess", "--verify", str(out)]) == 0
+    _damage(out, how)
+    with pytest.raises(preprocess.CacheError, match=f"{out / 'test'}"):
+        preprocess.verify_cache(out / "test")
+    assert cli.main(["preprocess", "--verify", str(out)]) == 1
+    assert cli.main(["preprocess", "--verify", str(out / "test")]) == 1
+    with pytest.raises(preprocess.CacheError, match="test"):
+        _run(held_out_corpus, out)  # a rerun does not say "already built"
+    with pytest.raises(preprocess.CacheError, match="test"):
+        perplexity.read_cache(out / "test")
+    with pytest.raises(preprocess.CacheError, match="test"):
+        MusicDataConfig(cache_dir=str(out)).build_or_load_cache("test")
+
+
+def test_rerun_verifies_and_says_so_and_a_changed_source_is_refused(held_out_corpus, finished_output, tmp_path, capsys):
+    from amt import cli
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_output, out)
+    assert cli.main(["preprocess", str(held_out_corpus), "--out", str(out), "--no-progress"]) == 0
+    assert "already built, verified" in capsys.readouterr().out
+    source = tmp_path / "src"
+    shutil.copytree(held_out_corpus, source)
+    _run(source, tmp_path / "copy", files_per_shard=4)
+    next(source.iterdir()).touch()  # a changed input between runs (or between a kill and its resume)
+    with pytest.raises(preprocess.ConfigMismatch, match="source's files changed"):
+        _run(source, tmp_path / "copy", files_per_shard=4)
+
+
+def test_bad_sources_and_outputs_give_one_line_errors(held_out_corpus, tmp_path, capsys):
+    from amt import cli
+
+    one = next(held_out_corpus.iterdir())
+    stats = _run(one, tmp_path / "single", split="none")  # a single MIDI file is a source
+    assert stats["splits"]["train"]["files_seen"] == 1
+    (tmp_path / "fake.tar.gz").write_bytes(b"not a tar at all")
+    (tmp_path / "afile").write_text("x")
+    damaged = tmp_path / "damaged"
+    _run(one, damaged, split="none")
+    (damaged / "progress.json").write_text("{not json")
+    cases = [
+        ([str(tmp_path / "fake.tar.gz"), "--out", str(tmp_path / "o1")], "fake.tar.gz is not a readable tar archive"),
+        ([str(one), "--out", str(tmp_path / "afile")], "afile is a file, not a folder"),
+        ([str(one), "--out", str(damaged), "--split", "none"], "progress.json is damaged"),
+        (["--verify", str(tmp_path / "nowhere")], "no train/validation/test caches"),
+    ]
+    for argv, message in cases:
+        status = cli.main(["preprocess", *argv, "--no-progress"] if "--verify" not in argv else ["preprocess", *argv])
+        err = capsys.readouterr().err
+        assert status != 0 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert cli.main(["preprocess", str(one), "--out", str(damaged), "--split", "none", "--overwrite", "--no-progress"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -18,8 +19,9 @@ def _add_preprocess(subparsers) -> None:
         description="Tokenize MIDI files into the paper's anticipatory training sequences and write them as "
         "Levanter caches OUT/{train,validation,test} (and OUT/<split>.txt with --text), with OUT/stats.json.",
     )
-    p.add_argument("source", help="folder, manifest (one path a line), .tar.gz, datasets folder or hf://NAME[:SPLIT]")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("source", nargs="?", help="folder, manifest (one path a line), .tar.gz, one MIDI file, datasets folder or hf://NAME[:SPLIT]")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--verify", metavar="DIR", help="check a finished output (or one split's cache) against its checksums, then exit")
     p.add_argument("--augment", type=int, default=defaults.augment, help="copies of each training file (paper: 1 or 30)")
     p.add_argument("--workers", type=int, default=defaults.workers, help="parallel processes (or Ray CPUs)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="augmentation seed")
@@ -35,26 +37,46 @@ def _add_preprocess(subparsers) -> None:
     p.add_argument("--flush-rows", type=int, default=defaults.flush_rows,
                    help="rows buffered between writes and progress commits (a killed job redoes at most these)")
     p.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress bar")
+    p.add_argument("--max-file-mb", type=float, default=defaults.max_file_bytes / 2**20, help="per-file budget: larger files are skipped")
+    p.add_argument("--max-file-notes", type=int, default=defaults.max_file_notes, help="per-file budget: notes")
+    p.add_argument("--max-file-seconds", type=float, default=defaults.max_file_seconds, help="per-file budget: wall time")
 
 
 def _run_preprocess(args) -> int:
-    from amt.preprocess import ConfigMismatch, PreprocessConfig, run
+    from amt.preprocess import CacheError, ConfigMismatch, PreprocessConfig, run, verify_cache, verify_output
 
+    if args.verify:
+        try:
+            single = os.path.exists(os.path.join(args.verify, "amt_rows.json"))
+            rows = {os.path.basename(args.verify.rstrip("/")): verify_cache(args.verify)} if single else verify_output(args.verify)
+        except CacheError as error:
+            print(f"amt preprocess: error: {error}", file=sys.stderr)
+            return 1
+        print(f"verified {args.verify}: " + ", ".join(f"{split} {n} rows" for split, n in rows.items()))
+        return 0
+    if not args.source or not args.out:
+        print("amt preprocess: error: a SOURCE and --out OUT are required (or --verify DIR)", file=sys.stderr)
+        return 2
     config = PreprocessConfig(
         source=args.source, out=args.out, augment=args.augment, workers=args.workers, seed=args.seed,
         split=args.split, text=args.text, cache=args.cache, encoding=args.encoding,
         files_per_shard=args.files_per_shard, dataset_column=args.dataset_column, ray_address=args.ray_address,
         overwrite=args.overwrite, progress_bar=args.progress_bar, flush_rows=args.flush_rows,
+        max_file_bytes=int(args.max_file_mb * 2**20), max_file_notes=args.max_file_notes,
+        max_file_seconds=args.max_file_seconds,
     )
     try:
         stats = run(config)
-    except (ConfigMismatch, ValueError, FileNotFoundError, KeyError) as error:
+    except (ConfigMismatch, CacheError, ValueError, FileNotFoundError, KeyError) as error:
         print(f"amt preprocess: error: {error}", file=sys.stderr)
         return 2
     for split, s in stats["splits"].items():
         print(f"{split:>10}: {s['files_kept']}/{s['files_seen']} files kept, {s['sequences']} sequences, "
               f"{s['hours_of_music']:.2f} h of music, skipped {json.dumps(s['files_skipped'])}")
-    print(f"wrote {args.out} in {stats['seconds']:.1f} s")
+    if stats.get("already_built"):
+        print(f"{args.out} is already built, verified (nothing to do)")
+    else:
+        print(f"wrote {args.out} in {stats['seconds']:.1f} s")
     return 0
 
 

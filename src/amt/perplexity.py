@@ -48,11 +48,12 @@ def read_cache(path: str | os.PathLike, max_sequences: int | None = None) -> np.
     """The rows (n, 1,024) of a cache written by `amt preprocess`."""
     from levanter.store.cache import TreeCache
 
-    from amt.preprocess import CACHE_EXEMPLAR
+    from amt.preprocess import CACHE_EXEMPLAR, verify_cache
 
     path = os.fspath(path)
     if "://" not in path and not os.path.exists(os.path.join(path, "shard_ledger.json")):
         raise FileNotFoundError(f"{path}: not a finished cache (no shard_ledger.json); write one with `amt preprocess`")
+    verify_cache(path, missing_ok=True)  # a damaged cache is refused, naming it, before any checkpoint is loaded
     cache = TreeCache.load(path, CACHE_EXEMPLAR)
     n = len(cache) if max_sequences is None else min(max_sequences, len(cache))
     rows = [np.asarray(row["input_ids"], dtype=np.int64) for row in cache.get_batch_sync(list(range(n)))] if n else []

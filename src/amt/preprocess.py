@@ -17,6 +17,7 @@ Design (see README, "Preprocessing"):
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -25,7 +26,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -82,6 +85,13 @@ class PreprocessConfig:
     at most the shards since the last flush."""
     progress_bar: bool = True
     filters: sequences.FileFilter = field(default_factory=sequences.FileFilter)
+    max_file_bytes: int = 16 << 20
+    """Per-file budget: larger files are skipped unread (Lakh's largest is about 1 MB)."""
+    max_file_notes: int = 1_000_000
+    """Per-file budget: files with more notes are skipped before tokenization (Lakh's most: ~100k)."""
+    max_file_seconds: float = 60.0
+    """Per-file budget: a file still being read or tokenized after this wall time is skipped (enforced in
+    the worker, so one file cannot stall a shard; a safety valve, far above any real file's time)."""
 
     def validate(self) -> None:
         if not self.source:
@@ -107,6 +117,12 @@ class PreprocessConfig:
             raise ValueError(f"flush_rows: must be >= 1, got {self.flush_rows}")
         if self.files_per_shard is not None and self.files_per_shard < 1:
             raise ValueError(f"files_per_shard: must be >= 1, got {self.files_per_shard}")
+        for key in ("max_file_bytes", "max_file_notes", "max_file_seconds"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key}: must be > 0, got {getattr(self, key)}")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"out: {self.out} is a file, not a folder")
 
     @property
     def shard_size(self) -> int:
@@ -126,6 +142,7 @@ class PreprocessConfig:
             "text": self.text,
             "cache": self.cache,
             "filters": dataclasses.asdict(self.filters),
+            "budget": {"bytes": self.max_file_bytes, "notes": self.max_file_notes, "seconds": self.max_file_seconds},
         }
 
 
@@ -137,72 +154,156 @@ class ShardSettings:
     split: str
     encoding: str
     filters: sequences.FileFilter
+    max_bytes: int = 16 << 20
+    max_notes: int = 1_000_000
+    max_seconds: float = 60.0
+
+
+HELD_OUT = ("validation", "test")  # packed as one stream each, in file order, by the writer
+
+
+class FileSkipped(Exception):
+    """A file the job skips: `reason` goes to stats.json (files_skipped), `detail` to skipped_files."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@contextlib.contextmanager
+def _time_budget(seconds: float):
+    """Raise FileSkipped('budget_seconds') in the block after `seconds` of wall time.
+
+    SIGALRM interrupts Python code (mido, augmentation, packing); compiled code (the numba reader) is not
+    interrupted, but it is linear in the file's bytes, which the bytes budget bounds. Signals work only in a
+    process's main thread, where pool and Ray workers run tasks; elsewhere the block runs unbounded.
+    """
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise FileSkipped("budget_seconds", f"still running after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _new_split_stats() -> dict:
     return collections.Counter()
 
 
+def _read_item(item: sources.MidiItem, max_bytes: int) -> bytes:
+    problem = item.problem()
+    if problem:
+        raise FileSkipped("not_a_file", problem)
+    try:
+        size = item.size()
+        if size > max_bytes:
+            raise FileSkipped("budget_bytes", f"{size:,} bytes > {max_bytes:,}")
+        return item.read()
+    except OSError as error:
+        raise FileSkipped("unreadable", str(error)) from error
+
+
+def _tokenize(item, data: bytes, split: str, md5: str, settings: ShardSettings, counts) -> list:
+    """The file's packable pieces (copies, or interarrival token arrays). Raises FileSkipped."""
+    try:
+        notes = midi.parse_midi(data, name=item.name)
+    except midi.MidiError as error:
+        raise FileSkipped("parse_error", error.reason) from error
+    counts["files_parsed"] += 1
+    if len(notes.onset) > settings.max_notes:
+        raise FileSkipped("budget_notes", f"{len(notes.onset):,} notes > {settings.max_notes:,}")
+    events, truncations = midi.notes_to_events(notes)
+    events = ops.as_triples(events)
+    reason = settings.filters.reason_to_skip(events)
+    if reason:
+        raise FileSkipped(reason)
+    file_counts = collections.Counter(files_kept=1, truncated_durations=truncations)
+    seconds = ops.max_time(events, seconds=True)
+    file_counts["seconds_of_music"] += seconds
+    rate = vocab.EVENT_SIZE * len(events) / seconds
+    file_counts["file_token_rate_sum"] += rate
+    file_counts["file_token_rate_sum_sq"] += rate * rate
+    if settings.encoding == "interarrival":
+        file_counts["truncated_interarrivals"] += notes.interarrival_truncations
+        pieces = [np.asarray(notes.interarrival, dtype=np.int64)]
+    else:
+        copies = settings.augment if split == "train" else 1  # validation and test are never augmented
+        pieces = []
+        for copy in sequences.file_copies(events, copies, settings.seed, int(md5[:16], 16)):
+            file_counts["rest_tokens"] += copy.rests
+            file_counts["control_events"] += copy.controls
+            file_counts["copy_tokens"] += len(copy.tokens)
+            pieces.append(copy)
+    for piece in pieces:  # times are still absolute here (windows make them relative): they must fit int32
+        tokens = piece if isinstance(piece, np.ndarray) else piece.tokens
+        if len(tokens) and (tokens.min() < 0 or tokens.max() > np.iinfo(np.int32).max):
+            raise FileSkipped("token_out_of_range", f"tokens {tokens.min()}..{tokens.max()}")
+    counts.update(file_counts)
+    return pieces
+
+
+def _new_packer(encoding: str):
+    return sequences.InterarrivalPacker() if encoding == "interarrival" else sequences.SequencePacker()
+
+
 def process_shard(items: list[sources.MidiItem], settings: ShardSettings) -> dict:
-    """Tokenize and pack one shard. Pure apart from reading the files; never raises for a bad file."""
+    """Tokenize one shard: training rows packed per shard, held-out files' pieces for the writer to pack.
+
+    Never raises for a file: any exception while reading or tokenizing one (and a file over its budget of
+    bytes, notes or seconds) becomes a skip naming the file and the reason.
+    """
     rows: dict[str, list[np.ndarray]] = collections.defaultdict(list)
+    held_out: dict[str, list] = collections.defaultdict(list)
     stats: dict[str, collections.Counter] = collections.defaultdict(_new_split_stats)
     skipped = []
-    packers: dict[str, sequences.SequencePacker | sequences.InterarrivalPacker] = {}
+    packers = {}
     for item in items:
+        split = None
         try:
-            data = item.read()
-        except OSError as error:
-            skipped.append({"file": item.name, "split": None, "reason": "unreadable", "detail": str(error)})
-            continue
-        md5 = sources.content_md5(item.name, data)
-        split = sources.split_of(md5) if settings.split == "md5" else "train"
-        counts = stats[split]
-        counts["files_seen"] += 1
-        try:
-            notes = midi.parse_midi(data, name=item.name)
-        except midi.MidiError as error:
-            counts["skipped_parse_error"] += 1
-            skipped.append({"file": item.name, "split": split, "reason": "parse_error", "detail": error.reason})
-            continue
-        counts["files_parsed"] += 1
-        events, truncations = midi.notes_to_events(notes)
-        events = ops.as_triples(events)
-        reason = settings.filters.reason_to_skip(events)
-        if reason:
-            counts[f"skipped_{reason}"] += 1
-            skipped.append({"file": item.name, "split": split, "reason": reason, "detail": ""})
-            continue
-        counts["files_kept"] += 1
-        counts["truncated_durations"] += truncations
-        seconds = ops.max_time(events, seconds=True)
-        counts["seconds_of_music"] += seconds
-        rate = vocab.EVENT_SIZE * len(events) / seconds
-        counts["file_token_rate_sum"] += rate
-        counts["file_token_rate_sum_sq"] += rate * rate
-        if settings.encoding == "interarrival":
-            packer = packers.setdefault(split, sequences.InterarrivalPacker())
-            counts["truncated_interarrivals"] += notes.interarrival_truncations
-            rows[split].extend(packer.add(notes.interarrival))
-            continue
-        packer = packers.setdefault(split, sequences.SequencePacker())
-        copies = settings.augment if split == "train" else 1  # validation and test are never augmented
-        file_key = int(md5[:16], 16)
-        for copy in sequences.file_copies(events, copies, settings.seed, file_key):
-            counts["rest_tokens"] += copy.rests
-            counts["control_events"] += copy.controls
-            counts["copy_tokens"] += len(copy.tokens)
-            rows[split].extend(packer.add(copy))
+            with _time_budget(settings.max_seconds):
+                data = _read_item(item, settings.max_bytes)
+                md5 = sources.content_md5(item.name, data)
+                split = sources.split_of(md5) if settings.split == "md5" else "train"
+                stats[split]["files_seen"] += 1
+                pieces = _tokenize(item, data, split, md5, settings, stats[split])
+                if split in HELD_OUT:
+                    held_out[split].extend(pieces)
+                else:
+                    packer = packers.setdefault(split, _new_packer(settings.encoding))
+                    for piece in pieces:
+                        rows[split].extend(packer.add(piece))
+        except Exception as error:  # noqa: BLE001  (a file must never stop the job)
+            if not isinstance(error, FileSkipped):
+                error = FileSkipped("error", f"{type(error).__name__}: {error}")
+            if split is None:
+                stats["unassigned"]["files_seen"] += 1
+            stats[split or "unassigned"][f"skipped_{error.reason}"] += 1
+            skipped.append({"file": item.name, "split": split, "reason": error.reason, "detail": error.detail})
     for split, packer in packers.items():
         stats[split]["dropped_windows"] += packer.dropped
         stats[split]["tail_tokens"] += packer.leftover_tokens
-    out_rows = {
-        split: np.asarray(r, dtype=np.int32).reshape(-1, vocab.CONTEXT_SIZE) for split, r in rows.items() if r
-    }
+    out_rows = {split: _as_rows(r) for split, r in rows.items() if r}
     for split, r in out_rows.items():
         stats[split]["sequences"] += len(r)
         stats[split]["tokens"] += r.size
-    return {"rows": out_rows, "stats": {s: dict(c) for s, c in stats.items()}, "skipped": skipped, "files": len(items)}
+    return {"rows": out_rows, "held_out": dict(held_out), "stats": {s: dict(c) for s, c in stats.items()},
+            "skipped": skipped, "files": len(items)}
+
+
+def _as_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """(n, 1,024) int32, checked: a value that does not fit int32 or the vocabulary is a bug, never truncated."""
+    array = np.asarray(rows, dtype=np.int64).reshape(-1, vocab.CONTEXT_SIZE)
+    if array.size and (array.min() < 0 or array.max() >= vocab.VOCAB_SIZE):
+        raise AssertionError(f"packed tokens outside the vocabulary: {array.min()}..{array.max()}")
+    return array.astype(np.int32)
 
 
 # --- engines ----------------------------------------------------------------------------------------------
@@ -246,10 +347,15 @@ def _ordered_map(fn: Callable, tasks: Iterable[tuple], workers: int, ray_address
 
 # --- outputs ----------------------------------------------------------------------------------------------
 CACHE_EXEMPLAR = {"input_ids": np.zeros((0,), dtype=np.int32)}
+MANIFEST_FILE = "amt_rows.json"  # in each split's cache: the row count and a checksum per written block
 
 
 class ConfigMismatch(RuntimeError):
     pass
+
+
+class CacheError(ValueError):
+    """A cache that is missing, incomplete or damaged; the message names it and says what to do."""
 
 
 def _write_json_atomic(path: Path, obj) -> None:
@@ -261,11 +367,29 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _rows_digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows, dtype="<i4").tobytes()).hexdigest()
+
+
+def _packer_state(packer) -> dict:
+    return {"buffer": packer.buffer.tolist(), "flag": int(getattr(packer, "flag", 0))}
+
+
+def _restore_packer(encoding: str, state: dict | None):
+    packer = _new_packer(encoding)
+    if state:
+        packer.buffer = np.asarray(state["buffer"], dtype=np.int64)
+        if hasattr(packer, "flag"):
+            packer.flag = state["flag"]
+    return packer
+
+
 class _Outputs:
     """Per-split cache stores and text files, cut back to what `progress` says was committed.
 
     A killed run may have written rows (or whole splits) after its last commit: they are trimmed away
-    when a split is opened, so the shards after the commit can be written again exactly once.
+    when a split is opened, so the shards after the commit can be written again exactly once. Each flush
+    records the checksum of the rows it wrote; a finished cache carries them in `amt_rows.json`.
     """
 
     def __init__(self, out: Path, config: PreprocessConfig, progress: dict):
@@ -313,13 +437,15 @@ class _Outputs:
         progress["rows"][split] = progress["rows"].get(split, 0) + len(rows)
 
     def flush(self) -> None:
-        """Write the buffered rows; the caller commits the progress after this."""
+        """Write the buffered rows and their checksums; the caller commits the progress after this."""
         from levanter.store.jagged_array import PreparedBatch
 
+        checksums = self.progress.setdefault("checksums", {})
         for split, chunks in self.pending.items():
             rows = np.concatenate(chunks)
             ends = np.arange(1, len(rows) + 1, dtype=np.int64) * rows.shape[1]
             self._store(split).extend_with_batch({"input_ids": PreparedBatch(rows.reshape(-1), ends, None)})
+            checksums.setdefault(split, []).append([len(rows), _rows_digest(rows)])
         self.pending.clear()
         self.pending_rows = 0
 
@@ -341,6 +467,74 @@ class _Outputs:
                 field_counts={}, metadata=CacheMetadata(preprocessor_metadata={"amt": identity}),
             )
             ledger._serialize_and_commit(str(self.out / split))
+            blocks = self.progress["checksums"].get(split, [])
+            assert sum(n for n, _ in blocks) == rows, (split, rows, blocks)
+            manifest = {"rows": rows, "row_tokens": vocab.CONTEXT_SIZE, "blocks": blocks, "identity": identity}
+            _write_json_atomic(self.out / split / MANIFEST_FILE, manifest)
+
+
+def _open_text(path: str):
+    if "://" in path:
+        import fsspec
+
+        return fsspec.open(path, "r").open()
+    return open(path)
+
+
+def verify_cache(path: str | os.PathLike, *, missing_ok: bool = False) -> int:
+    """Check one split's cache (e.g. OUT/test) against its `amt_rows.json`; returns its row count.
+
+    Reads every row (as training does, through the offsets) and compares the count and each block's SHA-256
+    with those recorded when the rows were written. Raises CacheError naming the cache and what failed: a
+    deleted data chunk (read back as the store's fill value, zeros), changed bytes, a truncated or missing
+    file. `missing_ok`: a cache without the manifest (written before checksums existed) passes with a warning.
+    """
+    path = os.fspath(path).rstrip("/")
+    rebuild = "rebuild it with `amt preprocess ... --overwrite`"
+    try:
+        with _open_text(f"{path}/{MANIFEST_FILE}") as file:
+            manifest = json.load(file)
+    except FileNotFoundError:
+        if missing_ok:
+            logger.warning("%s has no %s (written before caches carried checksums): not verified", path, MANIFEST_FILE)
+            return -1
+        raise CacheError(f"{path}: no {MANIFEST_FILE}: not a finished cache of `amt preprocess`; {rebuild}") from None
+    except (OSError, ValueError) as error:
+        raise CacheError(f"{path}/{MANIFEST_FILE}: unreadable ({error}); {rebuild}") from error
+    from levanter.store.tree_store import TreeStore
+
+    width = manifest["row_tokens"]
+    try:
+        store = TreeStore.open(CACHE_EXEMPLAR, path, mode="r").tree["input_ids"]
+        stored_rows = int(store.offsets[0].read().result())
+        if stored_rows != manifest["rows"]:
+            raise CacheError(f"{path}: holds {stored_rows} rows, its {MANIFEST_FILE} says {manifest['rows']}; {rebuild}")
+        start = 0
+        for count, digest in manifest["blocks"]:
+            ends = np.asarray(store.offsets[start + 1 : start + count + 1].read().result())
+            if not np.array_equal(ends, np.arange(start + 1, start + count + 1, dtype=np.int64) * width):
+                raise CacheError(f"{path}: the offsets of rows {start}-{start + count - 1} are damaged; {rebuild}")
+            rows = np.asarray(store.data[start * width : (start + count) * width].read().result())
+            if _rows_digest(rows) != digest:
+                raise CacheError(
+                    f"{path}: rows {start}-{start + count - 1} fail their checksum (a data file under "
+                    f"{path}/input_ids/data was changed or removed); {rebuild}"
+                )
+            start += count
+    except CacheError:
+        raise
+    except Exception as error:  # tensorstore: a truncated or missing chunk, a damaged .zarray...
+        raise CacheError(f"{path}: unreadable ({type(error).__name__}: {error}); {rebuild}") from error
+    return manifest["rows"]
+
+
+def verify_output(out: str | os.PathLike) -> dict[str, int]:
+    """verify_cache on every split cache of a finished job's folder; returns the rows per split."""
+    out = Path(out)
+    found = {split: verify_cache(out / split) for split in sources.SPLITS if (out / split).exists()}
+    if not found:
+        raise CacheError(f"{out}: no train/validation/test caches here")
+    return found
 
 
 # --- statistics ------------------------------------------------------------------------------------------
@@ -375,11 +569,12 @@ def summarize(progress: dict, config: PreprocessConfig, seconds: float) -> dict:
             "dropped_windows_over_100s": c["dropped_windows"],
             "tail_tokens_dropped": c["tail_tokens"],
             "tail_loss_fraction": c["tail_tokens"] / produced if produced else 0.0,
+            "packing": "one stream in file order" if split in HELD_OUT else "one stream per shard",
             "hours_of_music": c["seconds_of_music"] / 3600,
             "tokens_per_second_of_music": {"mean": mean, "std": math.sqrt(var)},
         }
     return {
-        "config": config.identity(),
+        "config": progress["identity"],
         "splits": splits,
         "skipped_files": progress["skipped"],
         "shards": progress["next_shard"],
@@ -398,7 +593,20 @@ def _shards(items: Iterator[sources.MidiItem], size: int) -> Iterator[tuple[int,
 
 def _fresh_progress(identity: dict) -> dict:
     return {"identity": identity, "next_shard": 0, "rows": {}, "text_bytes": {}, "stats": {}, "skipped": [],
-            "finished": False, "seconds": 0.0}
+            "finished": False, "seconds": 0.0, "checksums": {}, "open_windows": {}}
+
+
+def _load_progress(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        progress = json.loads(path.read_text())
+        for key in ("identity", "next_shard", "rows", "text_bytes", "stats", "skipped", "finished"):
+            progress[key]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigMismatch(f"{path} is damaged ({type(error).__name__}: {error}); "
+                             "rerun with --overwrite to rebuild this output") from error
+    return progress
 
 
 def _clear_outputs(out: Path) -> None:
@@ -411,26 +619,41 @@ def _clear_outputs(out: Path) -> None:
 
 
 def run(config: PreprocessConfig) -> dict:
-    """Run (or resume, or skip if finished) a preprocessing job. Returns the stats."""
+    """Run (or resume, or verify and skip if finished) a preprocessing job. Returns the stats.
+
+    Training rows are packed per shard (in parallel); validation and test files come back from the workers
+    as copies and are packed here, one stream per split in file order, so the held-out caches do not depend
+    on workers, shard size or augmentation. The open window of each held-out stream is committed with the
+    progress, so a killed job resumes it exactly.
+    """
     config.validate()
     sources.describe_source(config.source)  # fail early, naming the source, if it does not exist
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    identity = config.identity()
+    identity = {**config.identity(), "source_contents": sources.source_digest(config.source)}
     progress_path = out / PROGRESS_FILE
-    progress = json.loads(progress_path.read_text()) if progress_path.exists() else None
+    try:
+        progress = _load_progress(progress_path)
+    except ConfigMismatch:
+        if not config.overwrite:
+            raise
+        progress = None
     if progress is not None and progress["identity"] != identity:
         changed = sorted(k for k in identity if progress["identity"].get(k) != identity[k])
         if not config.overwrite:
+            what = ", ".join(changed) + (" (the source's files changed)" if "source_contents" in changed else "")
             raise ConfigMismatch(
-                f"{out} holds a preprocessing job with other options ({', '.join(changed)} differ); "
+                f"{out} holds a preprocessing job with other options or inputs ({what} differ); "
                 "use a new --out, or --overwrite to rebuild it"
             )
         logger.warning("rebuilding %s: options changed (%s)", out, ", ".join(changed))
         progress = None
     if progress is not None and progress["finished"]:
-        logger.info("%s is already built; nothing to do", out)
-        return json.loads((out / STATS_FILE).read_text())
+        stats = json.loads((out / STATS_FILE).read_text())
+        if config.cache:
+            verify_output(out)
+        logger.info("%s is already built and verified; nothing to do", out)
+        return {**stats, "already_built": True}
     if progress is None:
         _clear_outputs(out)
         progress = _fresh_progress(identity)
@@ -438,34 +661,57 @@ def run(config: PreprocessConfig) -> dict:
     elif progress["next_shard"]:
         logger.info("resuming %s after shard %d", out, progress["next_shard"])
 
-    settings = ShardSettings(config.augment, config.seed, config.split, config.encoding, config.filters)
+    settings = ShardSettings(config.augment, config.seed, config.split, config.encoding, config.filters,
+                             config.max_file_bytes, config.max_file_notes, config.max_file_seconds)
     outputs = _Outputs(out, config, progress)
+    held_out = {s: _restore_packer(config.encoding, progress.get("open_windows", {}).get(s)) for s in HELD_OUT}
+
+    def commit() -> None:
+        outputs.flush()
+        progress["open_windows"] = {s: _packer_state(p) for s, p in held_out.items()}
+        _write_json_atomic(progress_path, progress)
+
     start, done_before = time.time(), progress["seconds"]
     items = sources.iter_items(config.source, config.dataset_column)
     shards = itertools.islice(_shards(iter(items), config.shard_size), progress["next_shard"], None)
     bar = _progress_bar(config)
     tasks = ((chunk, settings) for _, chunk in shards)
     for result in _ordered_map(process_shard, tasks, config.workers, config.ray_address):
-        for split in sorted(result["rows"]):
-            outputs.write(split, result["rows"][split])
+        for split in sources.SPLITS:
+            if split in result["rows"]:
+                outputs.write(split, result["rows"][split])
+            pieces = result["held_out"].get(split, [])
+            if pieces:
+                packer = held_out[split]
+                dropped = packer.dropped
+                rows = [row for piece in pieces for row in packer.add(piece)]
+                counts = progress["stats"].setdefault(split, {})
+                counts["dropped_windows"] = counts.get("dropped_windows", 0) + packer.dropped - dropped
+                if rows:
+                    outputs.write(split, _as_rows(rows))
+                    counts["sequences"] = counts.get("sequences", 0) + len(rows)
+                    counts["tokens"] = counts.get("tokens", 0) + len(rows) * vocab.CONTEXT_SIZE
         for skip in result["skipped"]:
-            if skip["reason"] in ("parse_error", "unreadable"):
+            if skip["reason"] not in ("short", "long", "too_many_instruments"):
                 logger.warning("skipped %s: %s (%s)", skip["file"], skip["reason"], skip["detail"])
         _merge_stats(progress["stats"], result["stats"])
         progress["skipped"].extend(result["skipped"])
         progress["next_shard"] += 1
         progress["seconds"] = done_before + time.time() - start
         if outputs.pending_rows >= config.flush_rows:
-            outputs.flush()
-            _write_json_atomic(progress_path, progress)
+            commit()
         if bar is not None:
             bar.update(result["files"])
     if bar is not None:
         bar.close()
+    for split, packer in held_out.items():  # the end of each held-out stream: its open window is the tail
+        if split in progress["stats"]:
+            progress["stats"][split]["tail_tokens"] = packer.leftover_tokens
     outputs.finish(identity)
     stats = summarize(progress, config, progress["seconds"])
     _write_json_atomic(out / STATS_FILE, stats)
     progress["finished"] = True
+    progress["open_windows"] = {}
     _write_json_atomic(progress_path, progress)
     return stats
 

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from amt import vocab
-from amt.preprocess import CACHE_EXEMPLAR  # the caches' row layout, defined with the job that writes them
+from amt.preprocess import CACHE_EXEMPLAR, verify_cache  # the caches' row layout, defined with the job that writes them
 
 logger = logging.getLogger("amt.train")
 
@@ -102,6 +102,7 @@ class MusicDataConfig(UrlSingleDatasetLMConfig):
                 )
             logger.warning("no %s cache at %s: skipping it", split, path)
             return None
+        verify_cache(path, missing_ok=True)  # a damaged cache is refused, naming it, before any step
         return TreeCache.load(path, CACHE_EXEMPLAR)
 
 
