@@ -53,7 +53,7 @@ def main() -> None:
             best = {"clean": float("inf"), "hostile": float("inf")}
             for _ in range(args.repeats):
                 for name, folder in (("clean", clean), ("hostile", hostile)):
-                    seconds, stats = _job(folder, tmp / name, workers=args.workers, max_file_bytes=budget_mb << 20)
+                    seconds, stats = _job(folder, tmp / f"out_{name}", workers=args.workers, max_file_bytes=budget_mb << 20)
                     best[name] = min(best[name], seconds)
                     if name == "hostile":
                         skips = {s["file"]: f"{s['reason']} ({s['detail']})" for s in stats["skipped_files"]

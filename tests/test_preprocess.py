@@ -308,6 +308,9 @@ def test_held_out_caches_do_not_depend_on_augment_shard_size_or_workers(held_out
             s = results[name]["splits"][split]
             assert s["packing"] == "one stream in file order"
             assert s["tail_tokens_dropped"] < sequences.WINDOW_TOKENS  # only the stream's last window is lost
+        # many flushes (a checksum each): full and sampled verification pass
+        assert preprocess.verify_cache(tmp_path / "fps3" / split) == len(reference)
+        assert preprocess.verify_cache(tmp_path / "fps3" / split, max_rows=10) == len(reference)
     assert results["a10"]["splits"]["train"]["sequences"] > 5 * results["a1"]["splits"]["train"]["sequences"]
 
 
@@ -341,6 +344,8 @@ def test_damaged_caches_are_detected_everywhere_they_are_opened(held_out_corpus,
     _damage(out, how)
     with pytest.raises(preprocess.CacheError, match=f"{out / 'test'}"):
         preprocess.verify_cache(out / "test")
+    with pytest.raises(preprocess.CacheError, match=f"{out / 'test'}"):
+        preprocess.verify_cache(out / "test", max_rows=1)  # train's quick check of a large cache
     assert cli.main(["preprocess", "--verify", str(out)]) == 1
     assert cli.main(["preprocess", "--verify", str(out / "test")]) == 1
     with pytest.raises(preprocess.CacheError, match="test"):

@@ -74,7 +74,7 @@ def _run_preprocess(args) -> int:
         print(f"{split:>10}: {s['files_kept']}/{s['files_seen']} files kept, {s['sequences']} sequences, "
               f"{s['hours_of_music']:.2f} h of music, skipped {json.dumps(s['files_skipped'])}")
     if stats.get("already_built"):
-        print(f"{args.out} is already built, verified (nothing to do)")
+        print(f"{args.out} is already built" + (", verified" if stats["verified"] else "") + " (nothing to do)")
     else:
         print(f"wrote {args.out} in {stats['seconds']:.1f} s")
     return 0

@@ -102,7 +102,7 @@ class MusicDataConfig(UrlSingleDatasetLMConfig):
                 )
             logger.warning("no %s cache at %s: skipping it", split, path)
             return None
-        verify_cache(path, missing_ok=True)  # a damaged cache is refused, naming it, before any step
+        verify_cache(path, missing_ok=True, max_rows=1 << 20)  # a damaged cache is refused before any step
         return TreeCache.load(path, CACHE_EXEMPLAR)
 
 
