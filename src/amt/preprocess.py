@@ -2,8 +2,13 @@
 
 Design (see README, "Preprocessing"):
 - The source's files, in a fixed order, are cut into *shards* of `files_per_shard` files. A shard is the unit
-  of work, of packing and of resumption: each shard packs its files' sequences in one stream per split (the
+  of work, of training packing and of resumption: each shard packs its training copies in one stream (the
   reference's packing), so the output depends only on the inputs and options, never on the worker count.
+  Validation and test (small, never augmented) come back from the workers as copies and are packed by the
+  writer as one stream per split in file order: the held-out caches do not depend on augment, shard size or
+  workers, and lose only their stream's last partial window.
+- A file never stops or stalls the job: any exception of one file, or a file over its budget of bytes, notes
+  or wall seconds (enforced in the worker), is a skip naming the file and the reason in stats.json.
 - Shards run in parallel on an existing engine: processes on one machine (`--workers N`), or a Ray cluster
   (`--ray-address auto`). Levanter's own Ray cache builder counts *input* rows in its ledger and gives one
   output row per input row, so it cannot emit fixed 1,024-token rows from a packing that spans files; we
@@ -11,7 +16,10 @@ Design (see README, "Preprocessing"):
 - Results are written in shard order. After each shard, `progress.json` is atomically replaced with the rows
   written so far; a killed job (even kill -9) resumes by trimming the caches to those rows and redoing the
   shards after them, so no sequence is lost or duplicated. A finished job is not redone; changed options
-  are refused (or, with `overwrite`, rebuilt from scratch).
+  are refused (or, with `overwrite`, rebuilt from scratch), as are changed inputs (a digest of the source's
+  listing). A finished job is verified before it is reported as built.
+- Each flush records the SHA-256 of its rows; a finished cache carries them (`amt_rows.json`), and
+  `verify_cache` checks a cache against them (called by `amt train`, `amt eval perplexity`, `--verify`).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from amt import midi, ops, sequences, sources, vocab
 
 logger = logging.getLogger("amt.preprocess")
 
-FORMAT_VERSION = 1  # bump when the tokens a given input produces change
+FORMAT_VERSION = 2  # bump when the tokens a given input produces change
 PROGRESS_FILE = "progress.json"
 STATS_FILE = "stats.json"
 ENCODINGS = ("arrival", "interarrival")
