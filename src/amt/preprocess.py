@@ -611,7 +611,8 @@ def summarize(progress: dict, config: PreprocessConfig, seconds: float) -> dict:
             "dropped_windows_over_100s": c["dropped_windows"],
             "tail_tokens_dropped": c["tail_tokens"],
             "tail_loss_fraction": c["tail_tokens"] / produced if produced else 0.0,
-            "packing": "one stream in file order" if split in HELD_OUT else "one stream per shard",
+            "packing": {"train": "one stream per shard", "validation": "one stream in file order",
+                        "test": "one stream in file order"}.get(split, "none (files skipped before their split was known)"),
             "hours_of_music": c["seconds_of_music"] / 3600,
             "tokens_per_second_of_music": {"mean": mean, "std": math.sqrt(var)},
         }
