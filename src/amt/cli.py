@@ -466,10 +466,11 @@ def _add_demo(subparsers, common, help) -> None:
 
 def _add_train(subparsers, common, help) -> None:
     p = subparsers.add_parser("train", parents=[common], formatter_class=_Help, help=help,
-                              description="Run Levanter's train_lm on a recipe, e.g. recipes/amt-tiny.yaml. Other "
-                              "flags are Levanter's dotted config keys (paths into the recipe, spelled as draccus "
-                              "spells them) and override it: --trainer.num_train_steps 10 --data.cache_dir DIR. "
-                              "--dry_run true prints the parameter count and batch arithmetic.")
+                              description="Run Levanter's train_lm on a recipe (recipes/*.yaml); it resumes from "
+                              "its last checkpoint. Other flags are Levanter's dotted config keys (paths into the "
+                              "recipe, spelled as draccus spells them) and override it; --dry_run true prints the "
+                              "parameter count and batch arithmetic. Example: amt train --config_path "
+                              "recipes/amt-tiny.yaml --data.cache_dir runs/demo/data --trainer.num_train_steps 20")
     p.add_argument("--config_path", required=True, help="a YAML recipe (recipes/*.yaml)")
 
 
@@ -486,7 +487,7 @@ def _add_sweep(subparsers, common, help) -> None:
     p = subparsers.add_parser("sweep", parents=[common], formatter_class=_Help, help=help,
                               description="Expand a grid or random sweep (recipes/sweeps/*.yaml) into `amt train` "
                               "runs: print their commands (the default), write their configs, run them, or write "
-                              "the equivalent wandb sweep.")
+                              "the equivalent wandb sweep. Example: amt sweep recipes/sweeps/lr-size-augment.yaml")
     p.add_argument("sweep_file", help="a sweep YAML (see recipes/sweeps/)")
     p.add_argument("--write", metavar="DIR", help="write each run's full config to DIR/<run id>.yaml")
     p.add_argument("--run", action="store_true", help="train the runs one after another")
