@@ -167,3 +167,14 @@ def test_generated_and_given_notes_are_counted_apart():
 def test_verbose_is_accepted_before_or_after_the_command():
     assert cli.parse(["-v", "demo"])[0].verbose and cli.parse(["demo", "--verbose"])[0].verbose
     assert not getattr(cli.parse(["demo"])[0], "verbose")
+
+
+@pytest.mark.parametrize("key, message", [
+    (["--trainer.num_train_step", "3"], "unrecognized arguments: --trainer.num_train_step 3"),
+    (["--trainer.num_train_steps", "three"], "`trainer.num_train_steps`: Couldn't parse 'three' into an int"),
+])
+def test_train_key_errors_are_one_line(capsys, key, message):
+    """A wrong Levanter key or value: one line naming it (not draccus's usage of every key, nor a traceback)."""
+    assert cli.main(["train", "--config_path", str(REPO / "recipes" / "amt-tiny.yaml"), *key]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

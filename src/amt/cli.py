@@ -162,11 +162,26 @@ def _run_train(args, rest: list[str]) -> int:
     if not os.path.isfile(path) and "://" not in path:
         raise UsageError(f"--config_path: recipe not found: {path}" if not os.path.exists(path)
                          else f"--config_path: {path} is not a file (a YAML recipe, e.g. recipes/amt-tiny.yaml)")
+    import contextlib
+    import io
+
     import draccus
 
     from amt.train import TrainConfig, train
 
-    config = draccus.parse(TrainConfig, config_path=path, args=rest)
+    messages = io.StringIO()  # draccus prints its whole usage (hundreds of keys) above an unknown key's error
+    try:
+        with contextlib.redirect_stderr(messages):
+            config = draccus.parse(TrainConfig, config_path=path, args=rest)
+    except SystemExit as exit:
+        if exit.code == 0:  # --help
+            sys.stderr.write(messages.getvalue())
+            return 0
+        error = messages.getvalue().strip().splitlines()[-1:] or ["cannot parse the arguments"]
+        raise UsageError(error[0].split("error: ", 1)[-1] + " (keys are the recipe's paths, e.g. "
+                         "--trainer.num_train_steps; `amt train --config_path RECIPE --help` lists them)") from None
+    except draccus.utils.DecodingError as error:
+        raise UsageError(str(error)) from None
     train(config)
     return 0
 
@@ -562,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from amt import demo
 
-            return demo.main(args.plan)
+            return demo.main(args.plan, verbose=getattr(args, "verbose", False))
         if args.command == "tpu":
             from amt import tpu
 

@@ -155,7 +155,7 @@ def _console_filter(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_console(steps: int):
+def _quiet_console(steps: int, verbose: bool = False):
     """Levanter replaces the logging handlers when training starts (and prints every metric as JSON): filter
     its console handler once it exists, and print compact progress lines instead."""
     import levanter.utils.logging as levanter_logging
@@ -167,7 +167,7 @@ def _quiet_console(steps: int):
         # Levanter's trainer passes "<id>.log" and init_logging adds ".log" again: demo.log, not demo.log.log
         original(log_dir, run_id.removesuffix(".log"), *args, **kwargs)
         for handler in logging.getLogger().handlers:
-            if type(handler) is logging.StreamHandler:
+            if type(handler) is logging.StreamHandler and not verbose:
                 handler.addFilter(_console_filter)
 
     levanter_logging.init_logging = init_logging
@@ -215,7 +215,7 @@ def _latest_step(checkpoints: Path) -> str | None:
     return max(steps, key=lambda p: int(p.name.split("-")[-1])).name if steps else None
 
 
-def run(config: DemoConfig) -> dict:
+def run(config: DemoConfig, verbose: bool = False) -> dict:
     """Run every stage, skipping those already done with the same options (recorded in OUT/demo-state.json);
     returns the paths written and the perplexity rows."""
     import draccus
@@ -274,7 +274,7 @@ def run(config: DemoConfig) -> dict:
     else:
         if _latest_step(checkpoints):
             print(f"resuming from {checkpoints / _latest_step(checkpoints)}", flush=True)
-        with _quiet_console(config.steps):
+        with _quiet_console(config.steps, verbose):
             train(draccus.parse(TrainConfig, config_path=config.recipe, args=overrides))
         trained = {**data_key, "steps": config.steps}
         record("train", trained)
@@ -302,7 +302,7 @@ def run(config: DemoConfig) -> dict:
                  shlex.join(["amt", *generate]))
     key = {"trained": trained, "command": generate}
     if not done("continuation", key, continuation, continuation.with_suffix(".png")):
-        if cli.main(generate) != 0:
+        if cli.main(generate + ["--verbose"] * verbose) != 0:
             raise RuntimeError("generating the continuation failed")
         continuation.with_suffix(".wav").unlink(missing_ok=True)  # rendered again below
         record("continuation", key)
@@ -315,7 +315,7 @@ def run(config: DemoConfig) -> dict:
                  shlex.join(["amt", *generate]))
     key = {"trained": trained, "command": generate}
     if not done("accompaniment", key, accompaniment, accompaniment.with_suffix(".png")):
-        if cli.main(generate) != 0:
+        if cli.main(generate + ["--verbose"] * verbose) != 0:
             raise RuntimeError("generating the accompaniment failed")
         accompaniment.with_suffix(".wav").unlink(missing_ok=True)
         record("accompaniment", key)
@@ -350,9 +350,9 @@ def run(config: DemoConfig) -> dict:
             "skipped": skipped}
 
 
-def main(config: DemoConfig) -> int:
+def main(config: DemoConfig, verbose: bool = False) -> int:
     try:
-        run(config)
+        run(config, verbose)
     except ValueError as error:  # a mistake in the options or the corpus, said in one line
         print(f"amt demo: error: {error}", file=sys.stderr)
         return 2
