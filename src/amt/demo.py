@@ -151,6 +151,8 @@ class _TrainingProgress(logging.Handler):
 def _console_filter(record: logging.LogRecord) -> bool:
     """The console keeps warnings and our own messages (steps and evaluations print as compact lines);
     the log file keeps everything."""
+    if record.name == "levanter.checkpoint" and record.levelno == logging.WARNING:
+        return False  # "No checkpoints found" on a fresh start (the demo says itself when it resumes)
     return record.levelno >= logging.WARNING or record.name.startswith("amt")
 
 
@@ -177,6 +179,9 @@ def _quiet_console(steps: int, verbose: bool = False):
     finally:
         levanter_logging.init_logging = original
         logging.getLogger("levanter.json_logger").removeHandler(progress)
+        from amt import cli
+
+        cli.configure_logging(verbose)  # Levanter left the root logger at INFO: quiet again for the next stages
 
 
 def find_soundfont(configured: str | None = None) -> str | None:
@@ -218,10 +223,7 @@ def _latest_step(checkpoints: Path) -> str | None:
 def run(config: DemoConfig, verbose: bool = False) -> dict:
     """Run every stage, skipping those already done with the same options (recorded in OUT/demo-state.json);
     returns the paths written and the perplexity rows."""
-    import draccus
-
     from amt import cli, perplexity, preprocess
-    from amt.train import TrainConfig, train
 
     config.validate()
     logging.getLogger("jax").setLevel(logging.WARNING)  # checkpoint serialization narrates every write at INFO
@@ -274,6 +276,10 @@ def run(config: DemoConfig, verbose: bool = False) -> dict:
     else:
         if _latest_step(checkpoints):
             print(f"resuming from {checkpoints / _latest_step(checkpoints)}", flush=True)
+        import draccus  # (Levanter: seconds to import, only when there is training to do)
+
+        from amt.train import TrainConfig, train
+
         with _quiet_console(config.steps, verbose):
             train(draccus.parse(TrainConfig, config_path=config.recipe, args=overrides))
         trained = {**data_key, "steps": config.steps}
