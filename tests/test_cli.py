@@ -48,7 +48,7 @@ BAD = [
     ("train --config_path {root}/nowhere.yaml", "recipe not found: {root}/nowhere.yaml"),
     ("train --config_path {empty}", "--config_path: {empty} is not a file"),
     ("export --checkpoint {txt} --out {root}/hf", "--checkpoint: {txt} is a file"),
-    ("eval perplexity --checkpoint {run} --cache {root}/nowhere", "--cache: no cache at {root}/nowhere"),
+    ("eval perplexity --checkpoint {run} --cache {root}/nowhere", "--cache: {root}/nowhere: not a finished cache"),
     ("eval perplexity --checkpoint {txt} --cache {empty}", "--checkpoint: {txt} is a file"),
     ("eval perplexity --checkpoint {run} --cache {empty} --batch-size 0", "--batch-size: must be > 0, got 0"),
     ("eval generation --checkpoint {run} --midi {empty} --tasks melody", "unknown ['melody']"),

@@ -400,8 +400,8 @@ def _check_eval(args):
         for checkpoint in args.checkpoint:
             _checkpoint(checkpoint)
         if "://" not in args.cache and not os.path.isdir(args.cache):
-            raise UsageError(f"--cache: no cache at {args.cache} (a split folder written by amt preprocess, "
-                             "e.g. runs/demo/data/test)")
+            raise UsageError(f"--cache: {args.cache}: not a finished cache (no such folder; give a split folder "
+                             "written by amt preprocess, e.g. runs/demo/data/test)")
         return perplexity.PerplexityConfig(checkpoints=args.checkpoint, cache=args.cache, out=args.out,
                                            batch_size=args.batch_size, max_sequences=args.max_sequences)
     _checkpoint(args.checkpoint)
