@@ -86,6 +86,6 @@ def test_demo_pipeline_writes_every_artifact(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert sum(line.startswith("skipped:") for line in again.stdout.splitlines()) == 5, again.stdout
-    assert "already trained for 3 steps" in again.stdout and " step " not in again.stdout
+    assert "already trained for 3 steps" in again.stdout and "  step " not in again.stdout
     assert "(already done, skipped: preprocess, train, eval, continuation, accompaniment" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in written} == written

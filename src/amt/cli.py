@@ -71,7 +71,8 @@ def _checkpoint(path: str, option: str = "--checkpoint") -> str:
         raise UsageError(f"{option}: {path} is a file; a checkpoint is a folder: a step-N folder, a run's "
                          "checkpoint folder or a Hugging Face folder (amt export)")
     names = os.listdir(path)
-    markers = {"config.json", "metadata.json", "model", "amt-model.yaml"}
+    markers = {"config.json", "metadata.json", "model", "amt-model.yaml"}  # amt-model.yaml: amt.checkpoints' (not
+    # imported here: it loads Levanter)
     if not markers.intersection(names) and not any(name.startswith("step-") for name in names):
         raise UsageError(f"{option}: no checkpoint in {path} (no step-N folder, metadata.json or config.json)")
     return path
