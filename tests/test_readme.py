@@ -1,4 +1,5 @@
-"""Documentation check: every `amt ...` command in README.md and in the commands' --help examples still parses,
+"""Documentation check: every `amt ...` command in README.md, recipes/README.md and the commands' --help examples
+still parses (and the `python script.py --config_path FILE` entry points name files that exist),
 and the cheap ones run, so that the documented path cannot drift from the code.
 
 - A concrete command (no placeholders) is parsed by the real `amt` parser; `amt train`'s dotted keys by
@@ -36,7 +37,8 @@ def _commands_in_markdown(text: str) -> list[str]:
         for line in block.splitlines():
             commands += [part for part in line.split(" #")[0].split("&&")]
     text = re.sub(r"```.*?```", "", text, flags=re.S)
-    commands += [" ".join(span.split()) for span in re.findall(r"`([^`]*\bamt [^`]*)`", text)]
+    spans = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", text)]
+    commands += [span for span in spans if re.search(r"\bamt ", span) or span.startswith("python ")]
     found = []
     for command in commands:
         command = command.replace("\\|", "|").strip()
@@ -45,6 +47,8 @@ def _commands_in_markdown(text: str) -> list[str]:
             words.pop(0)
         if words and words[0] in ("amt", ".venv/bin/amt") and len(words) > 1:
             found.append(" ".join(["amt", *words[1:]]))
+        elif len(words) > 1 and words[0] == "python" and words[1].endswith(".py"):
+            found.append(" ".join(words))  # the draccus entry points: their script and config must exist
     return found
 
 
@@ -78,6 +82,11 @@ def _subparser(words: list[str]):
 
 def _check(command: str) -> None:
     words = shlex.split(command)
+    if words[0] == "python":
+        for word in words[1:]:
+            if word.endswith((".py", ".yaml")):
+                assert (REPO / word).exists(), f"{command}: {word} does not exist in the repository"
+        return
     if words[1] == "COMMAND":  # "amt COMMAND -h"
         return
     assert words[1] in cli.COMMANDS, f"{command}: no command {words[1]!r}"
