@@ -153,6 +153,8 @@ def _console_filter(record: logging.LogRecord) -> bool:
     the log file keeps everything."""
     if record.name == "levanter.checkpoint" and record.levelno == logging.WARNING:
         return False  # "No checkpoints found" on a fresh start (the demo says itself when it resumes)
+    if record.name == "levanter.tensorstore_serialization" and record.getMessage().startswith("Unknown leaf type"):
+        return False  # once per static (None) field of the model when resuming: harmless
     return record.levelno >= logging.WARNING or record.name.startswith("amt")
 
 
