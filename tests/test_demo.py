@@ -3,6 +3,7 @@
 import csv
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,16 +46,17 @@ def test_demo_pipeline_writes_every_artifact(tmp_path):
     out = tmp_path / "demo"
     env = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline",
            "PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": os.environ.get("HOME", str(tmp_path))}
-    done = subprocess.run([sys.executable, "-m", "amt.cli", "demo", "--midi", str(corpus), "--out", str(out),
-                           "--steps", "2", "--augment", "1", "--end_seconds", "6", "--prompt_seconds", "2",
-                           "--soundfont", str(soundfont)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", "amt.cli", "demo", "--midi", str(corpus), "--out", str(out), "--steps", "3",
+               "--augment", "1", "--end-seconds", "6", "--prompt-seconds", "2", "--soundfont", str(soundfont)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
     # caches of every split, and the model checkpointed at its last step (numbered from 0)
     for split in ("train", "validation", "test"):
         assert (out / "data" / split / "shard_ledger.json").exists()
     steps = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
-    assert steps[-1] == 1
+    assert steps[-1] == 2
     # perplexity of every checkpoint on the test split: a barely trained model is near uniform
     with open(out / "eval" / "perplexity.csv") as file:
         rows = list(csv.DictReader(file))
@@ -73,5 +75,17 @@ def test_demo_pipeline_writes_every_artifact(tmp_path):
     calls = (fake_bin / "calls").read_text().splitlines()
     assert len(calls) == 2 and all(str(soundfont) in call and "-F" in call for call in calls)
     # progress and a summary of where everything is
-    assert "=== [5/5]" in done.stdout and "step    2/2" in done.stdout and "=== done in" in done.stdout
+    assert "=== [5/5]" in done.stdout and "=== done in" in done.stdout
+    assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("  step ")] == ["1/3", "2/3", "3/3"]
     assert str(samples / "accompaniment.mid") in done.stdout and "levanter.json_logger" not in done.stdout + done.stderr
+    assert re.search(r"wrote \S+continuation.mid: \d+ notes generated after 2.0 s \(\+ \d+ from the prompt\)", done.stdout)
+    assert (out / "logs" / "demo.log").exists() and not (out / "logs" / "demo.log.log").exists()
+
+    # a second run finds every stage done, says so, and leaves the outputs as they were
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "demo-state.json"}
+    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sum(line.startswith("skipped:") for line in again.stdout.splitlines()) == 5, again.stdout
+    assert "already trained for 3 steps" in again.stdout and "  step " not in again.stdout
+    assert "(already done, skipped: preprocess, train, eval, continuation, accompaniment" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in written} == written

@@ -1,40 +1,116 @@
-"""The `amt` command: thin wiring from the command line to the library."""
+"""The `amt` command: thin wiring from the command line to the library.
+
+Every command's arguments are checked here before anything heavy is imported (jax and Levanter take seconds
+to load, a model more): a mistake costs a second and one line naming the value (`amt generate: error: ...`,
+exit status 2), never a model load or a traceback. Our own commands spell options in kebab-case
+(`--num-samples`); `amt train` passes Levanter's dotted config keys (`--trainer.num_train_steps`) to draccus
+unchanged, since they are paths into the recipe. Output is quiet by default (warnings and our own one-line
+messages); `--verbose` (before or after the command) shows every library's INFO logging.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
 import sys
+from pathlib import Path
+
+import numpy as np
 
 
-def _add_preprocess(subparsers) -> None:
+class UsageError(ValueError):
+    """A user's mistake: printed as one line `amt <command>: error: <message>`, exit status 2."""
+
+    prog = "amt"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line naming the option and the value (no usage block above it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in every option's help (not for flags, nor "default: None")."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0 or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _existing(path: str, what: str) -> str:
+    """A local path that must exist (remote gs:// / hf:// paths are checked by the library)."""
+    if "://" not in path and not os.path.exists(path):
+        raise UsageError(f"{what} not found: {path}")
+    return path
+
+
+def _checkpoint(path: str, option: str = "--checkpoint") -> str:
+    """A Levanter checkpoint (a step-N folder or a run's checkpoint folder) or a Hugging Face folder."""
+    if "://" in path:
+        return path
+    if not os.path.exists(path):
+        raise UsageError(f"{option}: checkpoint not found: {path}")
+    if not os.path.isdir(path):
+        raise UsageError(f"{option}: {path} is a file; a checkpoint is a folder: a step-N folder, a run's "
+                         "checkpoint folder or a Hugging Face folder (amt export)")
+    names = os.listdir(path)
+    markers = {"config.json", "metadata.json", "model", "amt-model.yaml"}  # amt-model.yaml: amt.checkpoints' (not
+    # imported here: it loads Levanter)
+    if not markers.intersection(names) and not any(name.startswith("step-") for name in names):
+        raise UsageError(f"{option}: no checkpoint in {path} (no step-N folder, metadata.json or config.json)")
+    return path
+
+
+# --- preprocess -----------------------------------------------------------------------------------------
+def _add_preprocess(subparsers, common, help) -> None:
     from amt.preprocess import PreprocessConfig
 
     defaults = PreprocessConfig()
     p = subparsers.add_parser(
-        "preprocess",
-        help="MIDI files -> anticipatory training sequences (Levanter caches, optional text)",
+        "preprocess", parents=[common], formatter_class=_Help, help=help,
         description="Tokenize MIDI files into the paper's anticipatory training sequences and write them as "
-        "Levanter caches OUT/{train,validation,test} (and OUT/<split>.txt with --text), with OUT/stats.json.",
+        "Levanter caches OUT/{train,validation,test} (and OUT/<split>.txt with --text), with OUT/stats.json. "
+        "A finished OUT is not rebuilt; an interrupted one resumes. "
+        "Example: amt preprocess demo/midi --out runs/demo/data --augment 10",
     )
-    p.add_argument("source", nargs="?", help="folder, manifest (one path a line), .tar.gz, one MIDI file, datasets folder or hf://NAME[:SPLIT]")
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--verify", metavar="DIR", help="check a finished output (or one split's cache) against its checksums, then exit")
-    p.add_argument("--augment", type=int, default=defaults.augment, help="copies of each training file (paper: 1 or 30)")
-    p.add_argument("--workers", type=int, default=defaults.workers, help="parallel processes (or Ray CPUs)")
+    p.add_argument("source", nargs="?",
+                   help="folder, manifest (one path a line), .tar.gz, one MIDI file, datasets folder or hf://NAME[:SPLIT]")
+    p.add_argument("--out", help="output folder (required unless --verify)")
+    p.add_argument("--verify", metavar="DIR",
+                   help="check a finished output (or one split's cache) against its checksums, then exit")
+    p.add_argument("--augment", type=_positive(int), default=defaults.augment,
+                   help="copies of each training file (paper: 1 or 30)")
+    p.add_argument("--workers", type=_positive(int), default=defaults.workers, help="parallel processes (or Ray CPUs)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="augmentation seed")
     p.add_argument("--split", choices=["md5", "none"], default=defaults.split,
                    help="md5: Lakh's split by first MD5 digit (0-d/e/f); none: all in train")
     p.add_argument("--text", action="store_true", help="also write <split>.txt, one sequence a line")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="do not write Levanter caches")
-    p.add_argument("--encoding", choices=["arrival", "interarrival"], default=defaults.encoding)
-    p.add_argument("--files-per-shard", type=int, default=None, help="files per unit of work (default 256 // augment, >= 16)")
+    p.add_argument("--encoding", choices=["arrival", "interarrival"], default=defaults.encoding,
+                   help="arrival: the paper's anticipatory tokens; interarrival: the MIDI-like baseline")
+    p.add_argument("--files-per-shard", type=_positive(int), default=None,
+                   help="files per unit of work (default 256 // augment, >= 16)")
     p.add_argument("--dataset-column", default=defaults.dataset_column, help="dataset column with MIDI bytes or paths")
     p.add_argument("--ray-address", default=None, help="run on a Ray cluster ('auto'), or 'local' for a local Ray")
     p.add_argument("--overwrite", action="store_true", help="rebuild if OUT holds a job with other options")
-    p.add_argument("--flush-rows", type=int, default=defaults.flush_rows,
+    p.add_argument("--flush-rows", type=_positive(int), default=defaults.flush_rows,
                    help="rows buffered between writes and progress commits (a killed job redoes at most these)")
     p.add_argument("--no-progress", dest="progress_bar", action="store_false", help="no progress bar")
     p.add_argument("--max-file-mb", type=float, default=defaults.max_file_bytes / 2**20, help="per-file budget: larger files are skipped")
@@ -42,21 +118,16 @@ def _add_preprocess(subparsers) -> None:
     p.add_argument("--max-file-seconds", type=float, default=defaults.max_file_seconds, help="per-file budget: wall time")
 
 
-def _run_preprocess(args) -> int:
-    from amt.preprocess import CacheError, ConfigMismatch, PreprocessConfig, run, verify_cache, verify_output
+def _check_preprocess(args):
+    from amt.preprocess import PreprocessConfig
 
     if args.verify:
-        try:
-            single = os.path.exists(os.path.join(args.verify, "amt_rows.json"))
-            rows = {os.path.basename(args.verify.rstrip("/")): verify_cache(args.verify)} if single else verify_output(args.verify)
-        except CacheError as error:
-            print(f"amt preprocess: error: {error}", file=sys.stderr)
-            return 1
-        print(f"verified {args.verify}: " + ", ".join(f"{split} {n} rows" for split, n in rows.items()))
-        return 0
+        _existing(args.verify, "--verify")
+        return None
     if not args.source or not args.out:
-        print("amt preprocess: error: a SOURCE and --out OUT are required (or --verify DIR)", file=sys.stderr)
-        return 2
+        raise UsageError("a SOURCE and --out OUT are required (or --verify DIR)")
+    if "://" not in args.source:
+        _existing(args.source, "source")
     config = PreprocessConfig(
         source=args.source, out=args.out, augment=args.augment, workers=args.workers, seed=args.seed,
         split=args.split, text=args.text, cache=args.cache, encoding=args.encoding,
@@ -65,207 +136,483 @@ def _run_preprocess(args) -> int:
         max_file_bytes=int(args.max_file_mb * 2**20), max_file_notes=args.max_file_notes,
         max_file_seconds=args.max_file_seconds,
     )
+    config.validate()
+    return config
+
+
+def _run_preprocess(args, config) -> int:
+    from amt import preprocess
+
+    if args.verify:
+        try:
+            single = os.path.exists(os.path.join(args.verify, preprocess.MANIFEST_FILE))
+            rows = ({os.path.basename(args.verify.rstrip("/")): preprocess.verify_cache(args.verify)} if single
+                    else preprocess.verify_output(args.verify))
+        except preprocess.CacheError as error:
+            print(f"amt preprocess: error: {error}", file=sys.stderr)
+            return 1
+        print(f"verified {args.verify}: " + ", ".join(f"{split} {n} rows" for split, n in rows.items()))
+        return 0
     try:
-        stats = run(config)
-    except (ConfigMismatch, CacheError, ValueError, FileNotFoundError, KeyError) as error:
-        print(f"amt preprocess: error: {error}", file=sys.stderr)
-        return 2
+        stats = preprocess.run(config)
+    except (preprocess.ConfigMismatch, ValueError, FileNotFoundError, KeyError) as error:
+        raise UsageError(str(error)) from error
     for split, s in stats["splits"].items():
         print(f"{split:>10}: {s['files_kept']}/{s['files_seen']} files kept, {s['sequences']} sequences, "
               f"{s['hours_of_music']:.2f} h of music, skipped {json.dumps(s['files_skipped'])}")
     if stats.get("already_built"):
-        print(f"{args.out} is already built" + (", verified" if stats["verified"] else "") + " (nothing to do)")
+        print(f"{args.out} was already built" + (", verified" if stats["verified"] else "") + "; nothing to do "
+              "(a new --out, or --overwrite with other options, builds again)")
     else:
         print(f"wrote {args.out} in {stats['seconds']:.1f} s")
     return 0
 
 
+# --- train / export -------------------------------------------------------------------------------------
 def _run_train(args, rest: list[str]) -> int:
     """`amt train --config_path RECIPE [--any.levanter.key VALUE ...]`: draccus parses the recipe and overrides."""
+    path = args.config_path
+    if not os.path.isfile(path) and "://" not in path:
+        raise UsageError(f"--config_path: recipe not found: {path}" if not os.path.exists(path)
+                         else f"--config_path: {path} is not a file (a YAML recipe, e.g. recipes/amt-tiny.yaml)")
+    import contextlib
+    import io
+
     import draccus
 
     from amt.train import TrainConfig, train
 
-    config = draccus.parse(TrainConfig, config_path=args.config_path, args=rest)
+    messages = io.StringIO()  # draccus prints its whole usage (hundreds of keys) above an unknown key's error
+    try:
+        with contextlib.redirect_stderr(messages):
+            config = draccus.parse(TrainConfig, config_path=path, args=rest)
+    except SystemExit as exit:
+        if exit.code == 0:  # --help
+            sys.stderr.write(messages.getvalue())
+            return 0
+        error = messages.getvalue().strip().splitlines()[-1:] or ["cannot parse the arguments"]
+        raise UsageError(error[0].split("error: ", 1)[-1] + " (keys are the recipe's paths, e.g. "
+                         "--trainer.num_train_steps; `amt train --config_path RECIPE --help` lists them)") from None
+    except draccus.utils.DecodingError as error:
+        raise UsageError(str(error)) from None
     train(config)
     return 0
 
 
-def _run_generate(args) -> int:
-    from pathlib import Path
+def _run_export(args) -> int:
+    from amt.checkpoints import export_hf
 
-    from levanter.utils.tree_utils import inference_mode
-
-    from amt import augment, midi, ops, sampling
-    from amt.checkpoints import load_model
-    from amt.pianoroll import save_pianoroll
-
-    model, _ = load_model(args.checkpoint)
-    sampler = sampling.Sampler(inference_mode(model, True))
-    options = sampling.SamplingOptions(top_p=args.top_p, temperature=args.temperature, seed=args.seed,
-                                       num_samples=args.num_samples)
-    events = ops.as_triples(midi.midi_to_events(args.prompt)) if args.prompt else None
-    given = None
-    if events is None:
-        if args.accompany or args.infill:
-            print("amt generate: error: --accompany and --infill need --prompt", file=sys.stderr)
-            return 2
-        outputs = sampler.generate(0, args.end, options=options, anticipatory=not args.autoregressive)
-    elif args.infill:
-        outputs = sampling.infill(sampler, events, *args.infill, options=options)
-    elif args.accompany:
-        instruments = [int(x) for x in args.accompany.split(",")]
-        present = ops.instruments(ops.clip(events, 0, args.end, clip_duration=False))
-        missing = [i for i in instruments if i not in present]
-        if missing:
-            print(f"amt generate: error: --accompany: instrument(s) {missing} do not play in the first {args.end:g} s of "
-                  f"{args.prompt} (it has {sorted(present)}; 0-127 General MIDI programs, 128 drums)", file=sys.stderr)
-            return 2
-        outputs = sampling.accompany(sampler, events, instruments, args.start, args.end, options,
-                                     anticipatory=not args.autoregressive)
-        given = ops.from_controls(ops.clip(augment.extract_instruments(events, instruments)[1], 0, args.end,
-                                           clip_duration=False))  # outlined in the piano roll
-    else:
-        outputs = sampling.continuation(sampler, events, args.start, args.end, options,
-                                        anticipatory=not args.autoregressive)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for i, sample in enumerate(outputs):
-        path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
-        midi.events_to_midi(sample, path)
-        save_pianoroll(sample, path.with_suffix(".png"), given=given, title=path.name)
-        print(f"wrote {path} ({len(sample)} notes, {ops.max_time(sample):.1f} s) and {path.with_suffix('.png')}")
+    try:
+        print(f"wrote {export_hf(args.checkpoint, args.out)}")
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from error
     return 0
 
 
-def _add_eval(subparsers) -> None:
+# --- generate -------------------------------------------------------------------------------------------
+def _add_generate(subparsers, common, help) -> None:
+    p = subparsers.add_parser(
+        "generate", parents=[common], formatter_class=_Help, help=help,
+        description="Writes OUT (and OUT-2.mid, ... for more samples) with a piano-roll PNG beside each. Examples: "
+        "amt generate --checkpoint runs/demo/checkpoints --prompt demo/midi/npm_misc/fur-elise.mid --start 5 "
+        "--end 20 -o out.mid; with --accompany 87 (keep instrument 87 as controls) or --infill 5 10 "
+        "(regenerate 5-10 s).")
+    p.add_argument("--checkpoint", required=True, help="a Levanter checkpoint (step-N or run folder) or an HF folder")
+    p.add_argument("--prompt", help="a MIDI file: the prompt (and the controls for --accompany / --infill)")
+    p.add_argument("--start", type=float, default=0.0, help="seconds of the prompt kept before generating")
+    p.add_argument("--end", type=_positive(float), default=20.0, help="generate up to this time (seconds)")
+    task = p.add_mutually_exclusive_group()
+    task.add_argument("--accompany", help="instruments of the prompt to keep as controls, e.g. 0 or 0,40 "
+                      "(General MIDI programs 0-127, 128 = drums)")
+    task.add_argument("--infill", nargs=2, type=float, metavar=("T0", "T1"),
+                      help="regenerate the span [T0, T1) seconds of the prompt, given what comes before and after")
+    p.add_argument("--autoregressive", action="store_true", help="Algorithm 2 (no anticipation)")
+    p.add_argument("--num-samples", type=_positive(int), default=1, help="samples drawn (one batch)")
+    p.add_argument("--top-p", type=float, default=0.98, help="nucleus sampling: keep the most probable tokens "
+                   "holding this much probability, in (0, 1]")
+    p.add_argument("--temperature", type=_positive(float), default=1.0, help="softmax temperature (> 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same music)")
+    p.add_argument("-o", "--out", default="generated.mid", help="output MIDI file (a PNG piano roll beside it)")
+
+
+def _instruments(text: str) -> list[int]:
+    try:
+        instruments = [int(x) for x in text.split(",")]
+    except ValueError:
+        instruments = None
+    if not instruments or not all(0 <= i <= 128 for i in instruments):
+        raise UsageError(f"--accompany: {text!r} is not a comma-separated list of instruments (0-127 General MIDI "
+                         "programs, 128 drums), e.g. 0 or 0,40")
+    return instruments
+
+
+def _check_generate(args) -> dict:
+    """Everything about a generate request that can be checked without the model: the plan of the run."""
+    from amt import augment, ops, vocab
+
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p: {args.top_p:g} is not in (0, 1]")
+    if args.start < 0:
+        raise UsageError(f"--start: {args.start:g} is negative")
+    if args.end <= args.start:
+        raise UsageError(f"--end {args.end:g} must be after --start {args.start:g}")
+    if (args.accompany or args.infill) and not args.prompt:
+        raise UsageError(f"{'--accompany' if args.accompany else '--infill'} needs --prompt (the piece it works on)")
+    if args.infill and args.autoregressive:
+        raise UsageError("--infill is anticipatory only (the music after the span comes in as anticipated "
+                         "controls); drop --autoregressive")
+    _checkpoint(args.checkpoint)
+    plan = {"task": "unconditional", "events": None, "given": np.zeros((0, 3), np.int64), "start": 0.0, "shown": None}
+    if args.prompt is None:
+        return plan
+    if os.path.isdir(args.prompt):
+        raise UsageError(f"--prompt: {args.prompt} is a folder; give a MIDI file")
+    from amt import midi
+
+    try:
+        events = ops.as_triples(midi.midi_to_events(args.prompt))
+    except midi.MidiError as error:
+        raise UsageError(f"--prompt: {error}") from error
+    if not len(events):
+        raise UsageError(f"--prompt: {args.prompt} has no notes")
+    length = ops.max_time(events)
+    plan.update(events=events, start=args.start)
+    if args.infill:
+        t0, t1 = args.infill
+        if not 0 <= t0 < t1:
+            raise UsageError(f"--infill {t0:g} {t1:g}: not a span (0 <= T0 < T1)")
+        if t0 >= length:
+            raise UsageError(f"--infill {t0:g} {t1:g}: the span starts after the piece ends ({args.prompt}: notes "
+                             f"start up to {length:.2f} s)")
+        t = ops.times(events)
+        plan.update(task="infill", start=t0,
+                    given=events[(t < int(vocab.TIME_RESOLUTION * t0)) | (t >= int(vocab.TIME_RESOLUTION * t1))])
+    elif args.accompany:
+        instruments = _instruments(args.accompany)
+        present = ops.instruments(ops.clip(events, 0, args.end, clip_duration=False))
+        missing = [i for i in instruments if i not in present]
+        if missing:
+            raise UsageError(f"--accompany: instrument(s) {missing} do not play in the first {args.end:g} s of "
+                             f"{args.prompt} (it has {sorted(present)}; 0-127 General MIDI programs, 128 drums)")
+        others, given = augment.extract_instruments(events, instruments)
+        controls = ops.clip(given, 0, args.end, clip_duration=False)
+        controls = ops.from_controls(controls[ops.times(controls) < int(vocab.TIME_RESOLUTION * args.end)])
+        plan.update(task="accompany", instruments=instruments, shown=controls,
+                    given=np.concatenate([ops.clip(others, 0, args.start, clip_duration=False), controls]))
+    else:
+        plan.update(task="continuation", given=ops.clip(events, 0, args.start, clip_duration=False))
+    melodic = sorted(i for i in ops.instruments(plan["given"]) if i != vocab.DRUMS)
+    if len(melodic) > 15:  # the sampler adds none beyond 15; MIDI cannot hold more (amt.midi.events_to_midi)
+        raise UsageError(f"--prompt: the given part of {args.prompt} has {len(melodic)} melodic instruments; "
+                         "MIDI files hold at most 15 (channel 10 is drums)")
+    return plan
+
+
+def count_notes(sample: np.ndarray, given: np.ndarray, start_seconds: float) -> tuple[int, int]:
+    """(generated, given) notes of a sample: generated are the notes at or after the start time that are not
+    among the given notes (the prompt and the controls, matched as a multiset); the rest were given."""
+    from collections import Counter
+
+    from amt import ops, vocab
+
+    supplied = Counter(map(tuple, ops.as_triples(given).tolist()))
+    start = int(round(vocab.TIME_RESOLUTION * start_seconds))
+    generated = 0
+    for row, t in zip(map(tuple, ops.as_triples(sample).tolist()), ops.times(sample).tolist()):
+        if supplied[row] > 0:
+            supplied[row] -= 1
+        elif t >= start:
+            generated += 1
+    return generated, len(sample) - generated
+
+
+def _run_generate(args, plan) -> int:
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt import midi, sampling
+    from amt.checkpoints import load_model
+    from amt.pianoroll import save_pianoroll
+
+    try:
+        model, _ = load_model(args.checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"--checkpoint: {error}") from error
+    sampler = sampling.Sampler(inference_mode(model, True))
+    options = sampling.SamplingOptions(top_p=args.top_p, temperature=args.temperature, seed=args.seed,
+                                       num_samples=args.num_samples)
+    events, anticipatory = plan["events"], not args.autoregressive
+    if plan["task"] == "unconditional":
+        outputs = sampler.generate(0, args.end, options=options, anticipatory=anticipatory)
+    elif plan["task"] == "infill":
+        outputs = sampling.infill(sampler, events, *args.infill, options=options)
+    elif plan["task"] == "accompany":
+        outputs = sampling.accompany(sampler, events, plan["instruments"], args.start, args.end, options,
+                                     anticipatory=anticipatory)
+    else:
+        outputs = sampling.continuation(sampler, events, args.start, args.end, options, anticipatory=anticipatory)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    what = {"unconditional": "", "continuation": " from the prompt", "infill": " from the prompt around the span",
+            "accompany": " from the prompt and the controls"}[plan["task"]]
+    for i, sample in enumerate(outputs):
+        path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+        midi.events_to_midi(sample, path)
+        save_pianoroll(sample, path.with_suffix(".png"), given=plan["shown"], title=path.name)
+        generated, given = count_notes(sample, plan["given"], plan["start"])
+        print(f"wrote {path}: {generated} notes generated after {plan['start']:.1f} s"
+              + (f" (+ {given}{what})" if given else "") + f", piano roll {path.with_suffix('.png')}")
+    return 0
+
+
+# --- eval -----------------------------------------------------------------------------------------------
+def _add_eval(subparsers, common, help) -> None:
     from amt.generation_eval import TASKS, GenerationEvalConfig
     from amt.perplexity import PerplexityConfig
 
-    p = subparsers.add_parser("eval", help="evaluate: perplexity and bits/s on a cache; prompted-generation metrics")
-    tasks = p.add_subparsers(dest="evaluation", required=True)
+    p = subparsers.add_parser("eval", parents=[common], formatter_class=_Help, help=help,
+                              description="Evaluations of trained models: `amt eval perplexity -h`, "
+                              "`amt eval generation -h`.")
+    tasks = p.add_subparsers(dest="evaluation", required=True, metavar="{perplexity,generation}",
+                             help="which evaluation")
     defaults = PerplexityConfig()
-    q = tasks.add_parser("perplexity", help="the paper's Table 1 on a test cache, for one or many checkpoints",
+    q = tasks.add_parser("perplexity", parents=[common], formatter_class=_Help,
+                         help="the paper's Table 1 on a test cache, for one or many checkpoints",
                          description="Loss, event / onset / duration / note perplexity and bits per second of each "
-                         "checkpoint on a cache; writes OUT/perplexity.{csv,json,png}.")
+                         "checkpoint on a cache; writes OUT/perplexity.{csv,json,png}. Example: amt eval perplexity "
+                         "--checkpoint runs/demo/checkpoints --cache runs/demo/data/test --out runs/demo/eval")
     q.add_argument("--checkpoint", nargs="+", required=True,
                    help="step-N folders, run checkpoint folders (every step-N in them) or Hugging Face folders")
-    q.add_argument("--cache", required=True, help="a cache written by `amt preprocess`, e.g. runs/demo-data/test")
-    q.add_argument("--out", default=defaults.out)
-    q.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    q.add_argument("--max-sequences", type=int, default=None, help="evaluate the first N sequences only")
+    q.add_argument("--cache", required=True, help="a cache written by `amt preprocess`, e.g. runs/demo/data/test")
+    q.add_argument("--out", default=defaults.out, help="output folder")
+    q.add_argument("--batch-size", type=_positive(int), default=defaults.batch_size,
+                   help="sequences per forward pass (memory: batch x 1,024 x 55,028 floats)")
+    q.add_argument("--max-sequences", type=_positive(int), default=None, help="evaluate the first N sequences only")
     defaults = GenerationEvalConfig()
-    q = tasks.add_parser("generation", help="continue / accompany test clips; metrics against the truth and baselines",
-                         description="Writes OUT/report.{md,json}, metric histograms and piano rolls.")
+    q = tasks.add_parser("generation", parents=[common], formatter_class=_Help,
+                         help="continue / accompany test clips; metrics against the truth and baselines",
+                         description="Writes OUT/report.{md,json}, metric histograms and piano rolls. Example: amt "
+                         "eval generation --checkpoint runs/demo/checkpoints --midi demo/midi --split test --clips 8")
     q.add_argument("--checkpoint", required=True, help="a Levanter checkpoint (step-N or run folder) or an HF folder")
     q.add_argument("--midi", default=defaults.midi, help="MIDI source (folder, manifest, .tar.gz, datasets)")
     q.add_argument("--split", default=defaults.split, help="train / validation / test (Lakh's MD5 split) or all")
-    q.add_argument("--clips", type=int, default=defaults.clips, help="at most this many clips, one per file")
-    q.add_argument("--clip-seconds", type=float, default=defaults.clip_seconds)
-    q.add_argument("--prompt-seconds", type=float, default=defaults.prompt_seconds)
+    q.add_argument("--clips", type=_positive(int), default=defaults.clips, help="at most this many clips, one per file")
+    q.add_argument("--clip-seconds", type=_positive(float), default=defaults.clip_seconds, help="length of each clip")
+    q.add_argument("--prompt-seconds", type=_positive(float), default=defaults.prompt_seconds,
+                   help="seconds of each clip given as the prompt")
     q.add_argument("--tasks", default=",".join(defaults.tasks), help=f"comma-separated, of {','.join(TASKS)}")
-    q.add_argument("--top-p", type=float, default=defaults.top_p)
-    q.add_argument("--seed", type=int, default=defaults.seed)
+    q.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling threshold, in (0, 1]")
+    q.add_argument("--seed", type=int, default=defaults.seed, help="clip choice, retrieval pairing and sampling")
     q.add_argument("--examples", type=int, default=defaults.examples, help="clips drawn as piano rolls")
-    q.add_argument("--out", default=defaults.out)
+    q.add_argument("--out", default=defaults.out, help="output folder")
 
 
-def _run_eval(args) -> int:
+def _check_eval(args):
+    from amt import generation_eval, perplexity
+
+    if args.evaluation == "perplexity":
+        for checkpoint in args.checkpoint:
+            _checkpoint(checkpoint)
+        if "://" not in args.cache and not os.path.isdir(args.cache):
+            raise UsageError(f"--cache: {args.cache}: not a finished cache (no such folder; give a split folder "
+                             "written by amt preprocess, e.g. runs/demo/data/test)")
+        return perplexity.PerplexityConfig(checkpoints=args.checkpoint, cache=args.cache, out=args.out,
+                                           batch_size=args.batch_size, max_sequences=args.max_sequences)
+    _checkpoint(args.checkpoint)
+    if "://" not in args.midi:
+        _existing(args.midi, "--midi")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p: {args.top_p:g} is not in (0, 1]")
+    if args.examples < 0:
+        raise UsageError(f"--examples: {args.examples} is negative")
+    config = generation_eval.GenerationEvalConfig(
+        checkpoint=args.checkpoint, midi=args.midi, split=args.split, clips=args.clips,
+        clip_seconds=args.clip_seconds, prompt_seconds=args.prompt_seconds, tasks=args.tasks.split(","),
+        top_p=args.top_p, seed=args.seed, examples=args.examples, out=args.out)
+    config.validate()
+    return config
+
+
+def _run_eval(args, config) -> int:
     from amt import generation_eval, perplexity
 
     try:
         if args.evaluation == "perplexity":
-            rows = perplexity.run(perplexity.PerplexityConfig(
-                checkpoints=args.checkpoint, cache=args.cache, out=args.out, batch_size=args.batch_size,
-                max_sequences=args.max_sequences))
+            rows = perplexity.run(config)
             print(perplexity.markdown_table(rows))
             print(f"wrote {args.out}/perplexity.csv, perplexity.json and perplexity.png")
             return 0
-        report = generation_eval.run(generation_eval.GenerationEvalConfig(
-            checkpoint=args.checkpoint, midi=args.midi, split=args.split, clips=args.clips,
-            clip_seconds=args.clip_seconds, prompt_seconds=args.prompt_seconds, tasks=args.tasks.split(","),
-            top_p=args.top_p, seed=args.seed, examples=args.examples, out=args.out))
+        report = generation_eval.run(config)
     except (FileNotFoundError, ValueError) as error:
-        print(f"amt eval {args.evaluation}: error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from error
     print(generation_eval.markdown_report(report))
     print(f"wrote {args.out}/report.md, report.json and plots")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="amt", description="Anticipatory Music Transformer on Levanter")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_preprocess(subparsers)
-    p = subparsers.add_parser("train", help="train a recipe with Levanter (any config key can be overridden)",
-                              description="Run Levanter's train_lm on a recipe, e.g. recipes/amt-small.yaml. Other "
-                              "flags override recipe keys: --trainer.num_train_steps 10 --data.cache_dir DIR. "
-                              "--dry_run true prints the parameter count and batch arithmetic.")
+# --- the parser -----------------------------------------------------------------------------------------
+COMMANDS = {  # name -> one line of help (the full parser of a command is built only when it runs)
+    "demo": "the whole path on the bundled corpus: caches, a tiny model, perplexity, music (minutes on a CPU)",
+    "preprocess": "MIDI files -> anticipatory training sequences (Levanter caches, optional text)",
+    "train": "train a recipe with Levanter (any config key can be overridden)",
+    "export": "write a Levanter checkpoint as a Hugging Face GPT-2 folder",
+    "generate": "sample MIDI from a model: unconditional, continuation, infilling, accompaniment",
+    "eval": "evaluate: perplexity and bits/s on a cache; prompted-generation metrics",
+    "sweep": "expand a sweep file into runs: print, write, run, or a wandb sweep",
+    "tpu": "launch a recipe on a Cloud TPU VM slice (gcloud), resuming after preemption",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `only`, the other commands get a bare parser (their option defaults come from
+    library configs whose imports cost time an argument error should not)."""
+    common = _Parser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show every library's INFO logging (Levanter, jax)")
+    parser = _Parser(prog="amt", formatter_class=_Help,
+                     description="Anticipatory Music Transformer on Levanter. `amt COMMAND -h` for a command's "
+                     "options; start with `amt demo`.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show every library's INFO logging (Levanter, jax)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help in COMMANDS.items():
+        if only is None or name == only:
+            globals()[f"_add_{name}"](subparsers, common, help)
+        else:
+            subparsers.add_parser(name, help=help)
+    return parser
+
+
+def _add_demo(subparsers, common, help) -> None:
+    from amt import demo
+
+    p = subparsers.add_parser(
+        "demo", parents=[common], formatter_class=_Help, help=help,
+        description="Preprocess demo/midi, train recipes/amt-tiny.yaml, evaluate perplexity, generate a continuation "
+        "and an accompaniment (MIDI, piano rolls, WAV with FluidSynth). Every stage resumes: a second run skips "
+        "what is done and says so. Example: amt demo --steps 300 --out runs/demo")
+    demo.add_arguments(p)
+
+
+def _add_train(subparsers, common, help) -> None:
+    p = subparsers.add_parser("train", parents=[common], formatter_class=_Help, help=help,
+                              description="Run Levanter's train_lm on a recipe (recipes/*.yaml); it resumes from "
+                              "its last checkpoint. Other flags are Levanter's dotted config keys (paths into the "
+                              "recipe, spelled as draccus spells them) and override it; --dry_run true prints the "
+                              "parameter count and batch arithmetic. Example: amt train --config_path "
+                              "recipes/amt-tiny.yaml --data.cache_dir runs/demo/data --trainer.num_train_steps 20")
     p.add_argument("--config_path", required=True, help="a YAML recipe (recipes/*.yaml)")
-    p = subparsers.add_parser("export", help="write a Levanter checkpoint as a Hugging Face GPT-2 folder")
+
+
+def _add_export(subparsers, common, help) -> None:
+    p = subparsers.add_parser("export", parents=[common], formatter_class=_Help, help=help,
+                              description="Write a Levanter checkpoint as a Hugging Face GPT-2 folder (config.json "
+                              "with the 55,028-token vocabulary and model.safetensors), for transformers or "
+                              "fine-tuning with --initialize_from_hf.")
     p.add_argument("--checkpoint", required=True, help="a step-N folder or a run's checkpoint folder (latest step)")
     p.add_argument("--out", required=True, help="output folder (config.json + model.safetensors)")
-    p = subparsers.add_parser("sweep", help="expand a sweep file into runs: print, write, run, or a wandb sweep")
+
+
+def _add_sweep(subparsers, common, help) -> None:
+    p = subparsers.add_parser("sweep", parents=[common], formatter_class=_Help, help=help,
+                              description="Expand a grid or random sweep (recipes/sweeps/*.yaml) into `amt train` "
+                              "runs: print their commands (the default), write their configs, run them, or write "
+                              "the equivalent wandb sweep. Example: amt sweep recipes/sweeps/lr-size-augment.yaml")
     p.add_argument("sweep_file", help="a sweep YAML (see recipes/sweeps/)")
     p.add_argument("--write", metavar="DIR", help="write each run's full config to DIR/<run id>.yaml")
     p.add_argument("--run", action="store_true", help="train the runs one after another")
     p.add_argument("--wandb", metavar="FILE", help="write the equivalent wandb sweep config")
-    p = subparsers.add_parser("generate", help="sample MIDI from a model: unconditional, continuation, infilling, "
-                              "accompaniment", description="Writes OUT (and OUT-2.mid, ... for more samples) with a "
-                              "piano-roll PNG beside each.")
-    p.add_argument("--checkpoint", required=True, help="a Levanter checkpoint (step-N or run folder) or an HF folder")
-    p.add_argument("--prompt", help="a MIDI file: the prompt (and the controls for --accompany / --infill)")
-    p.add_argument("--start", type=float, default=0.0, help="seconds of the prompt kept before generating")
-    p.add_argument("--end", type=float, default=20.0, help="generate up to this time (seconds)")
-    p.add_argument("--accompany", help="instruments of the prompt to keep as controls, e.g. 0 or 0,40 (128 = drums)")
-    p.add_argument("--infill", nargs=2, type=float, metavar=("T0", "T1"), help="regenerate the span [T0, T1)")
-    p.add_argument("--autoregressive", action="store_true", help="Algorithm 2 (no anticipation)")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--top-p", type=float, default=0.98)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--out", default="generated.mid")
-    _add_eval(subparsers)
-    subparsers.add_parser(
-        "demo", help="the whole path on the bundled corpus: caches, a tiny model, perplexity, music (minutes on a CPU)",
-        description="Preprocess demo/midi, train recipes/amt-tiny.yaml, evaluate perplexity, generate a continuation "
-        "and an accompaniment (MIDI, piano rolls, WAV with FluidSynth). Options (amt.demo.DemoConfig): --out runs/demo "
-        "--steps 100 --augment 10 --workers 2 --eval_sequences N --prompt_seconds 5 --end_seconds 20 --seed 0 "
-        "--soundfont FILE.sf2")
-    p = subparsers.add_parser("tpu", help="launch a recipe on a Cloud TPU VM slice (gcloud), resuming after preemption",
-                              description="Other flags are passed to `amt train` on every host.")
+
+
+def _add_tpu(subparsers, common, help) -> None:
     from amt import tpu
 
+    p = subparsers.add_parser("tpu", parents=[common], formatter_class=_Help, help=help,
+                              description="Create a Cloud TPU VM slice with gcloud and run `amt train` on every "
+                              "host, recreating it and resuming after preemption with --watch. Other flags are "
+                              "passed to `amt train`.")
     tpu.add_arguments(p)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "tpu":
-        return tpu.main(args, rest)
-    if args.command == "sweep" and not rest:
-        from amt import sweep
 
-        return sweep.main(args.sweep_file, write=args.write, run=args.run, wandb=args.wandb)
-    if args.command == "train":
-        return _run_train(args, rest)
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """Parse and check a command line without running it: (args, extra arguments for train/tpu), with
+    `args.plan` holding what the command will run on. Raises UsageError (or exits, for argparse's errors)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=next((a for a in argv if not a.startswith("-")), None))
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command not in ("train", "tpu"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.plan = None
+    args.prog = f"amt {args.command}" + (f" {args.evaluation}" if args.command == "eval" else "")
+    try:
+        _check(args)
+    except ValueError as error:  # ours, or a library config's validate() (naming the field and the value)
+        usage = error if isinstance(error, UsageError) else UsageError(str(error))
+        usage.prog = args.prog
+        raise usage from error
+    return args, rest
+
+
+def _check(args) -> None:
     if args.command == "demo":
         from amt import demo
 
-        return demo.main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "preprocess":
-        return _run_preprocess(args)
-    if args.command == "generate":
-        return _run_generate(args)
-    if args.command == "eval":
-        return _run_eval(args)
-    if args.command == "export":
-        from amt.checkpoints import export_hf
+        args.plan = demo.config_from_args(args)
+    elif args.command == "preprocess":
+        args.plan = _check_preprocess(args)
+    elif args.command == "generate":
+        args.plan = _check_generate(args)
+    elif args.command == "eval":
+        args.plan = _check_eval(args)
+    elif args.command == "export":
+        _checkpoint(args.checkpoint)
+        if os.path.isfile(args.out):
+            raise UsageError(f"--out: {args.out} is a file; give a folder")
+    elif args.command == "sweep":
+        _existing(args.sweep_file, "sweep file")
 
-        print(f"wrote {export_hf(args.checkpoint, args.out)}")
-        return 0
-    parser.error(f"unknown command {args.command}")
-    return 2
+
+def configure_logging(verbose: bool) -> None:
+    """Quiet by default: warnings, and our own messages printed as lines; --verbose: INFO from everyone."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    if not verbose:
+        for name in ("jax._src.xla_bridge", "absl"):  # "Unable to initialize backend 'tpu'" on every CPU start
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, rest = parse(argv)
+    except UsageError as error:
+        print(f"{error.prog}: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        configure_logging(getattr(args, "verbose", False))
+        if args.command == "demo":
+            from amt import demo
+
+            return demo.main(args.plan, verbose=getattr(args, "verbose", False))
+        if args.command == "tpu":
+            from amt import tpu
+
+            return tpu.main(args, rest)
+        if args.command == "sweep":
+            from amt import sweep
+
+            return sweep.main(args.sweep_file, write=args.write, run=args.run, wandb=args.wandb)
+        if args.command == "train":
+            return _run_train(args, rest)
+        if args.command == "preprocess":
+            return _run_preprocess(args, args.plan)
+        if args.command == "generate":
+            return _run_generate(args, args.plan)
+        if args.command == "eval":
+            return _run_eval(args, args.plan)
+        if args.command == "export":
+            return _run_export(args)
+    except UsageError as error:
+        print(f"{args.prog}: error: {error}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":

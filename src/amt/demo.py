@@ -9,6 +9,7 @@ Every stage resumes: a second run finds the caches done and training at its last
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -18,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]  # demo/midi and recipes/ live in the checkout
@@ -26,22 +27,78 @@ SOUNDFONTS = ("/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/Fluid
               "/usr/share/soundfonts/default.sf2", "/usr/share/sounds/sf2/default-GM.sf2")
 
 
+def _option(default, help: str, **kwargs):
+    """A DemoConfig field with its help line (the command line is built from these)."""
+    if callable(default):
+        return field(default_factory=default, metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
 @dataclass(frozen=True)
 class DemoConfig:
-    midi: str = str(REPO / "demo" / "midi")
-    out: str = "runs/demo"
-    recipe: str = str(REPO / "recipes" / "amt-tiny.yaml")
-    augment: int = 10  # copies of each training file (the paper: 30 on Lakh)
-    steps: int = 100  # training steps (about 3 s each on 2 CPU cores)
-    workers: int = 2
-    eval_sequences: int | None = None  # the first N test sequences (None: all)
-    continuation_prompt: str = str(REPO / "demo" / "midi" / "npm_misc" / "fur-elise.mid")
-    accompaniment_prompt: str = str(REPO / "demo" / "midi" / "miditok_multitrack" / "Funkytown.mid")
-    accompany: list[int] = field(default_factory=lambda: [87])  # Funkytown's lead synth, kept as controls
-    prompt_seconds: float = 5.0
-    end_seconds: float = 20.0
-    seed: int = 0
-    soundfont: str | None = None  # a General MIDI .sf2 (default: $AMT_SOUNDFONT or a Debian/Ubuntu package's)
+    midi: str = _option(str(REPO / "demo" / "midi"), "MIDI corpus to train on")
+    out: str = _option("runs/demo", "output folder: data/, checkpoints/, logs/, eval/, samples/")
+    recipe: str = _option(str(REPO / "recipes" / "amt-tiny.yaml"), "training recipe")
+    augment: int = _option(10, "copies of each training file (the paper: 30 on Lakh)")
+    steps: int = _option(100, "training steps (about 3 s each on 2 CPU cores)")
+    workers: int = _option(2, "preprocessing processes")
+    eval_sequences: int | None = _option(None, "evaluate perplexity on the first N test sequences (default: all)")
+    continuation_prompt: str = _option(str(REPO / "demo" / "midi" / "npm_misc" / "fur-elise.mid"),
+                                       "MIDI file whose beginning is continued")
+    accompaniment_prompt: str = _option(str(REPO / "demo" / "midi" / "miditok_multitrack" / "Funkytown.mid"),
+                                        "MIDI file to accompany")
+    accompany: list[int] = _option(lambda: [87], "instruments of the accompaniment prompt kept as controls, "
+                                   "comma-separated (87: Funkytown's lead synth)")
+    prompt_seconds: float = _option(5.0, "seconds of each prompt given before generating")
+    end_seconds: float = _option(20.0, "generate up to this time (seconds)")
+    seed: int = _option(0, "seed of augmentation and sampling")
+    soundfont: str | None = _option(None, "a General MIDI .sf2 for WAV audio (default: $AMT_SOUNDFONT or a "
+                                    "Debian/Ubuntu package's)")
+
+    def validate(self) -> None:
+        """Cheap checks (no jax), so that a mistake is one line before minutes of work."""
+        for name in ("augment", "steps", "workers", "eval_sequences"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        if not 0 < self.prompt_seconds < self.end_seconds:
+            raise ValueError(f"--prompt-seconds {self.prompt_seconds:g} must be in (0, --end-seconds "
+                             f"{self.end_seconds:g})")
+        if not self.accompany or not all(0 <= i <= 128 for i in self.accompany):
+            raise ValueError(f"--accompany: {self.accompany} are not instruments (0-127 General MIDI, 128 drums)")
+        for name in ("midi", "recipe", "continuation_prompt", "accompaniment_prompt", "soundfont"):
+            path = getattr(self, name)
+            if path is not None and not os.path.exists(path):
+                raise ValueError(f"--{name.replace('_', '-')}: {path} not found"
+                                 + (" (amt demo runs from a checkout of the repository)" if name != "soundfont" else ""))
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+
+
+def add_arguments(parser) -> None:
+    """One kebab-case option per DemoConfig field, with its help line and default (the underscore spelling,
+    `--prompt_seconds`, is accepted too: the demo's flags were draccus's before)."""
+    for f in fields(DemoConfig):
+        kind = f.type.replace(" | None", "")
+        convert = {"int": int, "float": float, "str": str, "list[int]": _int_list}[kind]
+        default = f.default_factory() if f.default is MISSING else f.default
+        metavar = "N" if kind in ("int", "float") else ("I,J" if kind == "list[int]" else "PATH")
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=convert, default=default,
+                            help=f.metadata["help"], metavar=metavar)
+        if "_" in f.name:  # the old spelling, accepted but not listed
+            parser.add_argument(f"--{f.name}", dest=f.name, type=convert, default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
+
+
+def config_from_args(args) -> DemoConfig:
+    config = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
+    config.validate()
+    return config
 
 
 class _Stages:
@@ -72,6 +129,7 @@ class _TrainingProgress(logging.Handler):
     def __init__(self, steps: int):
         super().__init__()
         self.steps, self.begin = steps, time.perf_counter()
+        self.printed: set[tuple[str, int]] = set()  # Levanter logs the last step's metrics twice
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -80,21 +138,28 @@ class _TrainingProgress(logging.Handler):
             return
         metrics = entry.get("metrics", {}) if entry.get("event") == "log" else {}
         elapsed = time.perf_counter() - self.begin
-        if "train/loss" in metrics:
+        step = entry.get("step", -1)
+        if "train/loss" in metrics and ("train", step) not in self.printed:
+            self.printed.add(("train", step))
             print(f"  step {entry['step'] + 1:>4}/{self.steps}  loss {metrics['train/loss']:.3f}  ({elapsed:.0f} s)",
                   flush=True)
-        if "eval/loss" in metrics:
+        if "eval/loss" in metrics and ("eval", step) not in self.printed:
+            self.printed.add(("eval", step))
             print(f"  validation loss {metrics['eval/loss']:.3f}", flush=True)
 
 
 def _console_filter(record: logging.LogRecord) -> bool:
     """The console keeps warnings and our own messages (steps and evaluations print as compact lines);
     the log file keeps everything."""
+    if record.name == "levanter.checkpoint" and record.levelno == logging.WARNING:
+        return False  # "No checkpoints found" on a fresh start (the demo says itself when it resumes)
+    if record.name == "levanter.tensorstore_serialization" and record.getMessage().startswith("Unknown leaf type"):
+        return False  # once per static (None) field of the model when resuming: harmless
     return record.levelno >= logging.WARNING or record.name.startswith("amt")
 
 
 @contextlib.contextmanager
-def _quiet_console(steps: int):
+def _quiet_console(steps: int, verbose: bool = False):
     """Levanter replaces the logging handlers when training starts (and prints every metric as JSON): filter
     its console handler once it exists, and print compact progress lines instead."""
     import levanter.utils.logging as levanter_logging
@@ -102,10 +167,11 @@ def _quiet_console(steps: int):
     original = levanter_logging.init_logging
     progress = _TrainingProgress(steps)
 
-    def init_logging(*args, **kwargs):
-        original(*args, **kwargs)
+    def init_logging(log_dir, run_id, *args, **kwargs):
+        # Levanter's trainer passes "<id>.log" and init_logging adds ".log" again: demo.log, not demo.log.log
+        original(log_dir, run_id.removesuffix(".log"), *args, **kwargs)
         for handler in logging.getLogger().handlers:
-            if type(handler) is logging.StreamHandler:
+            if type(handler) is logging.StreamHandler and not verbose:
                 handler.addFilter(_console_filter)
 
     levanter_logging.init_logging = init_logging
@@ -115,6 +181,9 @@ def _quiet_console(steps: int):
     finally:
         levanter_logging.init_logging = original
         logging.getLogger("levanter.json_logger").removeHandler(progress)
+        from amt import cli
+
+        cli.configure_logging(verbose)  # Levanter left the root logger at INFO: quiet again for the next stages
 
 
 def find_soundfont(configured: str | None = None) -> str | None:
@@ -132,27 +201,64 @@ def render_wav(midi_path: Path, soundfont: str) -> Path:
     return wav
 
 
-def run(config: DemoConfig) -> dict:
-    """Run every stage; returns the paths written and the perplexity rows."""
-    import draccus
+STATE_FILE = "demo-state.json"  # what each finished stage was run with, so that a second run skips it
 
+
+def _load_state(out: Path) -> dict:
+    try:
+        return json.loads((out / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(out: Path, state: dict) -> None:
+    path = out / STATE_FILE
+    path.with_suffix(".tmp").write_text(json.dumps(state, indent=1))
+    path.with_suffix(".tmp").replace(path)
+
+
+def _latest_step(checkpoints: Path) -> str | None:
+    steps = [p for p in checkpoints.glob("step-*") if p.name.split("-")[-1].isdigit()]
+    return max(steps, key=lambda p: int(p.name.split("-")[-1])).name if steps else None
+
+
+def run(config: DemoConfig, verbose: bool = False) -> dict:
+    """Run every stage, skipping those already done with the same options (recorded in OUT/demo-state.json);
+    returns the paths written and the perplexity rows."""
     from amt import cli, perplexity, preprocess
-    from amt.train import TrainConfig, train
 
-    for path in (config.midi, config.recipe, config.continuation_prompt, config.accompaniment_prompt):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found (amt demo runs from a checkout of the repository)")
+    config.validate()
     logging.getLogger("jax").setLevel(logging.WARNING)  # checkpoint serialization narrates every write at INFO
     out = Path(config.out)
     data, checkpoints, samples = out / "data", out / "checkpoints", out / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    state = _load_state(out)
     stages = _Stages(total=5)
+    skipped = []
+
+    def done(stage: str, key: dict, *outputs: Path) -> bool:
+        if state.get(stage) == key and all(p.exists() for p in outputs):
+            print(f"skipped: already done with these options ({', '.join(map(str, outputs))})", flush=True)
+            skipped.append(stage)
+            return True
+        return False
+
+    def record(stage: str, key: dict) -> None:
+        state[stage] = key
+        _save_state(out, state)
 
     stages.start("preprocess the demo corpus into Levanter caches",
                  f"amt preprocess {config.midi} --out {data} --augment {config.augment}")
-    stats = preprocess.run(preprocess.PreprocessConfig(source=config.midi, out=str(data), augment=config.augment,
-                                                       workers=config.workers, seed=config.seed))
+    try:
+        stats = preprocess.run(preprocess.PreprocessConfig(source=config.midi, out=str(data), augment=config.augment,
+                                                           workers=config.workers, seed=config.seed))
+    except preprocess.ConfigMismatch as error:
+        raise ValueError(f"{error} (for the demo: a new --out)") from None
     for split, s in stats["splits"].items():
         print(f"{split:>10}: {s['files_kept']} files, {s['sequences']} sequences, {s['hours_of_music']:.2f} h of music")
+    if stats.get("already_built"):
+        print(f"skipped: {data} was already built and verified", flush=True)
+        skipped.append("preprocess")
 
     overrides = ["--data.cache_dir", str(data), "--trainer.checkpointer.base_path", str(checkpoints),
                  "--trainer.log_dir", str(out / "logs"), "--trainer.num_train_steps", str(config.steps),
@@ -161,18 +267,39 @@ def run(config: DemoConfig) -> dict:
                  "--trainer.checkpointer.keep", f"[{{every: {max(config.steps // 2, 1)}}}]", "--trainer.id", "demo"]
     stages.start(f"train {Path(config.recipe).name} for {config.steps} steps",
                  shlex.join(["amt", "train", "--config_path", config.recipe, *overrides]))
-    with _quiet_console(config.steps):
-        train(draccus.parse(TrainConfig, config_path=config.recipe, args=overrides))
+    data_key = {"midi": config.midi, "augment": config.augment, "seed": config.seed, "recipe": config.recipe}
+    trained = state.get("train", {})
+    if ({k: v for k, v in trained.items() if k != "steps"} == data_key and trained.get("steps", 0) >= config.steps
+            and _latest_step(checkpoints)):
+        print(f"skipped: already trained for {trained['steps']} steps ({checkpoints / _latest_step(checkpoints)})",
+              flush=True)
+        skipped.append("train")
+    else:
+        if _latest_step(checkpoints):
+            print(f"resuming from {checkpoints / _latest_step(checkpoints)}", flush=True)
+        import draccus  # (Levanter: seconds to import, only when there is training to do)
+
+        from amt.train import TrainConfig, train
+
+        with _quiet_console(config.steps, verbose):
+            train(draccus.parse(TrainConfig, config_path=config.recipe, args=overrides))
+        trained = {**data_key, "steps": config.steps}
+        record("train", trained)
 
     stages.start("perplexity on the held-out test split (every checkpoint)",
                  f"amt eval perplexity --checkpoint {checkpoints} --cache {data / 'test'} --out {out / 'eval'}")
     rows = []
-    if stats["splits"].get("test", {}).get("sequences", 0):
+    eval_key = {"trained": trained, "eval_sequences": config.eval_sequences}
+    if not stats["splits"].get("test", {}).get("sequences", 0):
+        print(f"skipped: no file of {config.midi} falls in the test split (Lakh's rule: MD5 starting with f)")
+    elif done("eval", eval_key, out / "eval" / "perplexity.csv"):
+        rows = json.loads((out / "eval" / "perplexity.json").read_text())["results"]
+    else:
         rows = perplexity.run(perplexity.PerplexityConfig(checkpoints=[str(checkpoints)], cache=str(data / "test"),
                                                           out=str(out / "eval"), max_sequences=config.eval_sequences))
+        record("eval", eval_key)
+    if rows:
         print(perplexity.markdown_table(rows))
-    else:
-        print(f"skipped: no file of {config.midi} falls in the test split (Lakh's rule: MD5 starting with f)")
 
     continuation = samples / "continuation.mid"
     generate = ["generate", "--checkpoint", str(checkpoints), "--prompt", config.continuation_prompt,
@@ -180,8 +307,12 @@ def run(config: DemoConfig) -> dict:
                 "-o", str(continuation)]
     stages.start(f"continue the first {config.prompt_seconds:g} s of {Path(config.continuation_prompt).name}",
                  shlex.join(["amt", *generate]))
-    if cli.main(generate) != 0:
-        raise RuntimeError("generating the continuation failed")
+    key = {"trained": trained, "command": generate}
+    if not done("continuation", key, continuation, continuation.with_suffix(".png")):
+        if cli.main(generate + ["--verbose"] * verbose) != 0:
+            raise RuntimeError("generating the continuation failed")
+        continuation.with_suffix(".wav").unlink(missing_ok=True)  # rendered again below
+        record("continuation", key)
 
     accompaniment = samples / "accompaniment.mid"
     generate = ["generate", "--checkpoint", str(checkpoints), "--prompt", config.accompaniment_prompt,
@@ -189,8 +320,12 @@ def run(config: DemoConfig) -> dict:
                 "--end", str(config.end_seconds), "--seed", str(config.seed), "-o", str(accompaniment)]
     stages.start(f"accompany instrument(s) {config.accompany} of {Path(config.accompaniment_prompt).name}",
                  shlex.join(["amt", *generate]))
-    if cli.main(generate) != 0:
-        raise RuntimeError("generating the accompaniment failed")
+    key = {"trained": trained, "command": generate}
+    if not done("accompaniment", key, accompaniment, accompaniment.with_suffix(".png")):
+        if cli.main(generate + ["--verbose"] * verbose) != 0:
+            raise RuntimeError("generating the accompaniment failed")
+        accompaniment.with_suffix(".wav").unlink(missing_ok=True)
+        record("accompaniment", key)
     stages.finish()
 
     written = {"caches": data, "checkpoints": checkpoints, "training log": out / "logs"}
@@ -202,24 +337,30 @@ def run(config: DemoConfig) -> dict:
     soundfont = find_soundfont(config.soundfont)
     if soundfont and shutil.which("fluidsynth"):
         for path in (continuation, accompaniment):
-            written[f"{path.stem} audio"] = render_wav(path, soundfont)
+            wav = path.with_suffix(".wav")
+            written[f"{path.stem} audio"] = wav if wav.exists() else render_wav(path, soundfont)
         audio_note = f"audio rendered with FluidSynth and {soundfont}"
     else:
         audio_note = ("no audio: install FluidSynth and a General MIDI SoundFont (Debian/Ubuntu: sudo apt install "
                       "fluidsynth timgm6mb-soundfont; macOS: brew install fluid-synth and set AMT_SOUNDFONT to an "
                       ".sf2) and run amt demo again, or open the .mid files in any MIDI player")
     total = time.perf_counter() - stages.begin
-    print(f"\n=== done in {total / 60:.1f} min ({', '.join(f'{k}: {v:.0f} s' for k, v in stages.times.items())})")
+    summary = ", ".join(f"{k}: {v:.0f} s" for k, v in stages.times.items())
+    print(f"\n=== done in {total / 60:.1f} min ({summary})")
+    if skipped:
+        print(f"    (already done, skipped: {', '.join(skipped)}; a new --out, or other options, runs them again)")
     width = max(map(len, written))
     for name, path in written.items():
         print(f"  {name:<{width}}  {path}")
     print(f"  ({audio_note})")
-    return {"written": written, "perplexity": rows, "seconds": total, "stage_seconds": stages.times}
+    return {"written": written, "perplexity": rows, "seconds": total, "stage_seconds": stages.times,
+            "skipped": skipped}
 
 
-def main(argv: list[str] | None = None) -> int:
-    import draccus
-
-    config = draccus.parse(DemoConfig, args=argv if argv is not None else sys.argv[1:])
-    run(config)
+def main(config: DemoConfig, verbose: bool = False) -> int:
+    try:
+        run(config, verbose)
+    except ValueError as error:  # a mistake in the options or the corpus, said in one line
+        print(f"amt demo: error: {error}", file=sys.stderr)
+        return 2
     return 0

@@ -191,8 +191,12 @@ def _assign_channels(events: np.ndarray) -> np.ndarray:
 
     Readers pair a note-off with the oldest open note of the same (instrument, pitch, channel). Where notes
     of one instrument and pitch overlap so that a later one ends first, they go to another channel with the
-    same program (a "layer"); drums have only channel 10, and beyond 15 melodic channels layers are shared,
-    so only such files may not round-trip exactly.
+    same program (a "layer"). Every instrument gets its own channel first (so that any sequence the sampler
+    can produce, at most 15 melodic instruments plus drums, can be written); the layers then take the
+    channels left, and beyond them share their instrument's channel. Drums have only channel 10. So only files
+    with drum overlaps or with more layers than free channels may not round-trip exactly (a duration moves).
+    More than 15 melodic instruments cannot be written: MIDI has 16 channels and channel 10 is drums; the
+    sampler never adds a 16th instrument (`amt.sampling.MAX_SAMPLED_INSTRUMENTS`), so only a prompt could.
     """
     instrument = events[:, 2] // vocab.MAX_PITCH
     end = events[:, 0] + events[:, 1]
@@ -206,16 +210,16 @@ def _assign_channels(events: np.ndarray) -> np.ndarray:
         layer[i] = k
         last_end[(*key, k)] = int(end[i])
     channel = np.full(len(events), vocab.DRUM_CHANNEL, dtype=np.int64)
-    free = iter(_MELODIC_CHANNELS)
-    melodic = sorted({(int(instrument[i]), int(layer[i])) for i in range(len(events)) if instrument[i] != vocab.DRUMS})
-    assigned: dict[tuple[int, int], int] = {}
-    for instr, k in melodic:
-        next_channel = next(free, None)
-        if next_channel is None:
-            if k == 0:
-                raise ValueError("more than 15 melodic instruments do not fit in MIDI's channels")
-            next_channel = assigned[(instr, 0)]
-        assigned[(instr, k)] = next_channel
+    melodic = {(int(instrument[i]), int(layer[i])) for i in range(len(events)) if instrument[i] != vocab.DRUMS}
+    instruments = sorted(instr for instr, k in melodic if k == 0)
+    if len(instruments) > len(_MELODIC_CHANNELS):
+        raise ValueError(f"{len(instruments)} melodic instruments ({instruments}) do not fit in MIDI's "
+                         f"{len(_MELODIC_CHANNELS)} melodic channels (channel 10 is drums); at most "
+                         f"{len(_MELODIC_CHANNELS)} can be written")
+    assigned = dict(zip(((instr, 0) for instr in instruments), _MELODIC_CHANNELS))
+    free = iter(_MELODIC_CHANNELS[len(instruments):])
+    for instr, k in sorted((key for key in melodic if key[1] > 0), key=lambda key: (key[1], key[0])):
+        assigned[(instr, k)] = next(free, assigned[(instr, 0)])  # no channel left: share the instrument's own
     for i in np.flatnonzero(instrument != vocab.DRUMS):
         channel[i] = assigned[(int(instrument[i]), int(layer[i]))]
     return channel

@@ -1,0 +1,180 @@
+"""The `amt` command refuses bad input in one line naming the value, before anything heavy loads, and says
+what it did."""
+
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amt import cli, vocab
+
+REPO = Path(__file__).resolve().parents[1]
+FUR_ELISE = REPO / "demo" / "midi" / "npm_misc" / "fur-elise.mid"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "run" / "step-1").mkdir(parents=True)  # looks like a checkpoint: the argument checks pass it
+    (root / "notes.txt").write_text("not MIDI\n")
+    (root / "empty").mkdir()
+    return root
+
+
+# (arguments, the text the one-line error must contain); {run}, {txt}, {empty}, {root} and {prompt} are filled in
+BAD = [
+    ("generate --checkpoint {run} --temperature 0", "--temperature: must be > 0, got 0"),
+    ("generate --checkpoint {run} --start 10 --end 5", "--end 5 must be after --start 10"),
+    ("generate --checkpoint {run} --top-p 0", "--top-p: 0 is not in (0, 1]"),
+    ("generate --checkpoint {run} --top-p 1.5", "--top-p: 1.5 is not in (0, 1]"),
+    ("generate --checkpoint {run} --num-samples 0", "--num-samples: must be > 0, got 0"),
+    ("generate --checkpoint {run} --prompt {prompt} --accompany piano", "--accompany: 'piano'"),
+    ("generate --checkpoint {run} --prompt {prompt} --accompany 40", "instrument(s) [40] do not play"),
+    ("generate --checkpoint {run} --prompt {prompt} --infill 500 510", "--infill 500 510: the span starts after"),
+    ("generate --checkpoint {run} --prompt {prompt} --infill 8 8", "--infill 8 8: not a span"),
+    ("generate --checkpoint {run} --prompt {prompt} --infill 5 10 --autoregressive", "--infill is anticipatory only"),
+    ("generate --checkpoint {run} --infill 5 10", "--infill needs --prompt"),
+    ("generate --checkpoint {root}/nowhere", "checkpoint not found: {root}/nowhere"),
+    ("generate --checkpoint {txt}", "--checkpoint: {txt} is a file"),
+    ("generate --checkpoint {empty}", "no checkpoint in {empty}"),
+    ("generate --checkpoint {run} --prompt {root}/nowhere.mid", "--prompt: {root}/nowhere.mid: cannot open"),
+    ("generate --checkpoint {run} --prompt {txt}", "--prompt: {txt}: "),
+    ("train --config_path {root}/nowhere.yaml", "recipe not found: {root}/nowhere.yaml"),
+    ("train --config_path {empty}", "--config_path: {empty} is not a file"),
+    ("export --checkpoint {txt} --out {root}/hf", "--checkpoint: {txt} is a file"),
+    ("eval perplexity --checkpoint {run} --cache {root}/nowhere", "--cache: {root}/nowhere: not a finished cache"),
+    ("eval perplexity --checkpoint {txt} --cache {empty}", "--checkpoint: {txt} is a file"),
+    ("eval perplexity --checkpoint {run} --cache {empty} --batch-size 0", "--batch-size: must be > 0, got 0"),
+    ("eval generation --checkpoint {run} --midi {empty} --tasks melody", "unknown ['melody']"),
+    ("eval generation --checkpoint {run} --midi {empty} --prompt-seconds 30", "prompt_seconds (30.0)"),
+    ("eval generation --checkpoint {run} --midi {root}/nowhere", "--midi not found: {root}/nowhere"),
+    ("eval generation --checkpoint {run} --midi {empty} --top-p 2", "--top-p: 2 is not in (0, 1]"),
+    ("demo --steps 0", "--steps: must be >= 1, got 0"),
+    ("demo --prompt-seconds 30", "--prompt-seconds 30 must be in (0, --end-seconds 20)"),
+    ("demo --midi {root}/nowhere", "--midi: {root}/nowhere not found"),
+    ("preprocess {root}/nowhere --out {root}/data", "source not found: {root}/nowhere"),
+    ("preprocess {empty} --out {root}/data --augment 0", "--augment: must be > 0, got 0"),
+]
+
+
+def _fill(text: str, root: Path) -> str:
+    return text.format(run=root / "run", txt=root / "notes.txt", empty=root / "empty", root=root, prompt=FUR_ELISE)
+
+
+def test_every_bad_input_is_one_line_naming_the_value_without_loading_jax(files):
+    """All the bad inputs in one process (cheap): exit 2, one line on stderr naming the value, nothing on stdout,
+    jax / Levanter never imported, and under 2 s of CPU each (CPU, not wall time: CI machines are shared)."""
+    script = textwrap.dedent(f"""
+        import contextlib, io, json, shlex, sys, time
+        from amt import cli
+        results = []
+        for line in json.loads(sys.argv[1]):
+            err, out = io.StringIO(), io.StringIO()
+            begin = time.process_time()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                try:
+                    rc = cli.main(shlex.split(line))
+                except SystemExit as exit:
+                    rc = exit.code
+            heavy = sorted(m for m in ("jax", "levanter", "haliax") if m in sys.modules)
+            results.append([line, rc, err.getvalue(), out.getvalue(), heavy, time.process_time() - begin])
+        print(json.dumps(results))
+    """)
+    import json
+
+    lines = [_fill(args, files) for args, _ in BAD]
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(lines)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    for (line, rc, err, out, heavy, seconds), (_, expected) in zip(results, BAD):
+        assert rc == 2, (line, rc, err)
+        assert err.count("\n") == 1 and err.startswith("amt "), (line, err)
+        assert _fill(expected, files) in err, (line, err)
+        assert not out and not heavy, (line, out, heavy)
+        assert seconds < 2, (line, seconds)
+
+
+@pytest.mark.parametrize("args", ["generate --checkpoint {run} --top-p 1.5",
+                                  "generate --checkpoint {run} --prompt {txt}",
+                                  "train --config_path {root}/nowhere.yaml"])
+def test_argument_errors_take_under_two_seconds_as_a_command(files, args):
+    """The whole command, Python start-up included, as a user runs it: under 2 s of CPU (wall time on an idle
+    machine is about the same; on a shared one it is not a measure of the command)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    begin = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "amt.cli", *_fill(args, files).split()], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    wall = time.perf_counter() - begin
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert cpu < 2, (cpu, wall)
+
+
+def test_help_shows_defaults_and_every_option_has_a_line(capsys):
+    """Every command's --help: each option explained, defaults shown; demo lists all its options in kebab-case."""
+    parser = cli.build_parser()
+    commands = {name: sub for action in parser._subparsers._group_actions for name, sub in action.choices.items()}
+    commands.update({f"eval {name}": sub for action in commands["eval"]._subparsers._group_actions
+                     for name, sub in action.choices.items()})
+    import argparse
+
+    for name, sub in commands.items():
+        assert sub.description, name
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+            shown = action.help != argparse.SUPPRESS and action.default not in (None, argparse.SUPPRESS) and action.nargs != 0
+            if action.option_strings and shown:
+                assert "%(default)" in formatter._get_help_string(action), (name, action.option_strings)
+    text = commands["demo"].format_help()
+    from dataclasses import fields
+
+    from amt.demo import DemoConfig
+
+    for f in fields(DemoConfig):
+        assert f"--{f.name.replace('_', '-')}" in text
+        assert "_" not in f.name or f"--{f.name}" not in text  # the old spelling works but is not listed
+    assert "(default: 100)" in " ".join(text.split())
+    assert "(default: 0.98)" in " ".join(commands["generate"].format_help().split())
+
+
+def test_demo_accepts_both_spellings():
+    args, _ = cli.parse(["demo", "--prompt_seconds", "3", "--end-seconds", "9", "--accompany", "0,40"])
+    assert (args.plan.prompt_seconds, args.plan.end_seconds, args.plan.accompany) == (3.0, 9.0, [0, 40])
+
+
+def test_generated_and_given_notes_are_counted_apart():
+    """The prompt's notes and the controls are given; the notes from the start time on that are not are the
+    model's, even where one equals a given note."""
+    def rows(*notes):
+        return np.asarray([(vocab.TIME_OFFSET + t, vocab.DUR_OFFSET + 10, vocab.NOTE_OFFSET + n) for t, n in notes])
+
+    given = rows((0, 60), (100, 62), (700, 64))  # a prompt before 5 s and a control at 7 s
+    sample = rows((0, 60), (100, 62), (500, 60), (600, 61), (700, 64), (700, 64))
+    assert cli.count_notes(sample, given, 5.0) == (3, 3)
+    assert cli.count_notes(given, given, 5.0) == (0, 3)
+    assert cli.count_notes(sample, given[:0], 0.0) == (6, 0)
+
+
+def test_verbose_is_accepted_before_or_after_the_command():
+    assert cli.parse(["-v", "demo"])[0].verbose and cli.parse(["demo", "--verbose"])[0].verbose
+    assert not getattr(cli.parse(["demo"])[0], "verbose")
+
+
+@pytest.mark.parametrize("key, message", [
+    (["--trainer.num_train_step", "3"], "unrecognized arguments: --trainer.num_train_step 3"),
+    (["--trainer.num_train_steps", "three"], "`trainer.num_train_steps`: Couldn't parse 'three' into an int"),
+])
+def test_train_key_errors_are_one_line(capsys, key, message):
+    """A wrong Levanter key or value: one line naming it (not draccus's usage of every key, nor a traceback)."""
+    assert cli.main(["train", "--config_path", str(REPO / "recipes" / "amt-tiny.yaml"), *key]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -1,0 +1,49 @@
+"""`events_to_midi` writes whatever the sampler can produce: up to 15 melodic instruments (plus drums) with
+same-pitch overlaps, which need extra channels ("layers") beside one channel per instrument."""
+
+import io
+
+import numpy as np
+import pytest
+
+from amt import midi, ops, vocab
+
+
+def _events(rows):
+    return np.asarray([(vocab.TIME_OFFSET + t, vocab.DUR_OFFSET + d, vocab.NOTE_OFFSET + 128 * i + p)
+                       for t, d, i, p in rows], dtype=np.int64)
+
+
+def _round_trip(events):
+    file = io.BytesIO()
+    midi.events_to_midi(events).save(file=file)
+    return ops.as_triples(midi.midi_to_events(file.getvalue()))
+
+
+def _overlap_then_instruments(count):
+    """Instrument 0 plays pitch 60 twice, the second note ending first (a layer), then `count - 1` other
+    instruments enter: before the fix the layer took a channel in (instrument, layer) order."""
+    rows = [(0, 300, 0, 60), (50, 100, 0, 60)]
+    rows += [(400 + 10 * i, 50, instrument, 64) for i, instrument in enumerate(range(1, count))]
+    rows += [(600, 20, 128, 36)]  # drums keep channel 10
+    return ops.sort(_events(rows))
+
+
+def test_fifteen_instruments_and_an_overlap_write_and_read_back():
+    events = _overlap_then_instruments(15)
+    back = _round_trip(events)
+    assert len(ops.instruments(back)) == 16  # 15 melodic and drums
+    # every note comes back at its onset with its instrument and pitch; no channel is left for the layer, so
+    # it shares its instrument's channel and one of the two overlapping durations may move
+    np.testing.assert_array_equal(back[:, [0, 2]], events[:, [0, 2]])
+    assert (back[:, 1] != events[:, 1]).sum() <= 2
+
+
+def test_overlaps_round_trip_exactly_while_channels_are_left():
+    events = _overlap_then_instruments(14)
+    np.testing.assert_array_equal(_round_trip(events), events)
+
+
+def test_sixteen_melodic_instruments_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"16 melodic instruments .* at most 15"):
+        midi.events_to_midi(_overlap_then_instruments(16))
