@@ -58,7 +58,7 @@ def make_tiny_model():
         from amt.checkpoints import single_device_mesh
         from amt.train import MusicGpt2Config
 
-        config = MusicGpt2Config(seq_len=seq_len, hidden_dim=32, num_layers=2, num_heads=2,
+        config = MusicGpt2Config(max_seq_len=seq_len, hidden_dim=32, num_layers=2, num_heads=2,
                                  scale_attn_by_inverse_layer_idx=True)
         with single_device_mesh():
             model = config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0))

@@ -16,7 +16,6 @@ import levanter  # noqa: E402
 import haliax as hax  # noqa: E402
 import jax  # noqa: E402
 from haliax.partitioning import round_axis_for_partitioning  # noqa: E402
-from levanter.models.lm_model import compute_next_token_loss  # noqa: E402
 from levanter.trainer import Trainer  # noqa: E402
 
 from amt.train import TrainConfig  # noqa: E402
@@ -26,19 +25,22 @@ RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "amt-tiny.yaml
 
 def main(cache_dir: str) -> None:
     config = draccus.parse(TrainConfig, config_path=RECIPE, args=[
-        "--data.cache_dir", cache_dir, "--model.hidden_dim", "32", "--model.num_heads", "2", "--model.seq_len", "256",
-        "--trainer.train_batch_size", "8", "--trainer.model_axis_size", "2", "--trainer.tensor_parallel_axes",
-        "[mlp, heads]", "--trainer.num_train_steps", "1", "--optimizer.warmup", "0.0",
+        "--data.cache_dir", cache_dir, "--model.hidden_dim", "32", "--model.num_heads", "2", "--model.max_seq_len", "256",
+        "--trainer.train_batch_size", "8", "--trainer.mesh.axes", "{data: 4, replica: 1, model: 2}",
+        "--trainer.num_train_steps", "1", "--optimizer.warmup", "0.0",
         "--trainer.checkpointer.base_path", os.path.join(cache_dir, "..", "mesh-ckpt"),
         "--trainer.log_dir", os.path.join(cache_dir, "..", "mesh-logs"),
     ])
     assert len(jax.devices()) == 8
     levanter.initialize(config)
-    with Trainer(config.trainer, config.optimizer.build(1), compute_next_token_loss) as trainer:
+    def loss(model, example, *, key=None):
+        return model.compute_next_token_loss(example, key=key)
+
+    with Trainer(config.trainer, config.optimizer.build(1), loss) as trainer:
         Vocab = round_axis_for_partitioning(hax.Axis("vocab", config.data.vocab_size), trainer.parameter_axis_mapping)
         model_key, data_key, train_key = jax.random.split(jax.random.PRNGKey(0), 3)
         state = trainer.initial_state(train_key, model_init=lambda: config.model.build(Vocab, key=model_key))
-        dataset = config.data.train_set(config.model.Pos, config.trainer.batch_schedule, key=data_key)
+        dataset = config.data.train_set(config.model.max_Pos, config.trainer.batch_schedule, key=data_key)
         batch = next(iter(trainer.data_loader(dataset).iter_from_step(0)))
         info = trainer.train_step(state, batch)
         mesh = dict(trainer.device_mesh.shape)

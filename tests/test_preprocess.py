@@ -170,6 +170,7 @@ def test_two_workers_give_the_same_rows_as_one(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_ray_engine_gives_the_same_rows(corpus, tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
     _run(corpus, tmp_path / "one", files_per_shard=8)
     try:
         _run(corpus, tmp_path / "ray", files_per_shard=8, workers=2, ray_address="local")

@@ -1,5 +1,6 @@
 """Training through `amt train`: recipes, offline Levanter runs on real caches, resume, HF interop."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from amt.train import TrainConfig
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "JAX_PLATFORMS": "cpu"}
-TINY = ["--model.hidden_dim", "32", "--model.num_heads", "2", "--model.seq_len", "256",
+TINY = ["--model.hidden_dim", "32", "--model.num_heads", "2", "--model.max_seq_len", "256",
         "--trainer.train_batch_size", "2", "--trainer.num_train_steps", "9", "--optimizer.warmup", "2",
         "--trainer.steps_per_eval", "4", "--trainer.max_eval_batches", "1",
         "--trainer.checkpointer.keep", "[{every: 3}]", "--trainer.id", "test"]
@@ -65,7 +66,7 @@ def test_recipes_hold_the_papers_table_6(name, layers, width, heads, lr, paramet
 
     config = draccus.parse(TrainConfig, config_path=str(RECIPES / f"amt-{name}.yaml"), args=[])
     m, t, o = config.model, config.trainer, config.optimizer
-    assert (m.num_layers, m.hidden_dim, m.num_heads, m.seq_len) == (layers, width, heads, 1024)
+    assert (m.num_layers, m.hidden_dim, m.num_heads, m.max_seq_len) == (layers, width, heads, 1024)
     assert (m.embed_pdrop, m.resid_pdrop, m.attn_pdrop) == (0.1, 0.1, 0.0)
     assert m.scale_attn_by_inverse_layer_idx and m.gradient_checkpointing
     assert type(o).__name__ == "AdamConfig" and (o.beta1, o.beta2, o.epsilon) == (0.9, 0.999, 1e-8)
@@ -73,7 +74,8 @@ def test_recipes_hold_the_papers_table_6(name, layers, width, heads, lr, paramet
         lr, 0.1, 1000, "cosine", 0.0, 1.0)
     assert (t.train_batch_size, t.num_train_steps) == (512, 100_000)
     assert str(t.mp.param_dtype.dtype) == "float32" and str(t.mp.compute_dtype.dtype) == "bfloat16"
-    assert (t.batch_axis, t.fsdp_axis, t.model_axis_size) == ("batch", "embed", 1)
+    assert t.batch_axis_name == "batch" and dict(t.mesh.axes) == {"data": -1, "replica": 1, "model": 1}
+    assert t.mesh.resolved_param_mapping["embed"] == "data"  # FSDP: parameters sharded along embed
     assert t.checkpointer.save_interval.total_seconds() == 30 * 60
     assert type(t.tracker).__name__ == "WandbConfig"
     assert config.data.shuffle is True and config.data.vocab_size == vocab.VOCAB_SIZE
@@ -88,12 +90,44 @@ def test_dry_run_prints_the_parameter_count():
     assert "128.1M parameters" in out and "524,288 tokens a step" in out
 
 
+@pytest.mark.parametrize("gpu, tpu, accumulation", [("amt-small-gpu", "amt-small", 16), ("amt-medium-8gpu", "amt-medium", 4)])
+def test_gpu_recipes_are_the_tpu_recipes_on_other_hardware(gpu, tpu, accumulation):
+    ours, theirs = (draccus.parse(TrainConfig, config_path=str(RECIPES / f"{name}.yaml"), args=[]) for name in (gpu, tpu))
+    assert ours.model == theirs.model and ours.optimizer == theirs.optimizer and ours.data == theirs.data
+    hardware = {"per_device_parallelism", "per_device_eval_parallelism", "mesh", "checkpointer", "tracker"}
+    for f in dataclasses.fields(ours.trainer):
+        if f.name not in hardware:
+            assert getattr(ours.trainer, f.name) == getattr(theirs.trainer, f.name), f.name
+    assert str(ours.trainer.mp.compute_dtype.dtype) == "bfloat16" and ours.trainer.train_batch_size == 512
+    out = subprocess.run([sys.executable, "-m", "amt.cli", "train", "--config_path", str(RECIPES / f"{gpu}.yaml"),
+                          "--dry_run", "true"], env=ENV, capture_output=True, text=True, check=True).stdout
+    assert f"{accumulation} micro-step(s) of gradient accumulation" in out and "524,288 tokens a step" in out
+
+
+@pytest.mark.slow
+def test_a_run_shorter_than_its_warmup_trains_and_a_second_run_is_a_no_op(demo_cache, tmp_path):
+    """The tiny recipe's warmup (10 steps) on a 3-step run: a warning naming both keys; run again: nothing to do."""
+    run = tmp_path / "short"
+    command = _train_command(demo_cache, run, "--trainer.num_train_steps", "3", "--optimizer.warmup", "10")
+    first = subprocess.run(command, env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "optimizer.warmup (10 steps)" in first.stderr and "trainer.num_train_steps (3)" in first.stderr
+    assert (run / "checkpoints" / "step-2" / "metadata.json").exists()  # 3 steps: 0, 1, 2
+    logged = [line for line in (run / "logs" / "test.log").read_text().splitlines() if '"train/loss"' in line]
+    assert len(logged) == 1  # the last step once (Levanter skips steps 0 and 1), not twice
+    started = time.time()
+    second = subprocess.run(command, env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "step-2 already holds the last of the run's 3 steps: nothing to train" in second.stdout
+    assert time.time() - started < 60 and len(list((run / "checkpoints").glob("step-*"))) == 1
+
+
 @pytest.mark.slow
 def test_tiny_training_on_real_caches_lowers_the_loss_and_checkpoints(tiny_run):
     losses = _metrics(tiny_run, "train/loss")
-    assert sorted(losses) == list(range(9))
-    assert losses[0] == pytest.approx(np.log(vocab.VOCAB_SIZE), abs=0.2)  # a fresh model is uniform
-    assert np.mean([losses[7], losses[8]]) < losses[0] - 0.05
+    assert sorted(losses) == list(range(2, 9))  # Levanter's hooks skip steps 0 and 1 (compilation)
+    assert losses[2] == pytest.approx(np.log(vocab.VOCAB_SIZE), abs=0.2)  # still close to uniform (warmup 2)
+    assert np.mean([losses[7], losses[8]]) < losses[2] - 0.05
     assert _metrics(tiny_run, "eval/loss")  # validation loss is logged
     for step in (3, 6, 8):  # every 3 steps, and the last step (which Levanter alone would not save)
         assert (tiny_run / "checkpoints" / f"step-{step}" / "metadata.json").exists()
@@ -175,7 +209,7 @@ def test_a_training_step_on_a_simulated_8_device_mesh_shards_by_named_axes(demo_
     out = subprocess.run([sys.executable, str(Path(__file__).parent / "mesh_step.py"), str(demo_cache)],
                          env=ENV, capture_output=True, text=True, check=True).stdout
     report = json.loads(out.strip().splitlines()[-1])
-    assert report["mesh"] == {"replica": 1, "data": 4, "model": 2}
+    assert report["mesh"] == {"replica": 1, "data": 4, "model": 2, "replica_dcn": 1}
     assert report["loss"] == pytest.approx(np.log(vocab.VOCAB_SIZE), abs=0.2)
     shardings = report["shardings"]
     assert len(shardings) >= 15

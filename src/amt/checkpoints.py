@@ -60,6 +60,9 @@ def model_config_for(checkpoint: str | os.PathLike) -> MusicGpt2Config:
         if _exists(path):
             with fsspec.open(path) as file:
                 fields = yaml.safe_load(file)
+            # written before marin-levanter: the context was `seq_len`, and the loss had a block size
+            fields.setdefault("max_seq_len", fields.pop("seq_len", 1024))
+            fields.pop("cross_entropy_block_size", None)
             return draccus.decode(MusicGpt2Config, fields)
     raise FileNotFoundError(
         f"{checkpoint}: no {MODEL_CONFIG_FILE} beside this checkpoint (written by `amt train`); "
@@ -75,7 +78,10 @@ def single_device_mesh(device=None):
     from haliax.partitioning import ResourceAxis
 
     device = device or jax.devices()[0]
-    mesh = jax.make_mesh((1, 1, 1), (ResourceAxis.REPLICA, ResourceAxis.DATA, ResourceAxis.MODEL), devices=[device])
+    # Auto axes, as Levanter's own meshes (jax >= 0.8 makes Explicit ones by default, whose sharding types
+    # then reach Levanter's GPT-2 and fail in its attention)
+    mesh = jax.make_mesh((1, 1, 1), (ResourceAxis.REPLICA, ResourceAxis.DATA, ResourceAxis.MODEL), devices=[device],
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
     with haliax.partitioning.set_mesh(mesh):
         yield mesh
 
@@ -111,10 +117,20 @@ def _load_model(checkpoint, model_config):
     level = serialization.level
     serialization.setLevel(logging.ERROR)  # it warns "Unknown leaf type NoneType" for every static (None) field
     try:
-        trainable = load_checkpoint(trainable, checkpoint, subpath="model", discover_latest=True)
+        trainable = load_checkpoint(trainable, _latest(checkpoint), subpath="model")
     finally:
         serialization.setLevel(level)
     return eqx.combine(trainable, static), config
+
+
+def _latest(checkpoint: str) -> str:
+    """The checkpoint itself (a `step-N` folder), or the latest complete one under a run folder."""
+    from levanter.checkpoint import discover_checkpoint_candidates
+
+    candidates = discover_checkpoint_candidates(checkpoint)
+    if not candidates:
+        raise FileNotFoundError(f"{checkpoint}: no complete Levanter checkpoint (a step-N folder with metadata.json)")
+    return candidates[-1].path
 
 
 def logits(model, tokens):

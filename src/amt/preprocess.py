@@ -320,7 +320,10 @@ def _ordered_map(fn: Callable, tasks: Iterable[tuple], workers: int, ray_address
     """fn(*task) for each task, results in task order, at most 2 x workers tasks in flight."""
     window = 2 * workers
     if ray_address is not None:
-        import ray
+        try:
+            import ray  # an optional extra since Levanter no longer depends on it
+        except ImportError:
+            raise ImportError("--ray-address needs Ray, an optional extra: pip install -e '.[ray]'") from None
 
         if not ray.is_initialized():
             kwargs = {"address": ray_address} if ray_address != "local" else {"num_cpus": workers}

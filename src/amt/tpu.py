@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-JAX_TPU = "jax[tpu]==0.7.2"  # the pinned jax, with libtpu
+JAX_TPU = "jax[tpu]==0.10.2"  # the jax pyproject.toml pins for Python 3.11, with libtpu
 
 
 @dataclass(frozen=True)

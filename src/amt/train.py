@@ -1,18 +1,32 @@
 """Training with Levanter's `train_lm` on the caches `amt preprocess` writes, with no network at any point.
 
-The recipes in `recipes/` are Levanter's own `TrainLmConfig`, extended only where the passthrough-token path
-breaks offline. Each workaround lives here, named for what it fixes (three for the passthrough path offline, one for the end of runs):
+The recipes in `recipes/` are Levanter's own `TrainLmConfig` (marin-levanter), extended only where the
+passthrough-token path breaks offline or a run's end misbehaves. Each workaround lives here, named for what it
+fixes; each was re-checked against marin-levanter 0.2.20 (the maintained Levanter) and is still needed:
 
-1. `MusicDataConfig.build_or_load_cache`: Levanter opens a cache through a text `BatchTokenizer`, which asks
-   the tokenizer to encode "hi there" (the passthrough tokenizer cannot). Our caches hold token ids already,
-   so they are opened directly as `TreeCache`s.
-2. `evaluation_without_bytes`: Levanter's evaluator decodes every id of the vocabulary to count bytes for
-   bits-per-byte, which the passthrough tokenizer cannot do and which means nothing for music; evaluation
-   runs without a tokenizer (loss and perplexity are still logged; bits per *second* are in `amt eval`).
-3. `MusicGpt2Config.hf_checkpoint_converter`: Levanter's GPT-2 converter loads the `gpt2` config and
-   tokenizer from the Hugging Face hub; ours takes its reference config from `amt/hf_reference/config.json`
-   (a GPT-2 config with our vocabulary and special ids, shipped with the package) and our tokenizer.
-4. `saving_the_last_step`: the checkpoint Levanter means to force after the last step is never written.
+1. `MusicDataConfig.build_caches`: Levanter opens a cache of a text-format dataset through its
+   `BatchTokenizer`, whose row exemplar comes from encoding "hi there", which the passthrough tokenizer cannot
+   parse. Its `prebuilt` format needs no tokenizer but maps each stored row to one example, so it only works
+   with `max_seq_len` equal to the row length (1,024) and warns that our ledgers' metadata differ. Our caches
+   hold token ids already: they are opened directly as `TreeCache`s and cut into `max_seq_len` windows
+   (Levanter's `TokenSeqDataset`), any context length.
+2. `evaluation_without_bytes`: Levanter's evaluator counts bytes per token to report bits per byte. Upstream no
+   longer crashes on the passthrough tokenizer, but it counts the decimal digits of each token id as its bytes:
+   a number about how ids are spelled, not about music. Evaluation runs without a tokenizer (loss and
+   perplexity are still logged; bits per *second* are in `amt eval`).
+3. `MusicGpt2Config.hf_checkpoint_converter`: Levanter's GPT-2 converter still reads its reference config
+   from the `gpt2` repository on the Hugging Face hub (its new `tokenizer` field covers only the tokenizer);
+   ours takes its reference config from `amt/hf_reference/config.json` (a GPT-2 config with our vocabulary and
+   special ids, shipped with the package) and the passthrough tokenizer.
+4. `ending_runs_once`: after the last step Levanter runs every hook again, forced (the last loss logged twice,
+   the last evaluation run twice), and returns without waiting for the asynchronous checkpoint writes. Only hooks that
+   did not fire at the last step run again; the last step is saved (Levanter saved it in that forced pass)
+   and the writes are waited for.
+
+Dropped with the move to marin-levanter: `trainer.ray` (Levanter no longer starts a Ray cluster) and
+`model.cross_entropy_block_size` (the 55,028-way loss is now always Levanter's fused, vocabulary-blocked
+kernel: XLA on CPU and TPU, Pallas on GPU, block sizes tuned per shape). A second `amt train` of a finished
+run returns at once (`finished_checkpoint`) instead of loading the model to run final hooks again.
 """
 
 from __future__ import annotations
@@ -23,7 +37,6 @@ import functools
 import logging
 import os
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Optional
 
 import numpy as np
@@ -36,7 +49,7 @@ logger = logging.getLogger("amt.train")
 # Levanter's config classes are imported at module level: recipes are these classes written down.
 from levanter.compat.hf_checkpoints import HFCheckpointConverter  # noqa: E402
 from levanter.data.passthrough_tokenizer import PassthroughTokenizer  # noqa: E402
-from levanter.data.text import UrlSingleDatasetLMConfig  # noqa: E402
+from levanter.data.text import BlockShuffleConfig, DatasetComponent, LmDataConfig  # noqa: E402
 from levanter.main.train_lm import TrainLmConfig  # noqa: E402
 from levanter.models.gpt2 import Gpt2Config  # noqa: E402
 from levanter.models.lm_model import LmConfig  # noqa: E402
@@ -47,25 +60,19 @@ HF_REFERENCE = os.path.join(os.path.dirname(__file__), "hf_reference")  # a loca
 HF_SPECIAL_IDS = {"bos_token_id": vocab.AUTOREGRESS, "eos_token_id": vocab.SEPARATOR, "pad_token_id": None}
 
 
-class MusicTokenizer(PassthroughTokenizer):
-    """Token ids as space-separated integers (Levanter's passthrough), for the 55,028-id vocabulary."""
-
-    def __init__(self, vocab_size: int = vocab.VOCAB_SIZE, **kwargs):
-        super().__init__(vocab_size, **kwargs)
-        self.name_or_path = "amt-arrival-time"
-
-
 @LmConfig.register_subclass("amt_gpt2")
 @dataclass(frozen=True)
 class MusicGpt2Config(Gpt2Config):
     """Levanter's GPT-2 (the model the paper trained), with an offline Hugging Face converter."""
 
     def hf_checkpoint_converter(self, ref_checkpoint: Optional[str] = None) -> HFCheckpointConverter:
+        """Workaround 3 (see the module docstring)."""
         from transformers import GPT2Config as HfGpt2Config
 
         return HFCheckpointConverter(
             type(self), reference_checkpoint=ref_checkpoint or HF_REFERENCE, HfConfigClass=HfGpt2Config,
-            tokenizer=MusicTokenizer(), ignore_prefix="transformer", config_overrides=dict(HF_SPECIAL_IDS),
+            tokenizer=PassthroughTokenizer(vocab.VOCAB_SIZE), ignore_prefix="transformer",
+            config_overrides=dict(HF_SPECIAL_IDS),
         )
 
     @classmethod
@@ -76,21 +83,25 @@ class MusicGpt2Config(Gpt2Config):
         return cls(**{**fields, "resid_pdrop": hf_config.resid_pdrop})
 
 
+DATASET = "music"  # the one dataset component: Levanter logs its validation loss as eval/loss and eval/music/loss
+
+
 @dataclass(frozen=True)
-class MusicDataConfig(UrlSingleDatasetLMConfig):
-    """Levanter's single-dataset config, reading the caches of `amt preprocess` (`cache_dir/{train,validation}`)."""
+class MusicDataConfig(LmDataConfig):
+    """Levanter's data config with one dataset, the caches of `amt preprocess` (`cache_dir/{train,validation}`)."""
 
     tokenizer: str = "passthrough"
     vocab_size: Optional[int] = vocab.VOCAB_SIZE
     enforce_eos: bool = False
-    shuffle: bool | int = True  # a full-dataset permutation: the paper warns a local shuffle is not enough
-    permutation_type: Optional[str] = "feistel"
+    shuffle: bool | BlockShuffleConfig = True  # a full-dataset permutation: the paper warns a local shuffle is not enough
+    permutation_type: str = "feistel"
 
-    @cached_property
-    def the_tokenizer(self) -> MusicTokenizer:
-        return MusicTokenizer(self.vocab_size)
+    def __post_init__(self):
+        if not self.components:
+            object.__setattr__(self, "components", {DATASET: DatasetComponent()})
+        super().__post_init__()
 
-    def build_or_load_cache(self, split: str, monitors=True) -> Optional[TreeCache]:
+    def build_caches(self, split: str) -> dict[str, TreeCache]:
         """Workaround 1: open our caches directly (no text tokenizer, no source URLs)."""
         if self.cache_dir is None:
             raise ValueError("data.cache_dir: no cache folder given (the --out of `amt preprocess`)")
@@ -101,9 +112,9 @@ class MusicDataConfig(UrlSingleDatasetLMConfig):
                     f"data.cache_dir: no finished training cache at {path}; run `amt preprocess SRC --out {self.cache_dir}`"
                 )
             logger.warning("no %s cache at %s: skipping it", split, path)
-            return None
+            return {}
         verify_cache(path, missing_ok=True, max_rows=1 << 20)  # a damaged cache is refused before any step
-        return TreeCache.load(path, CACHE_EXEMPLAR)
+        return {DATASET: TreeCache.load(path, CACHE_EXEMPLAR)}
 
 
 @dataclass
@@ -135,15 +146,16 @@ def evaluation_without_bytes():
 
 
 @contextlib.contextmanager
-def saving_the_last_step():
-    """Workaround 4: Levanter forces a checkpoint after the last step, but the checkpointer's hook drops the
-    `force` flag, and train_lm returns without waiting for asynchronous saves; so a run's last steps were never
-    saved unless they fell on a checkpoint interval. Keep the checkpointers train_lm creates, save the final
-    step with them, and wait for the writes before returning."""
+def ending_runs_once():
+    """Workaround 4: at the end of a run Levanter runs every hook again, forced, at the last step; so the last
+    step's loss was logged twice and its evaluation run twice when it fell on an evaluation interval, and
+    train_lm returns without waiting for the asynchronous checkpoint writes. Here the forced pass runs only the
+    hooks that did not fire at that step; the checkpointers train_lm creates are kept, save the last step
+    (unless already saved) and are waited for before returning."""
     from levanter.checkpoint import CheckpointerConfig
-    from levanter.trainer import Trainer
+    from levanter.trainer import Trainer, TrainerHooks
 
-    original_create, original_train = CheckpointerConfig.create, Trainer.train
+    original_create, original_train, original_run = CheckpointerConfig.create, Trainer.train, TrainerHooks.run_hooks
     created = []
 
     def create_and_keep(self, *args, **kwargs):
@@ -151,19 +163,27 @@ def saving_the_last_step():
         created.append(checkpointer)
         return checkpointer
 
+    def run_hooks_once(self, info, force=False):
+        if not force:
+            return original_run(self, info)
+        for hook in self.hooks:
+            if not (info.step > 1 and info.step % hook.every == 0):  # the condition under which it already ran
+                hook.fn.on_step(info, force=True)
+
     def train_and_save_the_last_step(self, state, train_loader):
         info = original_train(self, state, train_loader)
         for checkpointer in created:
             if checkpointer._last_save_step != info.step:
-                checkpointer.on_step(info, force=True)
+                checkpointer.on_step(tree=info.state.saveable_state, step=info.step, force=True)
             checkpointer.wait_until_finished()
         return info
 
-    CheckpointerConfig.create, Trainer.train = create_and_keep, train_and_save_the_last_step
+    CheckpointerConfig.create, Trainer.train, TrainerHooks.run_hooks = (
+        create_and_keep, train_and_save_the_last_step, run_hooks_once)
     try:
         yield
     finally:
-        CheckpointerConfig.create, Trainer.train = original_create, original_train
+        CheckpointerConfig.create, Trainer.train, TrainerHooks.run_hooks = original_create, original_train, original_run
 
 
 def parameter_count(model_config: MusicGpt2Config) -> int:
@@ -178,33 +198,89 @@ def parameter_count(model_config: MusicGpt2Config) -> int:
 
 
 def describe_run(config: TrainConfig) -> str:
-    """The batch and mesh arithmetic of a run, for --dry-run."""
-    t = config.trainer
-    devices = t.num_devices if hasattr(t, "num_devices") else None
+    """The parameter count and the batch and mesh arithmetic of a run, for --dry_run (nothing is loaded)."""
+    import jax
+
+    t, m, o = config.trainer, config.model, config.optimizer
+    batch, steps, context = t.train_batch_size, t.num_train_steps, m.max_seq_len
+    fixed = [size for size in {"data": -1, "replica": 1, "model": 1, **t.mesh.axes}.values()]
+    devices = int(np.prod(fixed)) if -1 not in fixed else jax.device_count()  # a recipe may name its devices
+    axes, _ = t.mesh.axis_shapes(devices, 1)
+    data = axes.get("data", 1) * axes.get("replica", 1)
+    per_device = t.per_device_parallelism if t.per_device_parallelism > 0 else batch // data
+    micro = data * per_device
+    accumulation = batch // micro if micro and batch % micro == 0 else None
+    parameters = parameter_count(m)
+    tokens = batch * context
     lines = [
-        f"model: {config.model.num_layers} layers, {config.model.hidden_dim} wide, {config.model.num_heads} heads,"
-        f" context {config.model.seq_len}: {parameter_count(config.model) / 1e6:.1f}M parameters",
-        f"batch: {t.train_batch_size} sequences x {config.model.seq_len} tokens = "
-        f"{t.train_batch_size * config.model.seq_len:,} tokens a step; {t.num_train_steps:,} steps = "
-        f"{t.train_batch_size * config.model.seq_len * t.num_train_steps / 1e9:.1f}B tokens",
-        f"mesh: model axis {t.model_axis_size}, batch axis '{t.batch_axis}', FSDP over {t.fsdp_axis!r}, "
-        f"per-device parallelism {t.per_device_parallelism}" + (f", {devices} devices" if devices else ""),
-        f"optimizer: {type(config.optimizer).__name__} lr {config.optimizer.learning_rate} "
-        f"warmup {config.optimizer.warmup} {config.optimizer.lr_schedule} min_lr_ratio {config.optimizer.min_lr_ratio}",
+        f"model: {m.num_layers} layers, {m.hidden_dim} wide, {m.num_heads} heads, context {context}: "
+        f"{parameters / 1e6:.1f}M parameters",
+        f"batch: {batch} sequences x {context} tokens = {tokens:,} tokens a step; {steps:,} steps = "
+        f"{tokens * steps / 1e9:.1f}B tokens; about {training_flops_per_token(m) * tokens / 1e15:.2f} PFLOP a step "
+        f"(6N + attention)",
+        f"devices: {devices}" + (" (the recipe's mesh)" if -1 not in fixed else
+                                 f" (all of this machine's: {jax.devices()[0].device_kind})")
+        + f"; mesh {dict(axes)}: {data} data-parallel "
+        f"x {per_device} sequences a device = {micro} a micro-step, "
+        + (f"{accumulation} micro-step(s) of gradient accumulation a step" if accumulation
+           else f"which does not divide the batch of {batch} (set trainer.per_device_parallelism)"),
+        f"sharding: batch over {t.mesh.resolved_compute_mapping.get(t.batch_axis_name)}, parameters "
+        f"{dict(t.mesh.resolved_param_mapping)}; compute {t.mp.compute_dtype.dtype}, parameters {t.mp.param_dtype.dtype}",
+        f"optimizer: {type(o).__name__} lr {o.learning_rate} warmup {o.warmup} {o.lr_schedule} "
+        f"min_lr_ratio {o.min_lr_ratio}",
         f"data: {config.data.cache_dir} (shuffle {config.data.shuffle})",
     ]
     return "\n".join(lines)
 
 
+def training_flops_per_token(model_config: MusicGpt2Config) -> float:
+    """Training FLOPs a token: 6 x parameters (forward and backward of every weight) + the attention scores,
+    6 x layers x context x width (the usual estimate, as in the PaLM paper's MFU)."""
+    n = parameter_count(model_config)
+    return 6 * n + 6 * model_config.num_layers * model_config.max_seq_len * model_config.hidden_dim
+
+
+def finished_checkpoint(config: TrainConfig) -> Optional[str]:
+    """The run's checkpoint that already holds its last step, if there is one (a rerun of a finished run).
+    Levanter names a checkpoint for the 0-based index of its last step: a 100-step run ends in `step-99`."""
+    from levanter.checkpoint import discover_checkpoint_candidates
+
+    t = config.trainer
+    if t.load_checkpoint is False or (t.id is None and t.checkpointer.append_run_id_to_base_path):
+        return None
+    candidates = discover_checkpoint_candidates(*t.checkpoint_search_paths(t.id or ""))
+    if candidates and candidates[-1].step + 1 >= t.num_train_steps:
+        return candidates[-1].path
+    return None
+
+
+def warmup_warning(config: TrainConfig) -> Optional[str]:
+    """Levanter clips a warmup longer than the run to the run (the learning rate then only rises): say so."""
+    warmup, steps = config.optimizer.warmup, config.trainer.num_train_steps
+    if warmup >= 1 and int(warmup) >= steps:
+        return (f"optimizer.warmup ({int(warmup)} steps) is not shorter than trainer.num_train_steps ({steps}): "
+                "the learning rate warms up over the whole run and never decays (set a lower "
+                "--optimizer.warmup, e.g. 0.1 for a tenth of the run)")
+    return None
+
+
 def train(config: TrainConfig) -> None:
-    """Run Levanter's train_lm with the workarounds above. Resumes from the checkpoint folder if it holds one."""
+    """Run Levanter's train_lm with the workarounds above. Resumes from the checkpoint folder if it holds one;
+    a run whose last step is already saved does nothing and says so."""
     from levanter.main import train_lm
 
     if config.dry_run:
         print(describe_run(config))
         return
+    done = finished_checkpoint(config)
+    if done is not None:
+        print(f"{done} already holds the last of the run's {config.trainer.num_train_steps} steps: nothing to "
+              "train (raise --trainer.num_train_steps to train further)")
+        return
+    if (message := warmup_warning(config)) is not None:
+        logger.warning(message)
     from amt.checkpoints import save_model_config
 
     save_model_config(config)  # so that a checkpoint path alone can be loaded, sampled, evaluated, exported
-    with evaluation_without_bytes(), saving_the_last_step():
+    with evaluation_without_bytes(), ending_runs_once():
         train_lm.main(config)
