@@ -169,6 +169,7 @@ class _Sample:
     """One sequence being generated, its own row of the batch: its tokens (after the flag, absolute time)
     and its window (the tokens in its row of the cache, from event `window_start` on, time minus `offset`)."""
 
+    row: int  # its row of the batch
     tokens: list[int]
     controls: list[list[int]]  # controls still to insert (Algorithm 2: given notes still to play), in time order
     current_time: int
@@ -216,8 +217,8 @@ class Sampler:
     After `generate`: `last_sequences` (the token sequences the model was conditioned on, flag first,
     absolute time: what to check controls against), `last_generated` (the sampled events of each sample,
     RESTs removed: to tell generated notes from given ones), `last_stops` ("end" or "max_events" per sample).
-    With `record_inputs = True`, `last_inputs[i]` lists, for every event sample i sampled, the tokens its
-    row of the model had seen (flag, window, relative time)."""
+    With `record_inputs = True`, `last_inputs[i]` lists, for every event sample i sampled, (how many of its
+    tokens there were, the tokens its row of the model had seen: flag, window, relative time)."""
 
     record_inputs = False
 
@@ -257,9 +258,9 @@ class Sampler:
             flag, tokens, remaining = vocab.AUTOREGRESS, prompt, given[~early]
         current = ops.max_time(prompt, seconds=False)
         samples = [
-            _Sample(tokens=ops.flatten(tokens).tolist(), controls=remaining.tolist(), current_time=current,
+            _Sample(row=row, tokens=ops.flatten(tokens).tolist(), controls=remaining.tolist(), current_time=current,
                     instruments=instruments_in(tokens))
-            for _ in range(options.num_samples)
+            for row in range(options.num_samples)
         ]
         self.last_inputs = [[] for _ in samples]
         self._run(samples, flag, start, end, options, anticipatory)
@@ -292,6 +293,23 @@ class Sampler:
         s.fed = [flag] + ops.flatten(ops.translate(history[first:], -s.offset)).tolist()
         s.position = len(s.fed)
         return s.fed
+
+    def _moves_to(self, s: _Sample, now: int, sliding: int, condition_offset: int) -> int | None:
+        """Where sample `s`'s window starts if it must move before the next event (None: it stays). Each row
+        moves its own: when its context is full (to its latest `sliding` triples), when the reference's
+        offset (the window's earliest time) changed before a sample, when time in the window nears 100 s,
+        or before a given triple earlier than the window's offset is fed."""
+        if s.position + 3 > self.context:
+            return len(s.tokens) // 3 - sliding
+        if ((s.stale and not s.pending) or now - s.offset >= WINDOW_TIME_LIMIT
+                or (s.pending and s.pending[0][0] - condition_offset < s.offset)):
+            return s.window_start
+        return None
+
+    @staticmethod
+    def _constraints(s: _Sample, now: int) -> tuple[int, np.ndarray]:
+        """The earliest onset (relative to the window) and the instruments allowed for `s`'s next event."""
+        return min(max(now - s.offset, 0), vocab.MAX_TIME - 1), instrument_mask(s.instruments)
 
     def _prefill(self, windows: list[list[int]]):
         batch = decoder.pad_window(np.asarray(windows, dtype=np.int32), self.context)
@@ -327,20 +345,12 @@ class Sampler:
                 while s.controls and s.current_time >= s.controls[0][0] - condition_offset - delta:
                     s.pending.append(s.controls.pop(0))  # the controls now due go in first
                 now = max(start, s.current_time)
-                # each row moves its own window: when its context is full, when the reference's offset (the
-                # window's earliest time) changed before a sample, or when time in the window nears 100 s
-                first = None
-                if s.position + 3 > self.context:
-                    first = len(s.tokens) // 3 - sliding
-                elif (s.stale and not s.pending) or now - s.offset >= WINDOW_TIME_LIMIT or (
-                        s.pending and s.pending[0][0] - condition_offset < s.offset):
-                    first = s.window_start
+                first = self._moves_to(s, now, sliding, condition_offset)
                 if first is not None:
                     row_hidden, row_cache = self._prefill([self._window(s, flag, first, now)])
                     hidden = hidden.at[i].set(row_hidden[0])
                     cache = decoder.set_row(cache, row_cache, i)
-                min_onset[i] = min(max(now - s.offset, 0), vocab.MAX_TIME - 1)
-                allowed[i] = instrument_mask(s.instruments)
+                min_onset[i], allowed[i] = self._constraints(s, now)
                 if s.pending or (not anticipatory and s.controls):  # Algorithm 2: backfill if the onset passes it
                     given[i] = s.pending[0] if s.pending else s.controls[0]
                     given[i, 0] -= s.offset
@@ -349,7 +359,7 @@ class Sampler:
                 if onset is not None and not s.pending:
                     forced[i] = min(max(onset - s.offset, 0), vocab.MAX_TIME - 1)
                 if self.record_inputs and not s.pending:
-                    self.last_inputs[i].append(list(s.fed))
+                    self.last_inputs[i].append((len(s.tokens), list(s.fed)))
             positions = np.array([s.position for s in samples], dtype=np.int32)
             key, subkey = jax.random.split(key)
             sampled, hidden, recent = _event(
@@ -385,6 +395,43 @@ class Sampler:
                 s.append(triple)
                 if not anticipatory:  # a given note played as an event moves time forward
                     s.current_time = max(s.current_time, triple[0] - vocab.TIME_OFFSET)
+
+
+def misplaced_controls(sequence, controls, delta: int = vocab.DELTA_BINS, anticipatory: bool = True) -> list:
+    """The given controls (control block, absolute time) that a conditioned sequence (flag first, absolute
+    time: `Sampler.last_sequences`) does not hold where the rule puts them, as (triple, why) pairs: what to
+    check when asking whether the model saw the given notes (the output holds them whatever it saw).
+
+    Algorithm 1 (the reference's generate and anticipate): a control at time t is in the sequence before the
+    first event whose predecessor (time 0 for the first) is at or after t - delta. Algorithm 2 (generate_ar):
+    the given note, as an event, is in the sequence before any event later than it. Controls due after the
+    sequence's last event are not required (the sample ended first)."""
+    body = ops.as_triples(np.asarray(sequence)[1:])
+    controls = ops.as_triples(controls)
+    is_control = ops.is_control(body)
+    times = ops.times(body)
+    rows = {}
+    for index, row in enumerate(map(tuple, body.tolist())):
+        rows.setdefault(row, index)
+    event_index = np.flatnonzero(~is_control)
+    event_times = times[event_index]
+    problems = []
+    for control in controls.tolist():
+        t = control[0] - vocab.ATIME_OFFSET
+        if anticipatory:
+            previous = np.concatenate([[0], event_times[:-1]])
+            due = np.flatnonzero(previous >= t - delta)
+            where = rows.get(tuple(control))
+        else:
+            due = np.flatnonzero(event_times > t)
+            where = rows.get(tuple(int(x) - vocab.CONTROL_OFFSET for x in control))
+        if not len(due):
+            continue
+        if where is None:
+            problems.append((control, "missing"))
+        elif where > event_index[due[0]]:
+            problems.append((control, "late"))
+    return problems
 
 
 # --- tasks: what musicians ask for ----------------------------------------------------------------------
