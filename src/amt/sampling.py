@@ -1,34 +1,56 @@
 """Sampling: the paper's Algorithm 1 (anticipatory) and Algorithm 2 (autoregressive), with a KV cache.
 
-Follows the reference's `generate`: the prompt (events up to the start time, REST-padded) and the controls
-(given controls, plus any input events after the start time, e.g. the rest of a piece around an infilled span)
-are interleaved with anticipation; then, until an onset reaches the end time, controls due within 5 s of the
-current time are inserted and one event (onset, duration, note) is sampled. Constraints on every token, as the
-reference's: no control or special tokens, onset / duration / note by position in the triple, no onset before
-the current time, no 16th instrument once 15 are used (one channel stays for drums); then temperature and
+Follows the reference's `generate` and `generate_ar` (anticipation/sample.py): the prompt (events up to the
+start time, REST-padded) and the controls (given controls, plus any input events after the start time, e.g.
+the rest of a piece around an infilled span) are interleaved with anticipation; then, until an onset reaches
+the end time, controls due within 5 s of the current time are inserted and one event (onset, duration, note)
+is sampled. Algorithm 2 has no controls: given notes and later inputs are played in as plain events when a
+sampled onset reaches them. Time in the model's input is relative to its window: minus the window's earliest
+time, recomputed as the reference's add_token does for every token (so an empty prompt gets relative time
+too). Constraints on every token, as the reference's add_token: no control or special tokens, onset /
+duration / note by position in the triple, no onset before the current time (nor before the window's
+earliest time), and its instrument limit: once 15 instruments are in the history (REST counted as one, as
+its get_instruments counts it) only those may be sampled (one channel stays for drums); then temperature and
 nucleus (top-p) sampling from a seeded generator (same seed, same music).
 
-How it runs: one jitted call per event (`_event`) samples the onset, duration and note on the device, each
-under its constraints and fed to the model before the next, and returns only the three tokens; the Python
-loop between events inserts the controls due (a row of the batch then plays its triple instead of sampling)
-and moves the window. Per event at GPT-2 Small size on CPU (batch 1) that is ~81 ms, three ~27 ms decoder
-steps, where a call and a round trip per token, a sort per token for top-p and a copy of the cache per step
-had cost ~60 ms more (benchmarks/sample.py has the end-to-end numbers).
+How it runs: N samples of one request run as one batch whose rows are independent: each has its own length,
+position, window and offset in the cache. One jitted call per event (`_event`) samples the onset, duration
+and note of every row on the device, each under its constraints and fed to the model before the next, and
+returns only the three tokens; the Python loop between events inserts the controls due (a row then plays its
+triple instead of sampling), and moves a row's window when it must (its context is full, its earliest time
+changed, or time in it nears 100 s) by prefilling that row alone and putting it in its row of the cache. A
+finished row stays in the batch, idle. Per event at GPT-2 Small size on CPU (batch 1) that is about three
+decoder steps; benchmarks/sample.py compares it like for like with the reference's method and with Hugging
+Face's KV cache.
+
+After `generate`, `Sampler.last_sequences` holds what each sample was conditioned on (check given controls
+there: `misplaced_controls`; the output holds them whatever the model saw), `last_generated` the sampled
+notes, `last_stops` why each sample stopped ("end", or "max_events", which is also logged as a warning).
 
 Differences from the reference, on purpose:
 - N samples of one request run as one batch (one jitted call per event for all of them).
 - Top-p keeps the tokens at least as probable as a threshold found by bisection (`_nucleus`), not a sorted
   cumsum: the same tokens except at exact ties and last-ulp rounding of the cumulative sum.
-- REST may only be sampled in the note slot, after a zero duration (as in the training data; the reference
-  leaves it allowed everywhere, which can make an unreadable triple).
-- Beyond the context (1,024 tokens) the reference slides a window of the latest 1,017 tokens forward by one
-  event for every new event, with time relative to the window, and runs the whole window again. With a cache,
-  moving the window changes every token's value, so the window moves by `window_chunk` events at a time
-  and is prefilled again (amortized); in between, the context grows instead of sliding.
+- REST may only be sampled in the note slot, after a zero duration (as in the training data). REST lies
+  outside the reference's onset, duration and note blocks, so its masks leave it allowed in every slot,
+  which can make an unreadable triple.
+- Beyond the context the reference slides a window of the latest 1,017 tokens forward by one event for every
+  new event and runs the whole window again. With a cache, moving the window changes every token's value
+  (time is relative to it), so a row's window moves by `window_chunk` events at a time once its 1,024-token
+  context is full, and is prefilled again (amortized); in between, the context grows instead of sliding.
+  While a row's history fits 1,017 tokens the model's inputs are the reference's, token for token (a test).
+- Time within a window: when the current time is 90 s past the window's earliest time, the window moves to
+  its latest 50 s. The reference's window keeps its 1,017 tokens whatever their span; at 100 s its onset
+  mask covers every onset and it fails (a NaN distribution). An onset is at most 100 s after the window's
+  earliest time (the vocabulary), so right before such a move it is at most 10 s after the current time.
+  An empty window (everything older than 50 s) has the current time as its offset (the reference: 0).
+- Hitting `max_events` (the reference has no such limit) ends that sample early and says so.
 - Given controls that start before 0.05 s are kept (the reference drops them by clipping at 5 *bins*).
 - Algorithm 2 with given notes (the autoregressive accompaniment baseline): when a sampled onset would pass
   given notes, the reference inserts them before the sampled event; here they are inserted and the event is
   sampled again, so that the model sees them first.
+- The output holds the prompt, the sampled events, the later inputs and the given controls (as events), each
+  once: the reference's generate leaves the controls out, and its generate_ar returns later inputs twice.
 """
 
 from __future__ import annotations
