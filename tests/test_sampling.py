@@ -255,8 +255,9 @@ def test_constraint_masks_equal_the_references_on_real_files(midi_dir):
     sampler = sampling.Sampler.__new__(sampling.Sampler)
     sampler.context = 1024
     full, sliding = 341, 341 - sampling.SamplingOptions().window_chunk
-    checked, files_used, counts = 0, 0, {"REST outside the note slot": 0, "REST after a nonzero duration": 0,
-                                         "window moved in chunks": 0}
+    checked, counts = 0, {"REST outside the note slot": 0, "REST after a nonzero duration": 0,
+                          "window moved in chunks": 0}
+    cases = []
     for path in files:
         try:
             events = ops.as_triples(midi.midi_to_events(path))
@@ -264,11 +265,25 @@ def test_constraint_masks_equal_the_references_on_real_files(midi_dir):
             continue
         if len(events) < 300 or len(ops.instruments(events)) < 2:
             continue
-        events = ops.pad(events)[: 450 if files_used == 0 else 250]
+        events = ops.pad(events)[: 450 if not cases else 250]
         controls = np.zeros((0, 3), np.int64)
-        if files_used % 2:  # a melody as controls: the sequence interleaves them as generate does
+        if len(cases) % 2:  # a melody as controls: the sequence interleaves them as generate does
             instrument = max(ops.instruments(events), key=ops.instruments(events).get)
             events, controls = augment.extract_instruments(events, [instrument])
+        cases.append((path.name, events, controls))
+        if len(cases) == 5:
+            break
+    assert len(cases) == 5
+    # and one with more than 15 instruments (no file here has them): a real file's notes moved to a new
+    # program every 15 events, so the instrument limit (REST counted) applies
+    name, events, _ = cases[0]
+    events = events.copy()
+    notes = events[:, 2] != vocab.REST
+    program = (ops.notes(events[notes]) // vocab.MAX_PITCH + 3 * (np.flatnonzero(notes) // 15)) % 128
+    events[notes, 2] = vocab.NOTE_OFFSET + program * vocab.MAX_PITCH + ops.notes(events[notes]) % vocab.MAX_PITCH
+    cases.append((name + " (programs moved)", events, np.zeros((0, 3), np.int64)))
+    limited = 0
+    for name, events, controls in cases:
         tokens, _ = ops.anticipate(events, controls)
         flag = vocab.ANTICIPATE if len(controls) else vocab.AUTOREGRESS
         s = sampling._Sample(row=0, tokens=[], controls=[], current_time=0)
@@ -307,13 +322,11 @@ def test_constraint_masks_equal_the_references_on_real_files(midi_dir):
                 elif phase == 0 and offset != states[k][2] and len(history) > 3 * 339:
                     counts["window moved in chunks"] += 1  # (the reference slides by one event)
                 else:
-                    raise AssertionError(f"{path.name} event {k} slot {phase}: masks differ at {differ[:5]} "
+                    raise AssertionError(f"{name} event {k} slot {phase}: masks differ at {differ[:5]} "
                                          f"(offset {offset} vs {states[k][2]})")
-        files_used += 1
-        if files_used == 5:
-            break
-    assert files_used == 5 and checked >= 3000, (files_used, checked)
-    print(checked, counts)
+        limited += int(np.sum(~instruments.all(axis=1)))
+    assert checked >= 3000 and limited > 100, (checked, limited)
+    print(checked, limited, counts)
     assert counts["REST outside the note slot"] > 0 and counts["window moved in chunks"] > 0
 
 
