@@ -1,50 +1,108 @@
-"""Sampling speed at a full 1,024-token context, GPT-2 Small size (random weights, fixed seed), on this machine.
+"""Sampling speed at a full 1,024-token context, GPT-2 Small size (random weights, fixed seed), like for like.
 
-Three ways, same weights, same run:
-- ours: `amt.sampling.Sampler` (KV cache, one jitted call per event, the window moved and prefilled again when
-  the context fills), generating events after a real prompt that fills the context; its time includes both
-  prefills of a 640-token window (the prompt's and the moved window's, ~1.5 s each: ~20 ms of each event);
-- the reference's method: the whole context through the model again for every token (`decoder.full_logits`
-  on the 1,024-token window), timed over a few tokens;
-- Hugging Face transformers' GPT-2 with its own KV cache (torch, eager attention), same weights, timed per token.
+Same weights (ours exported to a Hugging Face folder), same machine, one run; every figure is per event (three
+tokens) of one sample, after a real prompt that fills the context:
+- the reference's method, as `anticipation.sample.add_token` runs it: Hugging Face GPT-2 in torch (eager
+  attention), the whole window (flag + the latest 1,017 tokens + the event's tokens so far) through the model
+  again for every token, with its masks and nucleus; timed over a few tokens. It has no batch: B samples cost
+  B times one.
+- Hugging Face's own KV cache (torch, eager attention, which these models need for correctness: SDPA ignores
+  `scale_attn_by_inverse_layer_idx`; SDPA is also timed, as a speed bound only), one token at a time after a
+  prefill of the context, at batch 1 and batch B.
+- ours: `amt.sampling.Sampler` (JAX, KV cache, one jitted call per event, each row's window moved and
+  prefilled again when its context fills), at batch 1 and batch B; its time includes the prompt's prefill and
+  the window moves.
 
-Measured (this 2-core CPU, otherwise idle, two runs): ours 91-95 ms an event for one sample, 64 ms batched (8);
-full recompute 6,447-6,939 ms; Hugging Face 139-143 ms: 71-73x / 101-109x the reference's method, 1.50-1.52x /
-2.18-2.25x Hugging Face's KV cache (with other jobs sharing the CPU: 56x and 1.22x). Before one call per event:
-171 / 167 ms, 42x, 0.89x.
+Ratios are the point: publish them from one run. Measured figures (and the machine, and its load) are in the
+README's Sampling section: under load (2 CPUs, load average 11; --events 40 --batch 4 --hf-tokens 12), ms an
+event at batch 1 / 4: reference's method 66,950 / (no batch), HF KV cache eager 3,036 / 2,233, SDPA 2,386,
+ours 600 / 406: 112x / 165x the reference's method, 5.1x / 5.5x HF (load hurts torch more: rerun idle).
 
-Usage: python benchmarks/sample.py [--events 30] [--reference-tokens 3] [--layers 12 --width 768 --heads 12]
+Usage: python benchmarks/sample.py [--events 150] [--batch 8] [--reference-tokens 3] [--hf-tokens 30]
+       [--layers 12 --width 768 --heads 12]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from amt import decoder, midi, ops, sampling, vocab
+from amt import midi, ops, reference, sampling, vocab
 from amt.train import MusicGpt2Config
 
 DEMO = Path(__file__).resolve().parents[1] / "demo" / "midi"
 
 
+class Paced(sampling.Sampler):
+    """Random weights jump far in time at every onset; real music does not. Onsets are sampled as usual but
+    replaced by one 50 ms after the current time (Lakh's density is ~20 events a second), so that windows
+    move as they do for music (the computation per event is the same)."""
+
+    def forced_onset(self, s):
+        return s.current_time + 5
+
+
+def reference_method(torch_model, tokens: list[int], z: int, current_time: int, tokens_timed: int) -> float:
+    """Seconds a token, `anticipation.sample.add_token`'s way: the window again for every token."""
+    import torch
+
+    history = tokens[max(len(tokens) - 1017, 0):]
+    offset = reference.min_time(history, seconds=False)
+    history = reference.translate(history, -offset)
+    new_token, elapsed = [], 0.0
+    with torch.no_grad():
+        for i in range(tokens_timed):
+            begin = time.perf_counter()
+            input_tokens = torch.tensor([z] + history + new_token).unsqueeze(0)
+            logits = torch_model(input_tokens).logits[0, -1]
+            allowed, _ = reference.add_token_masks(tokens, new_token, current_time, z=z)  # its masks, as NumPy
+            logits[torch.from_numpy(~allowed)] = -float("inf")
+            keep = reference.nucleus(logits.numpy().astype(np.float64), 0.98)
+            logits[torch.from_numpy(~keep)] = -float("inf")
+            token = int(torch.multinomial(torch.softmax(logits, -1), 1))
+            elapsed += time.perf_counter() - begin
+            new_token = new_token + [token] if len(new_token) < 2 else []  # the next token of the event
+    return elapsed / tokens_timed
+
+
+def hf_cached(torch_model, window: np.ndarray, batch: int, tokens_timed: int) -> float:
+    """Seconds a token of Hugging Face's KV-cached GPT-2 at batch `batch`, after a prefill of the window."""
+    import torch
+
+    context = torch.tensor(np.repeat(window[None, : vocab.CONTEXT_SIZE - tokens_timed - 1], batch, 0), dtype=torch.long)
+    with torch.no_grad():
+        output = torch_model(context, use_cache=True)
+        past, token = output.past_key_values, output.logits[:, -1].argmax(-1, keepdim=True)
+        begin = time.perf_counter()
+        for _ in range(tokens_timed):
+            output = torch_model(token, past_key_values=past, use_cache=True)
+            past, token = output.past_key_values, output.logits[:, -1].argmax(-1, keepdim=True)
+        return (time.perf_counter() - begin) / tokens_timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=150, help="events sampled by ours (the window moves once)")
-    parser.add_argument("--batch", type=int, default=8, help="samples of one request in one batch, for throughput")
-    parser.add_argument("--reference-tokens", type=int, default=3, help="tokens timed for the full-recompute method")
+    parser.add_argument("--batch", type=int, default=8, help="samples of one request in one batch")
+    parser.add_argument("--reference-tokens", type=int, default=3, help="tokens timed for the reference's method")
     parser.add_argument("--hf-tokens", type=int, default=30)
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
     args = parser.parse_args()
+    logging.getLogger("amt.sampling").setLevel(logging.ERROR)  # (max_events ends every timed run, on purpose)
 
     import haliax as hax
+    import torch
     from levanter.utils.tree_utils import inference_mode
+    from transformers import GPT2LMHeadModel
 
     from amt.checkpoints import single_device_mesh
 
@@ -52,70 +110,57 @@ def main() -> None:
                              scale_attn_by_inverse_layer_idx=True)
     with single_device_mesh():
         model = inference_mode(config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0)), True)
-    sampler = sampling.Sampler(model)
+    with tempfile.TemporaryDirectory() as tmp, single_device_mesh():
+        config.hf_checkpoint_converter().save_pretrained(model, tmp, save_tokenizer=False)
+        eager = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager").eval()
+        sdpa = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").eval()
+    sampler = Paced(model)
     piece = ops.as_triples(midi.midi_to_events(DEMO / "npm_misc" / "the-entertainer.mid"))
     start = ops.times(piece)[339] / vocab.TIME_RESOLUTION  # ~340 events: the prompt fills the context
-    print(f"model: {args.layers} layers x {args.width}, {jax.devices()[0].device_kind}; prompt {start:.1f} s of "
-          "The Entertainer (a full context)")
+    load = os.getloadavg()[0]
+    print(f"model: {args.layers} layers x {args.width}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
+          f"torch {torch.get_num_threads()} threads, load average {load:.1f}; prompt {start:.1f} s of The Entertainer "
+          "(a full context)")
 
-    # ours (compile first with a short run, then time)
-    options = sampling.SamplingOptions(seed=0, max_events=2)
-    sampling.continuation(sampler, piece, start, start + 1000, options)
-    options = sampling.SamplingOptions(seed=0, max_events=args.events)
-    begin = time.perf_counter()
-    out = sampling.continuation(sampler, piece, start, start + 1000, options)[0]
-    ours = (time.perf_counter() - begin) / args.events
-    assert len(out) - len(ops.clip(piece, 0, start, clip_duration=False)) == args.events
-    print(f"ours (KV cache): {ours * 1000:8.1f} ms an event   {1 / ours:8.2f} events/s  (one sample; prefills of the "
-          "prompt and of the moved window included)")
-    batch_options = sampling.SamplingOptions(seed=0, max_events=args.events // 2, num_samples=args.batch)
-    sampling.continuation(sampler, piece, start, start + 1000, sampling.SamplingOptions(seed=0, max_events=2, num_samples=args.batch))
-    begin = time.perf_counter()
-    sampling.continuation(sampler, piece, start, start + 1000, batch_options)
-    batched = (time.perf_counter() - begin) / (args.batch * (args.events // 2))
-    print(f"ours, {args.batch} samples a batch: {batched * 1000:8.1f} ms an event   {1 / batched:8.2f} events/s")
+    def ours(batch: int, events: int) -> float:
+        warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch)
+        sampling.continuation(sampler, piece, start, start + 1000, warm)  # compile
+        options = sampling.SamplingOptions(seed=0, max_events=events, num_samples=batch)
+        begin = time.perf_counter()
+        sampling.continuation(sampler, piece, start, start + 1000, options)
+        assert all(len(g) == events for g in sampler.last_generated), [len(g) for g in sampler.last_generated]
+        return (time.perf_counter() - begin) / (batch * events)
 
-    # the reference's method: the full 1,024-token context for every token
-    window = np.asarray(sampler.last_sequences[0][-vocab.CONTEXT_SIZE:], dtype=np.int32)[None]
-    tokens = jnp.asarray(window)
-    decoder.full_logits(sampler.weights, tokens).block_until_ready()
-    begin = time.perf_counter()
-    for _ in range(args.reference_tokens):
-        decoder.full_logits(sampler.weights, tokens).block_until_ready()
-    reference = 3 * (time.perf_counter() - begin) / args.reference_tokens
-    print(f"reference method (full recompute): {reference * 1000:8.1f} ms an event   {1 / reference:8.3f} events/s")
+    ours_one = ours(1, args.events)
+    ours_batch = ours(args.batch, max(args.events // 2, 1))
+    # the others continue the same prompt: its latest 1,017 tokens, time relative (the reference's window)
+    start_bins = int(start * vocab.TIME_RESOLUTION)
+    prompt = ops.pad(ops.clip(piece, 0, start_bins, clip_duration=False, seconds=False), start_bins)
+    sequence = ops.flatten(prompt).tolist()
+    history = sequence[-1017:]
+    window = np.asarray([vocab.AUTOREGRESS] + reference.translate(history, -reference.min_time(history, seconds=False)))
+    torch.manual_seed(0)
+    ref = 3 * reference_method(eager, sequence, vocab.AUTOREGRESS, ops.max_time(prompt, seconds=False),
+                               args.reference_tokens)
+    hf_one = 3 * hf_cached(eager, window, 1, args.hf_tokens)
+    hf_batch = 3 * hf_cached(eager, window, args.batch, max(args.hf_tokens // 3, 1)) / args.batch
+    sdpa_one = 3 * hf_cached(sdpa, window, 1, args.hf_tokens)
 
-    # Hugging Face transformers with its KV cache, same weights
-    hf = None
-    try:
-        import tempfile
-
-        import torch
-        from transformers import GPT2LMHeadModel
-
-        with tempfile.TemporaryDirectory() as tmp, single_device_mesh():
-            config.hf_checkpoint_converter().save_pretrained(model, tmp, save_tokenizer=False)
-            torch_model = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager").eval()
-        context = torch.tensor(window[:, : vocab.CONTEXT_SIZE - args.hf_tokens - 1], dtype=torch.long)
-        with torch.no_grad():
-            output = torch_model(context, use_cache=True)
-            past, token = output.past_key_values, output.logits[:, -1].argmax(-1, keepdim=True)
-            begin = time.perf_counter()
-            for _ in range(args.hf_tokens):
-                output = torch_model(token, past_key_values=past, use_cache=True)
-                past, token = output.past_key_values, output.logits[:, -1].argmax(-1, keepdim=True)
-            hf = 3 * (time.perf_counter() - begin) / args.hf_tokens
-        print(f"Hugging Face GPT-2 with KV cache: {hf * 1000:8.1f} ms an event   {1 / hf:8.2f} events/s")
-    except ImportError:
-        print("Hugging Face comparison skipped (torch not installed: pip install -e '.[test]')")
-
-    print(f"speed-up over the reference's method: {reference / ours:.0f}x one sample, {reference / batched:.0f}x batched" +
-          (f"; over Hugging Face's KV cache: {hf / ours:.2f}x one sample, {hf / batched:.2f}x batched" if hf else ""))
-    # seconds of music per second: random weights jump in time, so count at real music's density instead
+    rows = [("the reference's method (HF torch, whole window per token)", ref, ref),
+            ("Hugging Face KV cache (eager)", hf_one, hf_batch),
+            ("Hugging Face KV cache (SDPA: wrong scaling, speed bound only)", sdpa_one, None),
+            ("ours (JAX, KV cache)", ours_one, ours_batch)]
+    print(f"{'ms an event of one sample':<66}{'batch 1':>10}{f'batch {args.batch}':>10}")
+    for name, one, batched in rows:
+        print(f"{name:<66}{one * 1000:>10.1f}{(batched * 1000 if batched else float('nan')):>10.1f}")
+    print(f"ours vs the reference's method: {ref / ours_one:.0f}x one vs one, {ref / ours_batch:.0f}x batch vs "
+          f"batch (it runs samples one at a time)")
+    print(f"ours vs Hugging Face's KV cache (eager): {hf_one / ours_one:.2f}x one vs one, "
+          f"{hf_batch / ours_batch:.2f}x batch vs batch; vs SDPA {sdpa_one / ours_one:.2f}x one vs one")
     lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
     print(f"seconds of music a second, at Lakh's density ({lakh_events_per_second:.1f} events a second of music): "
-          f"{1 / ours / lakh_events_per_second:.2f} (one sample), "
-          f"{args.batch / batched / lakh_events_per_second:.2f} ({args.batch} samples a batch, all of them)")
+          f"{1 / ours_one / lakh_events_per_second:.2f} (one sample), "
+          f"{1 / ours_batch / lakh_events_per_second:.2f} ({args.batch} samples a batch, all of them)")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ window. bfloat16 weights are not offered: XLA's CPU matrix-vector products measu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -148,9 +149,11 @@ def _weighted(probabilities, values):
 
 def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tokens: jax.Array, start, first):
     """Hidden states (batch, T, embed), after the final LayerNorm, of `tokens` (batch, T) at positions
-    start + first .. start + first + T - 1. They attend to the cache's positions before `start` (read only;
-    none if `cache` is None) and to `recent`: the keys and values of positions start, start + 1, .. (a few),
-    into which theirs are written at first .. first + T - 1. Returns the hidden states and `recent`.
+    start + first .. start + first + T - 1, where `start` is one position per row (batch,) or one for all:
+    each row of a batch is its own sequence, at its own length. They attend to the cache's positions before
+    the row's `start` (read only; none if `cache` is None) and to `recent`: the keys and values of positions
+    start, start + 1, .. (a few), into which theirs are written at first .. first + T - 1. Returns the hidden
+    states and `recent`.
 
     The cache is only read: the new keys and values go to the small `recent`, and `write` puts them into the
     cache in place (donated) once per event; a step that returned an updated cache copied all of it (the
@@ -159,9 +162,10 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
     _, heads, head, context = weights.shape
     batch, T = tokens.shape
     own = first + jnp.arange(T)  # the tokens' indices in `recent`
-    x = weights.wte[tokens] + weights.wpe[start + own][None]
+    start = jnp.broadcast_to(jnp.asarray(start), (batch,))
+    x = weights.wte[tokens] + weights.wpe[start[:, None] + own[None]]
     sees_recent = jnp.arange(recent.keys[0].shape[2])[None, :] <= own[:, None]  # (T, recent): causal
-    sees_cache = jnp.arange(context) < start
+    sees_cache = (jnp.arange(context)[None] < start[:, None])[:, None, None]  # (batch, 1, 1, context)
     keys, values = list(recent.keys), list(recent.values)
     for index, w in enumerate(weights.layers):
         h = _layer_norm(x, w.ln1_w, w.ln1_b, weights.eps)
@@ -187,26 +191,36 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
 
 
 def _write(cache: KVCache, recent: KVCache, start) -> KVCache:
-    def put(a, b):
-        return jax.lax.dynamic_update_slice(a, b, (0, 0, start, 0))
+    """`recent` written into the cache at positions start.. (`start`: one per row, or one for all)."""
+    batch = cache.keys[0].shape[0]
+    start = jnp.broadcast_to(jnp.asarray(start), (batch,))
+    put = jax.vmap(lambda a, b, s: jax.lax.dynamic_update_slice(a, b, (0, s, 0)))
 
-    return KVCache(tuple(map(put, cache.keys, recent.keys)), tuple(map(put, cache.values, recent.values)))
+    return KVCache(tuple(map(put, cache.keys, recent.keys, [start] * len(cache.keys))),
+                   tuple(map(put, cache.values, recent.values, [start] * len(cache.values))))
 
 
 # the cache with `recent` written at positions start.. (in place: the cache is donated; 0.3 ms)
 write = jax.jit(_write, donate_argnums=0)
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def set_row(cache: KVCache, row: KVCache, index) -> KVCache:
+    """The cache with row `index` replaced by `row` (batch 1), in place: one sample's window moved."""
+    return jax.tree.map(lambda a, b: jax.lax.dynamic_update_slice_in_dim(a, b, index, axis=0), cache, row)
+
+
 @jax.jit
 def prefill(weights: DecoderWeights, tokens: jax.Array, length: jax.Array):
-    """Run a window (batch, T) of tokens, of which the first `length` are real; returns the hidden state of
-    position length - 1 (the next token's logits are `hidden @ weights.lm_head`, or a block of it) and the
+    """Run a window (batch, T) of tokens, of which the first `length` are real (one length per row, or one
+    for all); returns the hidden state of position length - 1 (the next token's logits are `hidden @ weights.lm_head`, or a block of it) and the
     cache, holding positions 0..T-1 of its `context`. Only the real tokens and one position's logits are
     computed: T is the window's length rounded up (`pad_window`), and the unembedding (55,028 wide) of
     every position was a third of a full window's cost."""
     batch, T = tokens.shape
     hidden, recent = forward(weights, None, empty_cache(weights, batch, T), tokens, 0, 0)
-    return hidden[:, length - 1], _write(empty_cache(weights, batch, weights.shape[3]), recent, 0)
+    length = jnp.broadcast_to(jnp.asarray(length), (batch,))
+    return hidden[jnp.arange(batch), length - 1], _write(empty_cache(weights, batch, weights.shape[3]), recent, 0)
 
 
 @jax.jit

@@ -1,13 +1,17 @@
-"""A direct port of the paper's reference implementation (anticipation/ops.py, convert.py, tokenize.py).
+"""A direct port of the paper's reference implementation (anticipation/ops.py, convert.py, tokenize.py, and
+sample.py's constraints).
 
-Python lists and loops, as the reference has them. Not used by the pipeline: it is the oracle that the
-tests hold our array code to, and the baseline that `benchmarks/preprocess.py` measures against.
+Python lists and loops, as the reference has them (the sampling masks use NumPy slices where the reference
+assigns -inf to slices of a torch tensor). Not used by the pipeline: it is the oracle that the tests hold our
+array code to, and the baseline that `benchmarks/preprocess.py` measures against.
 """
+
+import numpy as np
 
 from amt import midi
 from amt.vocab import (ATIME_OFFSET, AUTOREGRESS, CONTROL_OFFSET, DELTA, DUR_OFFSET, EVENT_SIZE, M, MAX_DUR,
-                       MAX_PITCH, MAX_TIME, NOTE_OFFSET, REST, SEPARATOR, SPECIAL_OFFSET, TIME_OFFSET,
-                       TIME_RESOLUTION)
+                       MAX_INSTR, MAX_NOTE, MAX_PITCH, MAX_TIME, NOTE_OFFSET, REST, SEPARATOR, SPECIAL_OFFSET,
+                       TIME_OFFSET, TIME_RESOLUTION, VOCAB_SIZE)
 
 
 def pad(tokens, end_time=None, density=TIME_RESOLUTION):
@@ -148,3 +152,70 @@ def tokenize(all_files_events):
             sequences.append(seq)
             z = AUTOREGRESS
     return sequences
+
+
+# --- sample.py: the constraints add_token puts on each token (as masks: True = may be sampled) ---------------
+def safe_logits(allowed, idx):
+    allowed[CONTROL_OFFSET:SPECIAL_OFFSET] = False  # don't generate controls
+    allowed[SPECIAL_OFFSET:] = False  # don't generate special tokens
+    # don't generate stuff in the wrong time slot
+    if idx % 3 == 0:
+        allowed[DUR_OFFSET:DUR_OFFSET + MAX_DUR] = False
+        allowed[NOTE_OFFSET:NOTE_OFFSET + MAX_NOTE] = False
+    elif idx % 3 == 1:
+        allowed[TIME_OFFSET:TIME_OFFSET + MAX_TIME] = False
+        allowed[NOTE_OFFSET:NOTE_OFFSET + MAX_NOTE] = False
+    elif idx % 3 == 2:
+        allowed[TIME_OFFSET:TIME_OFFSET + MAX_TIME] = False
+        allowed[DUR_OFFSET:DUR_OFFSET + MAX_DUR] = False
+    return allowed
+
+
+def future_logits(allowed, curtime):
+    """don't sample events in the past"""
+    if curtime > 0:
+        allowed[TIME_OFFSET:TIME_OFFSET + curtime] = False
+    return allowed
+
+
+def instr_logits(allowed, full_history):
+    """don't sample more than 16 instruments"""
+    instrs = get_instruments(full_history)
+    if len(instrs) < 15:  # 16 - 1 to account for the reserved drum track
+        return allowed
+    for instr in range(MAX_INSTR):
+        if instr not in instrs:
+            allowed[NOTE_OFFSET + instr * MAX_PITCH:NOTE_OFFSET + (instr + 1) * MAX_PITCH] = False
+    return allowed
+
+
+def nucleus(logits, top_p):
+    """The reference's nucleus (from Hugging Face) on a NumPy vector: which entries it keeps."""
+    keep = np.ones(len(logits), dtype=bool)
+    if top_p < 1.0:
+        order = np.argsort(-logits, kind="stable")
+        shifted = np.exp(logits[order] - logits[order][0])
+        cumulative = np.cumsum(shifted / shifted.sum())
+        remove = cumulative > top_p
+        remove[1:] = remove[:-1].copy()
+        remove[0] = False
+        keep[order[remove]] = False
+    return keep
+
+
+def add_token_masks(tokens, new_token, current_time, z=AUTOREGRESS):
+    """What add_token allows for the next token of an event (before nucleus): `tokens` the history (absolute
+    time), `new_token` the event's tokens sampled so far, `current_time` as generate passes it
+    (max(start_time, current_time)). Returns (allowed over the vocabulary, the window's offset)."""
+    history = list(tokens)
+    lookback = max(len(tokens) - 1017, 0)
+    history = history[lookback:]  # Markov window
+    offset = min_time(history, seconds=False)
+    i = len(new_token)
+    idx = len([z] + history + list(new_token)) - 1
+    allowed = safe_logits(np.ones(VOCAB_SIZE, dtype=bool), idx)
+    if i == 0:
+        allowed = future_logits(allowed, current_time - offset)
+    elif i == 2:
+        allowed = instr_logits(allowed, tokens)
+    return allowed, offset

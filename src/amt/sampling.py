@@ -1,39 +1,62 @@
 """Sampling: the paper's Algorithm 1 (anticipatory) and Algorithm 2 (autoregressive), with a KV cache.
 
-Follows the reference's `generate`: the prompt (events up to the start time, REST-padded) and the controls
-(given controls, plus any input events after the start time, e.g. the rest of a piece around an infilled span)
-are interleaved with anticipation; then, until an onset reaches the end time, controls due within 5 s of the
-current time are inserted and one event (onset, duration, note) is sampled. Constraints on every token, as the
-reference's: no control or special tokens, onset / duration / note by position in the triple, no onset before
-the current time, no 16th instrument once 15 are used (one channel stays for drums); then temperature and
+Follows the reference's `generate` and `generate_ar` (anticipation/sample.py): the prompt (events up to the
+start time, REST-padded) and the controls (given controls, plus any input events after the start time, e.g.
+the rest of a piece around an infilled span) are interleaved with anticipation; then, until an onset reaches
+the end time, controls due within 5 s of the current time are inserted and one event (onset, duration, note)
+is sampled. Algorithm 2 has no controls: given notes and later inputs are played in as plain events when a
+sampled onset reaches them. Time in the model's input is relative to its window: minus the window's earliest
+time, recomputed as the reference's add_token does for every token (so an empty prompt gets relative time
+too). Constraints on every token, as the reference's add_token: no control or special tokens, onset /
+duration / note by position in the triple, no onset before the current time (nor before the window's
+earliest time), and its instrument limit: once 15 instruments are in the history (REST counted as one, as
+its get_instruments counts it) only those may be sampled (one channel stays for drums); then temperature and
 nucleus (top-p) sampling from a seeded generator (same seed, same music).
 
-How it runs: one jitted call per event (`_event`) samples the onset, duration and note on the device, each
-under its constraints and fed to the model before the next, and returns only the three tokens; the Python
-loop between events inserts the controls due (a row of the batch then plays its triple instead of sampling)
-and moves the window. Per event at GPT-2 Small size on CPU (batch 1) that is ~81 ms, three ~27 ms decoder
-steps, where a call and a round trip per token, a sort per token for top-p and a copy of the cache per step
-had cost ~60 ms more (benchmarks/sample.py has the end-to-end numbers).
+How it runs: N samples of one request run as one batch whose rows are independent: each has its own length,
+position, window and offset in the cache. One jitted call per event (`_event`) samples the onset, duration
+and note of every row on the device, each under its constraints and fed to the model before the next, and
+returns only the three tokens; the Python loop between events inserts the controls due (a row then plays its
+triple instead of sampling), and moves a row's window when it must (its context is full, its earliest time
+changed, or time in it nears 100 s) by prefilling that row alone and putting it in its row of the cache. A
+finished row stays in the batch, idle. Per event at GPT-2 Small size on CPU (batch 1) that is about three
+decoder steps; benchmarks/sample.py compares it like for like with the reference's method and with Hugging
+Face's KV cache.
+
+After `generate`, `Sampler.last_sequences` holds what each sample was conditioned on (check given controls
+there: `misplaced_controls`; the output holds them whatever the model saw), `last_generated` the sampled
+notes, `last_stops` why each sample stopped ("end", or "max_events", which is also logged as a warning).
 
 Differences from the reference, on purpose:
 - N samples of one request run as one batch (one jitted call per event for all of them).
 - Top-p keeps the tokens at least as probable as a threshold found by bisection (`_nucleus`), not a sorted
   cumsum: the same tokens except at exact ties and last-ulp rounding of the cumulative sum.
-- REST may only be sampled in the note slot, after a zero duration (as in the training data; the reference
-  leaves it allowed everywhere, which can make an unreadable triple).
-- Beyond the context (1,024 tokens) the reference slides a window of the latest 1,017 tokens forward by one
-  event for every new event, with time relative to the window, and runs the whole window again. With a cache,
-  moving the window changes every token's value, so the window moves by `window_chunk` events at a time
-  and is prefilled again (amortized); in between, the context grows instead of sliding.
+- REST may only be sampled in the note slot, after a zero duration (as in the training data). REST lies
+  outside the reference's onset, duration and note blocks, so its masks leave it allowed in every slot,
+  which can make an unreadable triple.
+- Beyond the context the reference slides a window of the latest 1,017 tokens forward by one event for every
+  new event and runs the whole window again. With a cache, moving the window changes every token's value
+  (time is relative to it), so a row's window moves by `window_chunk` events at a time once its 1,024-token
+  context is full, and is prefilled again (amortized); in between, the context grows instead of sliding.
+  While a row's history fits 1,017 tokens the model's inputs are the reference's, token for token (a test).
+- Time within a window: when the current time is 90 s past the window's earliest time, the window moves to
+  its latest 50 s. The reference's window keeps its 1,017 tokens whatever their span; at 100 s its onset
+  mask covers every onset and it fails (a NaN distribution). An onset is at most 100 s after the window's
+  earliest time (the vocabulary), so right before such a move it is at most 10 s after the current time.
+  An empty window (everything older than 50 s) has the current time as its offset (the reference: 0).
+- Hitting `max_events` (the reference has no such limit) ends that sample early and says so.
 - Given controls that start before 0.05 s are kept (the reference drops them by clipping at 5 *bins*).
 - Algorithm 2 with given notes (the autoregressive accompaniment baseline): when a sampled onset would pass
   given notes, the reference inserts them before the sampled event; here they are inserted and the event is
   sampled again, so that the model sees them first.
+- The output holds the prompt, the sampled events, the later inputs and the given controls (as events), each
+  once: the reference's generate leaves the controls out, and its generate_ar returns later inputs twice.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 
 import jax
@@ -43,27 +66,40 @@ import numpy as np
 from amt import augment, decoder, ops, vocab
 
 MAX_SAMPLED_INSTRUMENTS = 15  # the 16th MIDI channel stays free for drums (the reference's rule)
+REST_INSTRUMENT = vocab.MAX_INSTR  # where the reference's get_instruments counts REST (129): it uses up a slot
+WINDOW_TIME_LIMIT = vocab.MAX_TIME - 10 * vocab.TIME_RESOLUTION  # relative time (bins) at which a window moves
+WINDOW_TIME_KEEP = vocab.MAX_TIME // 2  # after such a move, the window holds the latest 50 s (at most)
 
+logger = logging.getLogger(__name__)
 
 # the vocabulary block of each slot of an event: onset, duration, note (or REST)
 SLOTS = ((vocab.TIME_OFFSET, vocab.TIME_OFFSET + vocab.MAX_TIME), (vocab.DUR_OFFSET, vocab.DUR_OFFSET + vocab.MAX_DUR),
          (vocab.NOTE_OFFSET, vocab.REST + 1))
 
 
+def allowed_tokens(phase: int, min_onset, instrument_allowed, rest_allowed):
+    """Which tokens of the slot `phase`'s vocabulary block (0 onset, 1 duration, 2 note) may be sampled, per
+    row: (batch, block) booleans. `min_onset` (batch,): the earliest onset, relative to the window;
+    `instrument_allowed` (batch, MAX_INSTR); `rest_allowed` (batch,): whether the note may be REST."""
+    low, high = SLOTS[phase]
+    v = jnp.arange(low, high)
+    batch = instrument_allowed.shape[0]
+    if phase == 0:
+        return v[None] >= vocab.TIME_OFFSET + jnp.asarray(min_onset)[:, None]
+    if phase == 1:
+        return jnp.ones((batch, high - low), bool)
+    note = v - vocab.NOTE_OFFSET
+    instrument = jnp.clip(note // vocab.MAX_PITCH, 0, vocab.MAX_INSTR - 1)
+    return (((v < vocab.REST)[None] & jnp.asarray(instrument_allowed)[:, instrument])
+            | ((v == vocab.REST)[None] & jnp.asarray(rest_allowed)[:, None]))
+
+
 def constrained_sample(logits, key, *, phase: int, min_onset, instrument_allowed, rest_allowed, top_p: float,
                        temperature):
     """One token per row of (batch, block) logits of the slot `phase`'s vocabulary block (0 onset, 1 duration,
     2 note)."""
-    low, high = SLOTS[phase]
-    v = jnp.arange(low, high)
-    if phase == 0:
-        allowed = v[None] >= vocab.TIME_OFFSET + min_onset[:, None]
-    elif phase == 1:
-        allowed = jnp.ones(logits.shape, bool)
-    else:
-        note = v - vocab.NOTE_OFFSET
-        instrument = jnp.clip(note // vocab.MAX_PITCH, 0, vocab.MAX_INSTR - 1)
-        allowed = ((v < vocab.REST)[None] & instrument_allowed[:, instrument]) | ((v == vocab.REST)[None] & rest_allowed[:, None])
+    low, _ = SLOTS[phase]
+    allowed = allowed_tokens(phase, min_onset, instrument_allowed, rest_allowed)
     logits = jnp.where(allowed, logits / temperature, -jnp.inf)
     if top_p >= 1.0:
         return low + jax.random.categorical(key, logits, axis=-1)
@@ -95,16 +131,18 @@ def _nucleus(probabilities, top_p: float):
 
 
 @functools.partial(jax.jit, static_argnames="top_p")
-def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, start, key, given, given_at,
-           min_onset, instrument_allowed, *, top_p: float, temperature):
-    """One event per row at positions start..start + 2, in one call and one round trip (not one a token):
-    the onset, duration and note are sampled under the constraints, each fed to the model before the next. A row plays its `given` triple
-    (time relative to the window) instead when its sampled onset reaches `given_at`: 0 for a control due
-    now, the given note's time for Algorithm 2's backfill, otherwise never (MAX_TIME).
+def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, position, key, given, given_at,
+           min_onset, instrument_allowed, forced, *, top_p: float, temperature):
+    """One event per row, row r at its own positions position[r]..position[r] + 2, in one call and one round
+    trip (not one a token): the onset, duration and note are sampled under the constraints, each fed to the
+    model before the next. A row plays its `given` triple (time relative to the window) instead when its
+    sampled onset reaches `given_at`: 0 for a control due now, the given note's time for Algorithm 2's
+    backfill, otherwise never (MAX_TIME). `forced` (batch,): an onset (relative) that replaces the sampled
+    one, or -1 (a hook for tests that must steer a random model in time).
 
     `hidden` (batch, embed) is the state that predicts the onset; `unembed` the unembedding's block for
-    each slot (half the vocabulary is never sampled: controls and specials). Returns the sampled triples (batch, 3), the hidden
-    state after the event and its keys and values (for `decoder.write`)."""
+    each slot (half the vocabulary is never sampled: controls and specials). Returns the sampled triples
+    (batch, 3), the hidden state after the event and its keys and values (for `decoder.write`)."""
     recent = decoder.empty_cache(weights, hidden.shape[0], 3)
     keys = jax.random.split(key, 3)
     sampled, plays_given = [], None
@@ -114,26 +152,74 @@ def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hid
                                    rest_allowed=sampled[1] == vocab.DUR_OFFSET if phase == 2 else None,
                                    top_p=top_p, temperature=temperature)
         if phase == 0:
+            token = jnp.where(forced >= 0, vocab.TIME_OFFSET + forced, token)
             plays_given = token - vocab.TIME_OFFSET >= given_at
         sampled.append(token)
         hidden, recent = decoder.forward(weights, cache, recent, jnp.where(plays_given, given[:, phase], token)[:, None],
-                                         start, phase)
+                                         position, phase)
         hidden = hidden[:, 0]
     return jnp.stack(sampled, axis=1), hidden, recent
 
 
+def instruments_in(triples) -> set[int]:
+    """The reference's `get_instruments` as a set: the instruments of the notes of events and controls, and
+    REST_INSTRUMENT (129) if a REST is among them."""
+    triples = ops.as_triples(triples)
+    found = set(ops.instruments(triples))
+    return found | {REST_INSTRUMENT} if np.any(triples[:, 2] == vocab.REST) else found
+
+
+def instrument_mask(instruments: set[int]) -> np.ndarray:
+    """(MAX_INSTR,) instruments a sampled note may have, given those in the history (`instruments_in`): any
+    until 15 are used (REST counted, as the reference counts it), then only those."""
+    allowed = np.ones(vocab.MAX_INSTR, dtype=bool)
+    if len(instruments) >= MAX_SAMPLED_INSTRUMENTS:
+        allowed[:] = False
+        allowed[sorted(i for i in instruments if i < vocab.MAX_INSTR)] = True
+    return allowed
+
+
+def _instrument_of(triple) -> int:
+    note = triple[2]
+    if note == vocab.REST:
+        return REST_INSTRUMENT
+    return (note - (vocab.ANOTE_OFFSET if note >= vocab.CONTROL_OFFSET else vocab.NOTE_OFFSET)) // vocab.MAX_PITCH
+
+
 @dataclass
 class _Sample:
-    """One sequence being generated: its tokens (after the flag), in absolute time."""
+    """One sequence being generated, its own row of the batch: its tokens (after the flag, absolute time)
+    and its window (the tokens in its row of the cache, from event `window_start` on, time minus `offset`)."""
 
+    row: int  # its row of the batch
     tokens: list[int]
-    controls: list[list[int]]  # controls still to insert, in time order
+    controls: list[list[int]]  # controls still to insert (Algorithm 2: given notes still to play), in time order
     current_time: int
-    offset: int = 0  # absolute - relative time of the window in the cache
+    instruments: set = field(default_factory=set)  # the reference's get_instruments of all tokens so far
+    window_start: int = 0  # index of the window's first triple in `tokens`
+    offset: int = 0  # absolute - relative time in the window: its earliest time (the reference's min_time)
+    window_min: int | None = None  # earliest time of the window's tokens now (None: empty)
+    position: int = 0  # the next position in the row's cache
     sampled: int = 0  # events sampled so far
     pending: list[list[int]] = field(default_factory=list)  # triples to feed before sampling again (controls)
     done: bool = False
-    instruments: set = field(default_factory=set)
+    stop: str = ""  # why it stopped: "end" (an onset reached the end time) or "max_events"
+    generated: list[list[int]] = field(default_factory=list)  # the sampled events (absolute time)
+    fed: list[int] = field(default_factory=list)  # the tokens in the row's cache, as the model saw them
+
+    def append(self, triple: list[int]) -> None:
+        self.tokens.extend(triple)
+        self.fed.extend([triple[0] - self.offset, triple[1], triple[2]])
+        self.position += 3
+        self.instruments.add(_instrument_of(triple))
+        t = triple[0] - (vocab.ATIME_OFFSET if triple[2] >= vocab.CONTROL_OFFSET else vocab.TIME_OFFSET)
+        self.window_min = t if self.window_min is None else min(self.window_min, t)
+
+    @property
+    def stale(self) -> bool:
+        """The window's earliest time moved (it is the first token, or one came earlier): the reference
+        recomputes the offset for every token, so the window is fed again, relative to its new minimum."""
+        return self.window_min is not None and self.window_min != self.offset
 
 
 @dataclass(frozen=True)
@@ -143,18 +229,30 @@ class SamplingOptions:
     seed: int = 0
     num_samples: int = 1
     window_chunk: int = 128  # events dropped from the window at a time once the context is full
-    max_events: int = 20_000  # per sample: a model that never reaches the end time still stops
+    max_events: int = 20_000  # per sample: a model that never reaches the end time still stops (and says so)
     delta: int = vocab.DELTA_BINS
 
 
 class Sampler:
-    """Samples from a trained model (Levanter `Gpt2LMHeadModel`) with a KV cache."""
+    """Samples from a trained model (Levanter `Gpt2LMHeadModel`) with a KV cache.
+
+    After `generate`: `last_sequences` (the token sequences the model was conditioned on, flag first,
+    absolute time: what to check controls against), `last_generated` (the sampled events of each sample,
+    RESTs removed: to tell generated notes from given ones), `last_stops` ("end" or "max_events" per sample).
+    With `record_inputs = True`, `last_inputs[i]` lists, for every event sample i sampled, (how many of its
+    tokens there were, the tokens its row of the model had seen: flag, window, relative time)."""
+
+    record_inputs = False
 
     def __init__(self, model):
         self.weights = decoder.decoder_weights(model)
         self.context = self.weights.shape[3]
         # contiguous copies: a dot with a column slice of the whole unembedding copied the slice every time
         self.unembed = tuple(self.weights.lm_head[:, low:high] for low, high in SLOTS)
+
+    def forced_onset(self, sample: _Sample) -> int | None:
+        """A hook for tests: an absolute onset to use instead of sampling one (None: sample)."""
+        return None
 
     def generate(self, start_time: float, end_time: float, inputs=None, controls=None,
                  options: SamplingOptions = SamplingOptions(), anticipatory: bool = True) -> list[np.ndarray]:
@@ -174,108 +272,188 @@ class Sampler:
             flag = vocab.ANTICIPATE if len(conditions) else vocab.AUTOREGRESS
             tokens, remaining = ops.anticipate(prompt, conditions, options.delta)
         else:
-            # Algorithm 2: given notes are plain events: those before the start join the prompt, the later
-            # ones are played when a sampled event would pass them (the reference's backfill)
-            given = ops.sort(controls - vocab.CONTROL_OFFSET)
+            # Algorithm 2 (the reference's generate_ar): given notes and the inputs after the start are plain
+            # events: those up to the start join the prompt, the later ones are played in as time passes them
+            given = ops.sort(np.concatenate([controls - vocab.CONTROL_OFFSET, future]))
             early = ops.times(given) <= start
             prompt = ops.pad(ops.sort(np.concatenate([before, given[early]])), start)
             flag, tokens, remaining = vocab.AUTOREGRESS, prompt, given[~early]
         current = ops.max_time(prompt, seconds=False)
         samples = [
-            _Sample(tokens=ops.flatten(tokens).tolist(), controls=remaining.tolist(), current_time=current,
-                    instruments=set(ops.instruments(tokens)))
-            for _ in range(options.num_samples)
+            _Sample(row=row, tokens=ops.flatten(tokens).tolist(), controls=remaining.tolist(), current_time=current,
+                    instruments=instruments_in(tokens))
+            for row in range(options.num_samples)
         ]
+        self.last_inputs = [[] for _ in samples]
         self._run(samples, flag, start, end, options, anticipatory)
-        self.last_sequences = [np.asarray([flag] + s.tokens, dtype=np.int64) for s in samples]  # for inspection
+        self.last_sequences = [np.asarray([flag] + s.tokens, dtype=np.int64) for s in samples]
+        self.last_generated = [ops.unpad(np.asarray(s.generated, dtype=np.int64).reshape(-1, 3)) for s in samples]
+        self.last_stops = [s.stop for s in samples]
         out = []
         for s in samples:
             events, _ = ops.split(ops.as_triples(np.asarray(s.tokens, dtype=np.int64)))
             if anticipatory:  # the given controls, all of them, as events (interleaved copies are dropped)
-                given = controls - vocab.CONTROL_OFFSET
-            else:  # given notes not yet played when the sample ended
-                given = np.asarray(s.controls, dtype=np.int64).reshape(-1, 3)
-            out.append(ops.sort(np.concatenate([ops.unpad(events), future, given])))
+                rest = np.concatenate([future, controls - vocab.CONTROL_OFFSET])
+            else:  # given notes and later inputs not yet played when the sample ended
+                rest = np.asarray(s.controls, dtype=np.int64).reshape(-1, 3)
+            out.append(ops.sort(np.concatenate([ops.unpad(events), rest])))
         return out
 
     # --- the loop -----------------------------------------------------------------------------------
-    def _prefill(self, samples: list[_Sample], flag: int, room: int):
-        """Prefill the cache with each sample's latest `room` events, time relative to that window (the
-        reference's rule: minus the window's earliest time). Returns (hidden state, cache, next position)."""
-        windows = []
-        for s in samples:
-            history = ops.as_triples(np.asarray(s.tokens, dtype=np.int64))[-room:] if room else np.zeros((0, 3), np.int64)
-            s.offset = ops.min_time(history, seconds=False) if len(history) else 0
-            windows.append([flag] + ops.flatten(ops.translate(history, -s.offset)).tolist())
+    def _window(self, s: _Sample, flag: int, first: int, now: int) -> list[int]:
+        """Set sample `s`'s window to its triples from `first` on, later if need be so that `now` stays below
+        WINDOW_TIME_LIMIT in the window's time; returns the window's tokens (flag first, relative time: the
+        reference's rule, minus the window's earliest time)."""
+        history = ops.as_triples(np.asarray(s.tokens, dtype=np.int64))
+        t = ops.times(history)
+        latest = np.minimum.accumulate(t[::-1])[::-1] if len(t) else t  # earliest time from each triple on
+        if first < len(t) and now - latest[first] >= WINDOW_TIME_LIMIT:
+            first = max(first, int(np.searchsorted(latest, now - WINDOW_TIME_KEEP)))
+        s.window_start = first
+        s.window_min = int(latest[first]) if first < len(t) else None
+        s.offset = s.window_min if s.window_min is not None else now  # the reference: 0 for an empty history
+        s.fed = [flag] + ops.flatten(ops.translate(history[first:], -s.offset)).tolist()
+        s.position = len(s.fed)
+        return s.fed
+
+    def _moves_to(self, s: _Sample, now: int, sliding: int, condition_offset: int) -> int | None:
+        """Where sample `s`'s window starts if it must move before the next event (None: it stays). Each row
+        moves its own: when its context is full (to its latest `sliding` triples), when the reference's
+        offset (the window's earliest time) changed before a sample, when time in the window nears 100 s,
+        or before a given triple earlier than the window's offset is fed."""
+        if s.position + 3 > self.context:
+            return len(s.tokens) // 3 - sliding
+        if ((s.stale and not s.pending) or now - s.offset >= WINDOW_TIME_LIMIT
+                or (s.pending and s.pending[0][0] - condition_offset < s.offset)):
+            return s.window_start
+        return None
+
+    @staticmethod
+    def _constraints(s: _Sample, now: int) -> tuple[int, np.ndarray]:
+        """The earliest onset (relative to the window) and the instruments allowed for `s`'s next event."""
+        return min(max(now - s.offset, 0), vocab.MAX_TIME - 1), instrument_mask(s.instruments)
+
+    def _prefill(self, windows: list[list[int]]):
         batch = decoder.pad_window(np.asarray(windows, dtype=np.int32), self.context)
-        hidden, cache = decoder.prefill(self.weights, jnp.asarray(batch), len(windows[0]))
-        return hidden, cache, len(windows[0])
+        return decoder.prefill(self.weights, jnp.asarray(batch), len(windows[0]))
 
     def _run(self, samples: list[_Sample], flag: int, start: int, end: int, options: SamplingOptions,
              anticipatory: bool) -> None:
         full = (self.context - 1) // 3  # events that fit the context after the flag
         sliding = max(full - options.window_chunk, 1)
+        n = len(samples)
         key = jax.random.PRNGKey(options.seed)
-        hidden, cache, position = self._prefill(samples, flag, full if len(samples[0].tokens) <= 3 * full else sliding)
+        # the first window is the same for every sample: prefill it once and copy it to every row
+        for s in samples:
+            events = len(s.tokens) // 3
+            self._window(s, flag, 0 if events <= full else events - sliding, max(start, s.current_time))
+        hidden, cache = self._prefill([samples[0].fed])
+        hidden = jnp.repeat(hidden, n, axis=0)
+        cache = jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), cache)
         # controls are inserted `delta` ahead (Algorithm 1); Algorithm 2 inserts given notes as events, on time
         delta, condition_offset = (options.delta, vocab.ATIME_OFFSET) if anticipatory else (0, vocab.TIME_OFFSET)
         never = vocab.MAX_TIME  # beyond any sampled onset
         while True:
-            if position + 3 > self.context:  # the context is full: move the window (see the notes above)
-                hidden, cache, position = self._prefill(samples, flag, sliding)
-            min_onset = np.array([max(start, s.current_time) - s.offset for s in samples], dtype=np.int32)
-            allowed = np.ones((len(samples), vocab.MAX_INSTR), dtype=bool)
-            given = np.zeros((len(samples), 3), dtype=np.int32)
-            given_at = np.full(len(samples), never, dtype=np.int32)
-            for i, s in enumerate(samples):
-                while not s.done and s.controls and s.current_time >= s.controls[0][0] - condition_offset - delta:
+            active = [i for i, s in enumerate(samples) if not s.done]
+            if not active:
+                return
+            min_onset = np.zeros(n, dtype=np.int32)
+            allowed = np.ones((n, vocab.MAX_INSTR), dtype=bool)
+            given = np.zeros((n, 3), dtype=np.int32)
+            given_at = np.full(n, never, dtype=np.int32)
+            forced = np.full(n, -1, dtype=np.int32)
+            for i in active:
+                s = samples[i]
+                while s.controls and s.current_time >= s.controls[0][0] - condition_offset - delta:
                     s.pending.append(s.controls.pop(0))  # the controls now due go in first
-                if len(s.instruments) >= MAX_SAMPLED_INSTRUMENTS:
-                    allowed[i] = False
-                    allowed[i, sorted(s.instruments)] = True
+                now = max(start, s.current_time)
+                first = self._moves_to(s, now, sliding, condition_offset)
+                if first is not None:
+                    row_hidden, row_cache = self._prefill([self._window(s, flag, first, now)])
+                    hidden = hidden.at[i].set(row_hidden[0])
+                    cache = decoder.set_row(cache, row_cache, i)
+                min_onset[i], allowed[i] = self._constraints(s, now)
                 if s.pending or (not anticipatory and s.controls):  # Algorithm 2: backfill if the onset passes it
                     given[i] = s.pending[0] if s.pending else s.controls[0]
                     given[i, 0] -= s.offset
                     given_at[i] = 0 if s.pending else given[i, 0] - vocab.TIME_OFFSET
+                onset = self.forced_onset(s)
+                if onset is not None and not s.pending:
+                    forced[i] = min(max(onset - s.offset, 0), vocab.MAX_TIME - 1)
+                if self.record_inputs and not s.pending:
+                    self.last_inputs[i].append((len(s.tokens), list(s.fed)))
+            positions = np.array([s.position for s in samples], dtype=np.int32)
             key, subkey = jax.random.split(key)
             sampled, hidden, recent = _event(
-                self.weights, self.unembed, cache, hidden, jnp.asarray(position), subkey, jnp.asarray(given),
-                jnp.asarray(given_at), jnp.asarray(np.minimum(min_onset, vocab.MAX_TIME - 1)),
-                jnp.asarray(allowed), top_p=float(options.top_p), temperature=options.temperature)
-            cache = decoder.write(cache, recent, jnp.asarray(position))
+                self.weights, self.unembed, cache, hidden, jnp.asarray(positions), subkey, jnp.asarray(given),
+                jnp.asarray(given_at), jnp.asarray(min_onset), jnp.asarray(allowed), jnp.asarray(forced),
+                top_p=float(options.top_p), temperature=options.temperature)
+            cache = decoder.write(cache, recent, jnp.asarray(positions))
             sampled = np.asarray(sampled)
-            for i, s in enumerate(samples):
-                if s.done:
-                    continue
+            for i in active:
+                s = samples[i]
                 if not s.pending:
                     onset = int(sampled[i, 0]) - vocab.TIME_OFFSET + s.offset
-                    if onset >= end or min_onset[i] >= vocab.MAX_TIME:
-                        s.done = True
+                    if onset >= end:
+                        s.done, s.stop = True, "end"
                         continue
                     if onset - s.offset < given_at[i]:  # (sampled onsets are below `never`)
-                        self._add_event(s, [vocab.TIME_OFFSET + onset, int(sampled[i, 1]), int(sampled[i, 2])], options)
+                        triple = [vocab.TIME_OFFSET + onset, int(sampled[i, 1]), int(sampled[i, 2])]
+                        s.append(triple)
+                        s.generated.append(triple)
+                        s.current_time = onset
+                        s.sampled += 1
+                        if s.sampled >= options.max_events:
+                            s.done, s.stop = True, "max_events"
+                            logger.warning("sample %d stopped at max_events=%d, at %.2f s (before the end time, "
+                                           "%.2f s)", i, options.max_events, onset / vocab.TIME_RESOLUTION,
+                                           end / vocab.TIME_RESOLUTION)
                         continue
                     # Algorithm 2's backfill: given notes up to the sampled onset go first (the first one was
                     # played instead of the event); the model then samples its event again, having seen them
                     while s.controls and s.controls[0][0] - vocab.TIME_OFFSET <= onset:
                         s.pending.append(s.controls.pop(0))
                 triple = s.pending.pop(0)  # a control (or, in Algorithm 2, a given note), played
-                s.tokens.extend(triple)
-                s.instruments.add((triple[2] - condition_offset - vocab.NOTE_OFFSET) // vocab.MAX_PITCH)
+                s.append(triple)
                 if not anticipatory:  # a given note played as an event moves time forward
                     s.current_time = max(s.current_time, triple[0] - vocab.TIME_OFFSET)
-            if all(s.done for s in samples):
-                return
-            position += 3
 
-    @staticmethod
-    def _add_event(s: _Sample, triple: list[int], options: SamplingOptions) -> None:
-        s.tokens.extend(triple)
-        s.current_time = triple[0] - vocab.TIME_OFFSET
-        s.sampled += 1
-        s.done = s.sampled >= options.max_events
-        if triple[2] != vocab.REST:
-            s.instruments.add((triple[2] - vocab.NOTE_OFFSET) // vocab.MAX_PITCH)
+
+def misplaced_controls(sequence, controls, delta: int = vocab.DELTA_BINS, anticipatory: bool = True) -> list:
+    """The given controls (control block, absolute time) that a conditioned sequence (flag first, absolute
+    time: `Sampler.last_sequences`) does not hold where the rule puts them, as (triple, why) pairs: what to
+    check when asking whether the model saw the given notes (the output holds them whatever it saw).
+
+    Algorithm 1 (the reference's generate and anticipate): a control at time t is in the sequence before the
+    first event whose predecessor (time 0 for the first) is at or after t - delta. Algorithm 2 (generate_ar):
+    the given note, as an event, is in the sequence before any event later than it. Controls due after the
+    sequence's last event are not required (the sample ended first)."""
+    body = ops.as_triples(np.asarray(sequence)[1:])
+    controls = ops.as_triples(controls)
+    is_control = ops.is_control(body)
+    times = ops.times(body)
+    rows = {}
+    for index, row in enumerate(map(tuple, body.tolist())):
+        rows.setdefault(row, index)
+    event_index = np.flatnonzero(~is_control)
+    event_times = times[event_index]
+    problems = []
+    for control in controls.tolist():
+        t = control[0] - vocab.ATIME_OFFSET
+        if anticipatory:
+            previous = np.concatenate([[0], event_times[:-1]])
+            due = np.flatnonzero(previous >= t - delta)
+            where = rows.get(tuple(control))
+        else:
+            due = np.flatnonzero(event_times > t)
+            where = rows.get(tuple(int(x) - vocab.CONTROL_OFFSET for x in control))
+        if not len(due):
+            continue
+        if where is None:
+            problems.append((control, "missing"))
+        elif where > event_index[due[0]]:
+            problems.append((control, "late"))
+    return problems
 
 
 # --- tasks: what musicians ask for ----------------------------------------------------------------------
@@ -291,12 +469,15 @@ def continuation(sampler: Sampler, events, prompt_seconds: float, end_seconds: f
     return sampler.generate(prompt_seconds, end_seconds, inputs=prompt, options=options, anticipatory=anticipatory)
 
 
-def infill(sampler: Sampler, events, t0: float, t1: float, options: SamplingOptions = SamplingOptions()) -> list[np.ndarray]:
-    """Regenerate the span [t0, t1) given everything before it and, anticipated as controls, after it."""
+def infill(sampler: Sampler, events, t0: float, t1: float, options: SamplingOptions = SamplingOptions(),
+           anticipatory: bool = True) -> list[np.ndarray]:
+    """Regenerate the span [t0, t1) given everything before it and after it: anticipated as controls
+    (Algorithm 1), or with `anticipatory=False` played in as events when time reaches them (Algorithm 2, the
+    reference's generate_ar: the model sees the music after the span only as it passes it)."""
     events = ops.as_triples(events)
     t = ops.times(events)
     context = events[(t < int(vocab.TIME_RESOLUTION * t0)) | (t >= int(vocab.TIME_RESOLUTION * t1))]
-    return sampler.generate(t0, t1, inputs=context, options=options)
+    return sampler.generate(t0, t1, inputs=context, options=options, anticipatory=anticipatory)
 
 
 def accompany(sampler: Sampler, events, instruments, start: float, end: float,
