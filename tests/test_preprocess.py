@@ -356,7 +356,7 @@ def test_damaged_caches_are_detected_everywhere_they_are_opened(held_out_corpus,
     with pytest.raises(preprocess.CacheError, match="test"):
         perplexity.read_cache(out / "test")
     with pytest.raises(preprocess.CacheError, match="test"):
-        MusicDataConfig(cache_dir=str(out)).build_or_load_cache("test")
+        MusicDataConfig(cache_dir=str(out)).build_caches("test")
 
 
 def test_rerun_verifies_and_says_so_and_a_changed_source_is_refused(held_out_corpus, finished_output, tmp_path, capsys):

@@ -531,7 +531,8 @@ def verify_cache(path: str | os.PathLike, *, missing_ok: bool = False, max_rows:
         logger.info("%s: checking %d of %d blocks (`amt preprocess --verify %s` checks all)",
                     path, len(blocks), len(manifest["blocks"]), path)
     try:
-        store = TreeStore.open(CACHE_EXEMPLAR, path, mode="r").tree["input_ids"]
+        with _uncached_reads():
+            store = TreeStore.open(CACHE_EXEMPLAR, path, mode="r").tree["input_ids"]
         stored_rows = int(store.offsets[0].read().result())
         if stored_rows != manifest["rows"]:
             raise CacheError(f"{path}: holds {stored_rows} rows, its {MANIFEST_FILE} says {manifest['rows']}; {rebuild}")
@@ -550,6 +551,17 @@ def verify_cache(path: str | os.PathLike, *, missing_ok: bool = False, max_rows:
     except Exception as error:  # tensorstore: a truncated or missing chunk, a damaged zarr.json...
         raise CacheError(f"{path}: unreadable ({type(error).__name__}: {error}); {rebuild}") from error
     return manifest["rows"]
+
+
+def _uncached_reads():
+    """Read the bytes on disk, not this process's cache of them: Levanter's read-only stores share one
+    tensorstore cache pool per process, so a cache read once (e.g. by a first check) and damaged afterwards
+    would otherwise read back as it was. Levanter's own disposable zero-byte context, where it has one."""
+    import contextlib
+
+    from levanter.store import jagged_array
+
+    return getattr(jagged_array, "_no_cache_read_context", contextlib.nullcontext)()
 
 
 def _check_data_files_exist(path: str, tokens: int) -> None:
