@@ -122,8 +122,7 @@ def _check_preprocess(args):
     from amt.preprocess import PreprocessConfig
 
     if args.verify:
-        _existing(args.verify, "--verify")
-        return None
+        return None  # checked by the library, which names what is missing
     if not args.source or not args.out:
         raise UsageError("a SOURCE and --out OUT are required (or --verify DIR)")
     if "://" not in args.source:
