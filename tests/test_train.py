@@ -113,7 +113,8 @@ def test_a_run_shorter_than_its_warmup_trains_and_a_second_run_is_a_no_op(demo_c
     assert first.returncode == 0, first.stderr[-3000:]
     assert "optimizer.warmup (10 steps)" in first.stderr and "trainer.num_train_steps (3)" in first.stderr
     assert (run / "checkpoints" / "step-2" / "metadata.json").exists()  # 3 steps: 0, 1, 2
-    logged = [line for line in (run / "logs" / "test.log").read_text().splitlines() if '"train/loss"' in line]
+    logged = [line for log in (run / "logs").glob("*.log") for line in log.read_text().splitlines()
+              if '"train/loss"' in line]
     assert len(logged) == 1  # the last step once (Levanter skips steps 0 and 1), not twice
     started = time.time()
     second = subprocess.run(command, env=ENV, capture_output=True, text=True, cwd=tmp_path)
