@@ -113,6 +113,41 @@ def test_bits_per_second_use_the_seconds_of_the_actual_sequences(real_sequences)
     assert perplexity.metrics(slow, losses)["bits_per_second"] == pytest.approx(m["bits_per_second"] / 2)
 
 
+def _both_encodings(names):
+    """Test-split rows of the same files in both encodings, packed as `amt preprocess` packs them."""
+    arrival, interarrival = sequences.SequencePacker(), sequences.InterarrivalPacker()
+    rows_a, rows_i = [], []
+    for key, name in enumerate(names):
+        notes = midi.parse_midi(DEMO / name)
+        events, _ = midi.notes_to_events(notes)
+        rows_a += arrival.add(next(sequences.file_copies(ops.as_triples(events), 1, seed=0, file_key=key)))
+        rows_i += interarrival.add(notes.interarrival)
+    return np.stack(rows_a), np.stack(rows_i)
+
+
+def test_interarrival_bits_per_second_are_over_the_same_seconds_as_arrival_time():
+    names = ["npm_misc/fur-elise.mid", "miditok_multitrack/Funkytown.mid", "npm_misc/the-entertainer.mid",
+             "miditok_multitrack/Aicha.mid"]
+    arrival, interarrival = _both_encodings(names)
+    assert perplexity.encoding_of(arrival) == "arrival" and perplexity.encoding_of(interarrival) == "interarrival"
+    # the model-free baseline: uniform over each vocabulary (every token costs log V nats)
+    uniform_a = np.full((len(arrival), 1023), math.log(vocab.VOCAB_SIZE))
+    uniform_i = np.full((len(interarrival), 1023), math.log(vocab.MIDI_VOCAB_SIZE))
+    m_a, m_i = perplexity.metrics(arrival, uniform_a), perplexity.metrics(interarrival, uniform_i)
+    assert m_a["seconds"] > 300 and m_i["seconds"] == pytest.approx(m_a["seconds"], rel=0.01)
+    for m, size, rows in ((m_a, vocab.VOCAB_SIZE, arrival), (m_i, vocab.MIDI_VOCAB_SIZE, interarrival)):
+        assert m["loss"] == pytest.approx(math.log(size))
+        assert m["bits_per_second"] == pytest.approx(math.log2(size) * rows.shape[0] * 1023 / m["seconds"])
+    assert m_i["event_perplexity"] is None and m_i["encoding"] == "interarrival"  # no events: none claimed
+
+    # by hand: shifts count from a stretch's first note-on to its last, not before it or after it
+    on, off = vocab.MIDI_START_OFFSET + 60, vocab.MIDI_END_OFFSET + 60
+    by_hand = np.array([50, on, 100, off, 30, on, 20, off, vocab.MIDI_SEPARATOR, 70, on, 10, on, 40, off])
+    assert perplexity.interarrival_seconds(by_hand) == pytest.approx(1.3 + 0.1)
+    with pytest.raises(ValueError, match="neither an arrival-time cache"):
+        perplexity.encoding_of(np.full((1, 1024), vocab.ANOTE_OFFSET))  # control notes, no flag
+
+
 def test_eval_perplexity_command_on_a_cache_and_a_hugging_face_folder(tiny_model, hf_folder, tmp_path):
     source = tmp_path / "midi"
     source.mkdir()
