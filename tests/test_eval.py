@@ -287,3 +287,54 @@ def test_eval_generation_command_reports_model_and_baselines(hf_folder, tmp_path
                           "--midi", str(source), "--tasks", "continuation,harmonize"],
                          capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert bad.returncode == 2 and "tasks: unknown ['harmonize']" in bad.stderr
+
+
+def test_an_interarrival_sample_decodes_to_midi_that_mido_reads_back(tmp_path):
+    import haliax as hax
+    import jax
+    import mido
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt import interarrival_sampling
+    from amt.checkpoints import single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    config = MusicGpt2Config(seq_len=1024, hidden_dim=32, num_layers=2, num_heads=2, scale_attn_by_inverse_layer_idx=True)
+    with single_device_mesh():
+        model = inference_mode(config.build(hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(0)), True)
+    assert interarrival_sampling.is_interarrival_model(model)
+    events = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
+    prompt = interarrival_sampling.prompt_tokens(events, 3.0)
+    assert prompt[0] == vocab.MIDI_SEPARATOR and vocab.MIDI_START_OFFSET <= prompt[-1] < vocab.MIDI_END_OFFSET
+
+    sampler = interarrival_sampling.InterarrivalSampler(model)
+    options = interarrival_sampling.InterarrivalOptions(num_samples=2, seed=1)
+    samples, streams = sampler.continuation(events, 3.0, 6.0, options)
+    assert len(samples) == 2 and not np.array_equal(streams[0], streams[1])
+    for sample, stream in zip(samples, streams):
+        assert np.array_equal(stream[: len(prompt)], prompt)  # the prompt, then what the model added
+        new = stream[len(prompt):]
+        assert len(new) > 3 and vocab.MIDI_SEPARATOR not in new and 0 not in new  # the constraints hold
+        shifts = new[new < vocab.MIDI_START_OFFSET]
+        assert prompt[prompt < vocab.MIDI_START_OFFSET].sum() + shifts.sum() < 600  # stopped before 6 s
+        path = tmp_path / "sample.mid"
+        midi.interarrival_to_midi(stream, path)
+        back = mido.MidiFile(path)
+        assert sum(m.type == "note_on" for m in back) == ((stream >= vocab.MIDI_START_OFFSET) & (stream < vocab.MIDI_END_OFFSET)).sum()
+        assert len(sample) and ops.max_time(sample, seconds=True) < 6.0
+    again, _ = sampler.continuation(events, 3.0, 6.0, options)  # same seed, same music
+    assert all(np.array_equal(a, b) for a, b in zip(samples, again))
+    with pytest.raises(ValueError, match="not an interarrival model"):
+        interarrival_sampling.InterarrivalSampler(_arrival_model())
+
+
+def _arrival_model():
+    import haliax as hax
+    import jax
+
+    from amt.checkpoints import single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    with single_device_mesh():
+        return MusicGpt2Config(seq_len=64, hidden_dim=8, num_layers=1, num_heads=1).build(
+            hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0))
