@@ -24,7 +24,8 @@ from amt import (
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "midi"
-ENV = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline"}
+ENV = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline",
+       "PYTHONPATH": str(REPO / "src")}  # the checkout's code, whichever copy the environment installed
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +229,7 @@ def test_features_of_a_known_clip():
     assert f["pitch_class_entropy"] == pytest.approx(-(0.5 * math.log2(0.5) + 2 * 0.25 * math.log2(0.25)))
     np.testing.assert_allclose(clip_metrics.pitch_class_histogram(clip)[[0, 4, 7]], [0.5, 0.25, 0.25])
     np.testing.assert_allclose(clip_metrics.inter_onset_intervals(clip), [1.0])
-    patterns = clip_metrics.groove_patterns(clip)
+    patterns = clip_metrics.onset_grid(clip)
     assert patterns.shape == (1, 16) and patterns[0].nonzero()[0].tolist() == [0, 8]
 
 
@@ -264,23 +265,28 @@ def test_eval_generation_command_reports_model_and_baselines(hf_folder, tmp_path
     out = tmp_path / "report"
     done = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "generation", "--checkpoint", str(hf_folder),
                            "--midi", str(source), "--split", "all", "--clips", "3", "--clip-seconds", "6",
-                           "--prompt-seconds", "2", "--examples", "1", "--out", str(out)],
+                           "--prompt-seconds", "2", "--min-melody-notes", "8", "--examples", "1", "--out", str(out)],
                           capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["clips"] == 3 and set(report["summary"]) == {"continuation", "accompaniment"}
+    assert report["config"]["protocol"] == "paper" and set(report["summary"]) == {"continuation", "accompaniment"}
     continuation = report["summary"]["continuation"]
-    assert set(continuation) == {"model", "retrieval", "truth"}
-    assert continuation["retrieval"]["groove_similarity"] < 1.0
+    assert report["clips"]["continuation"] == len(report["per_clip"]["continuation"]) >= 2
+    assert set(continuation) == {"model", "retrieval (same song)", "retrieval (other file)", "truth"}
+    assert continuation["retrieval (other file)"]["onset_grid_jaccard"] < 1.0
     accompaniment = report["summary"]["accompaniment"]
-    assert set(accompaniment) == {"model", "autoregressive", "retrieval", "truth"}
-    assert len(report["per_clip"]["accompaniment"]) >= 2  # the piano piece may have no second instrument
-    for system in ("model", "autoregressive", "retrieval"):
+    assert report["clips"]["accompaniment"] >= 2  # the band pieces pass melody-select.py's rules; the piano piece not
+    assert "fur-elise.mid" in report["skipped_files"]["accompaniment"]
+    assert set(accompaniment) == {"anticipatory", "autoregressive", "retrieval (same song)", "retrieval (other file)", "truth"}
+    for system in ("anticipatory", "autoregressive", "retrieval (same song)", "retrieval (other file)"):
         assert accompaniment[system]["controls_kept"] == 1.0
-    for system in ("model", "autoregressive"):  # conditioned on the melody (a model that stops early sees less)
+    for system in ("anticipatory", "autoregressive"):  # conditioned on the melody (a model that stops early sees less)
         assert 0 < accompaniment[system]["controls_in_context"] <= 1
-    assert accompaniment["retrieval"]["controls_in_context"] is None
-    assert "## continuation (3 clips)" in (out / "report.md").read_text()
+    assert accompaniment["retrieval (same song)"]["controls_in_context"] is None
+    areas = report["set_overlapping_areas"]["continuation"]["retrieval (same song)"]
+    assert set(areas) == set(clip_metrics.SET_FEATURES)
+    text = (out / "report.md").read_text()
+    assert "## continuation (" in text and "## Definitions" in text and "onset grid jaccard:" in text
     assert len(list(out.glob("continuation-*-model.png"))) == 1 and (out / "accompaniment-metrics.png").exists()
 
     bad = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "generation", "--checkpoint", str(hf_folder),

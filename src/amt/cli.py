@@ -79,6 +79,10 @@ def _run_generate(args) -> int:
     from amt.pianoroll import save_pianoroll
 
     model, _ = load_model(args.checkpoint)
+    from amt import interarrival_sampling
+
+    if interarrival_sampling.is_interarrival_model(model):  # told apart by its vocabulary (34,025 ids)
+        return _generate_interarrival(args, inference_mode(model, True))
     sampler = sampling.Sampler(inference_mode(model, True))
     options = sampling.SamplingOptions(top_p=args.top_p, temperature=args.temperature, seed=args.seed,
                                        num_samples=args.num_samples)
@@ -116,8 +120,35 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _generate_interarrival(args, model) -> int:
+    """`amt generate` with an interarrival model: continuation only (the encoding has no controls)."""
+    from pathlib import Path
+
+    from amt import interarrival_sampling, midi, ops
+    from amt.pianoroll import save_pianoroll
+
+    if args.accompany or args.infill or args.autoregressive or not args.prompt:
+        print("amt generate: error: an interarrival model only continues a --prompt (no --accompany, --infill or "
+              "--autoregressive)", file=sys.stderr)
+        return 2
+    events = ops.as_triples(midi.midi_to_events(args.prompt))
+    options = interarrival_sampling.InterarrivalOptions(top_p=args.top_p, temperature=args.temperature, seed=args.seed,
+                                                        num_samples=args.num_samples)
+    sampler = interarrival_sampling.InterarrivalSampler(model)
+    streams = sampler.continue_tokens(interarrival_sampling.prompt_tokens(events, args.start), args.start, args.end, options)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, tokens in enumerate(streams):
+        path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
+        midi.interarrival_to_midi(tokens, path)
+        sample = interarrival_sampling.tokens_to_events(tokens, args.end)
+        save_pianoroll(sample, path.with_suffix(".png"), title=path.name)
+        print(f"wrote {path} ({len(sample)} notes, interarrival model) and {path.with_suffix('.png')}")
+    return 0
+
+
 def _add_eval(subparsers) -> None:
-    from amt.generation_eval import TASKS, GenerationEvalConfig
+    from amt.generation_eval import PROTOCOLS, RETRIEVALS, TASKS, GenerationEvalConfig
     from amt.perplexity import PerplexityConfig
 
     p = subparsers.add_parser("eval", help="evaluate: perplexity and bits/s on a cache; prompted-generation metrics")
@@ -142,7 +173,17 @@ def _add_eval(subparsers) -> None:
     q.add_argument("--clip-seconds", type=float, default=defaults.clip_seconds)
     q.add_argument("--prompt-seconds", type=float, default=defaults.prompt_seconds)
     q.add_argument("--tasks", default=",".join(defaults.tasks), help=f"comma-separated, of {','.join(TASKS)}")
-    q.add_argument("--top-p", type=float, default=defaults.top_p)
+    q.add_argument("--protocol", choices=PROTOCOLS, default=defaults.protocol,
+                   help="paper: the reference's humaneval scripts (clip and melody rules, top-p, same-song retrieval); "
+                   "ours: the earlier, easier protocol")
+    q.add_argument("--retrieval", default=",".join(defaults.retrieval),
+                   help=f"retrieval baselines, comma-separated, of {','.join(RETRIEVALS)}")
+    q.add_argument("--interarrival-checkpoint", default=None,
+                   help="an interarrival model (amt-interarrival-*.yaml): another continuation system")
+    q.add_argument("--min-melody-notes", type=int, default=None, help="default: the protocol's (paper 20, ours 8)")
+    q.add_argument("--tries", type=int, default=defaults.tries, help="random clip starts tried per file")
+    q.add_argument("--top-p", type=float, default=defaults.top_p,
+                   help="default: the protocol's (paper: 0.98 continuation, 0.95 accompaniment and interarrival)")
     q.add_argument("--seed", type=int, default=defaults.seed)
     q.add_argument("--examples", type=int, default=defaults.examples, help="clips drawn as piano rolls")
     q.add_argument("--out", default=defaults.out)
@@ -162,7 +203,9 @@ def _run_eval(args) -> int:
         report = generation_eval.run(generation_eval.GenerationEvalConfig(
             checkpoint=args.checkpoint, midi=args.midi, split=args.split, clips=args.clips,
             clip_seconds=args.clip_seconds, prompt_seconds=args.prompt_seconds, tasks=args.tasks.split(","),
-            top_p=args.top_p, seed=args.seed, examples=args.examples, out=args.out))
+            top_p=args.top_p, seed=args.seed, examples=args.examples, out=args.out, protocol=args.protocol,
+            retrieval=[r for r in args.retrieval.split(",") if r], interarrival_checkpoint=args.interarrival_checkpoint,
+            min_melody_notes=args.min_melody_notes, tries=args.tries))
     except (FileNotFoundError, ValueError) as error:
         print(f"amt eval {args.evaluation}: error: {error}", file=sys.stderr)
         return 2
