@@ -172,6 +172,15 @@ def test_eval_perplexity_command_on_a_cache_and_a_hugging_face_folder(tiny_model
                               "--cache", str(tmp_path / "nowhere")], capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert missing.returncode == 2 and "nowhere: not a finished cache" in missing.stderr
 
+    # an interarrival cache of the same files is recognized, and an arrival-time model refuses to score it
+    preprocess.run(preprocess.PreprocessConfig(source=str(source), out=str(tmp_path / "ia"), split="none",
+                                               encoding="interarrival", progress_bar=False))
+    assert perplexity.encoding_of(perplexity.read_cache(tmp_path / "ia" / "train")) == "interarrival"
+    mismatch = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "perplexity", "--checkpoint", str(hf_folder),
+                               "--cache", str(tmp_path / "ia" / "train")], capture_output=True, text=True, env=ENV,
+                              cwd=tmp_path)
+    assert mismatch.returncode == 2 and "cannot score" in mismatch.stderr and "interarrival cache" in mismatch.stderr
+
 
 def test_every_step_of_a_run_in_step_order(tmp_path):
     run = tmp_path / "checkpoints"

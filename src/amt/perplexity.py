@@ -250,10 +250,16 @@ def run(config: PerplexityConfig) -> list[dict]:
     sequences = read_cache(config.cache, config.max_sequences)
     if len(sequences) == 0:
         raise ValueError(f"{config.cache}: the cache has no sequences")
-    logger.info("%d checkpoint(s) on %d sequences of %s", len(checkpoints), len(sequences), config.cache)
+    encoding = encoding_of(sequences, config.cache)
+    logger.info("%d checkpoint(s) on %d sequences of %s (%s encoding)", len(checkpoints), len(sequences), config.cache,
+                encoding)
     rows = []
     for path, step in checkpoints:
         model, _ = load_model(path)
+        expected = vocab.MIDI_VOCAB_SIZE if encoding == "interarrival" else vocab.VOCAB_SIZE
+        if model.Vocab.size != expected:
+            raise ValueError(f"{path}: a model of {model.Vocab.size} tokens cannot score {config.cache}, an {encoding} "
+                             f"cache ({expected} tokens); evaluate each model on a cache of its own encoding")
         row = {"checkpoint": path, "step": step, **metrics(sequences, token_losses(model, sequences, config.batch_size))}
         logger.info("%s: loss %.4f, event perplexity %s, %s bits/s", path, row["loss"],
                     _fmt(row["event_perplexity"], ".4g"), _fmt(row["bits_per_second"], ".1f"))
@@ -295,12 +301,14 @@ def _fmt(value, spec: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The Table 1 columns for the README / reports."""
-    lines = ["| checkpoint | step | loss | event ppl | onset | duration | note | bits/s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | step | encoding | loss | event ppl | onset | duration | note | seconds | bits/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
-            f"| {row['checkpoint']} | {row['step'] if row['step'] is not None else ''} | {_fmt(row['loss'], '.3f')} | "
+            f"| {row['checkpoint']} | {row['step'] if row['step'] is not None else ''} | {row.get('encoding', '')} | "
+            f"{_fmt(row['loss'], '.3f')} | "
             f"{_fmt(row['event_perplexity'], '.4g')} | {_fmt(row['event_onset_perplexity'], '.2f')} | "
             f"{_fmt(row['event_duration_perplexity'], '.2f')} | {_fmt(row['event_note_perplexity'], '.2f')} | "
-            f"{_fmt(row['bits_per_second'], '.1f')} |"
+            f"{_fmt(row['seconds'], '.1f')} | {_fmt(row['bits_per_second'], '.1f')} |"
         )
     return "\n".join(lines)
