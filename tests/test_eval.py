@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import shutil
 import subprocess
 import sys
@@ -353,3 +354,53 @@ def _arrival_model():
     with single_device_mesh():
         return MusicGpt2Config(seq_len=64, hidden_dim=8, num_layers=1, num_heads=1).build(
             hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0))
+
+
+def _notes(instrument, pitch, onsets, duration=20):
+    return np.array([[t, vocab.DUR_OFFSET + duration, vocab.NOTE_OFFSET + vocab.MAX_PITCH * instrument + pitch]
+                     for t in onsets])
+
+
+def test_paper_melody_rules_as_melody_select():
+    every = range(0, 2000, 50)  # 40 notes over the 20 s clip
+    band = np.concatenate([_notes(0, 90, every), _notes(73, 84, every), _notes(33, 40, every), _notes(25, 60, every),
+                           _notes(vocab.DRUMS, 36, every)])
+    # the piano is highest but may not be the melody; the flute (73) is
+    assert generation_eval.paper_melody(ops.sort(band), 5, 20) == (73, None)
+    assert generation_eval.paper_melody(band[band[:, 2] < vocab.NOTE_OFFSET + 128 * 33], 5, 20)[1] == \
+        "2 instruments besides drums (needs 4-10)"  # piano and flute only
+    late = band[~((ops.notes(band) // 128 == 73) & (ops.times(band) < 600))]  # the flute enters after the prompt
+    assert generation_eval.paper_melody(late, 5, 20)[1] == "the melody does not play in the prompt"
+    early = band[~((ops.notes(band) // 128 == 73) & (ops.times(band) > 1500))]  # and stops 5 s before the end
+    assert generation_eval.paper_melody(early, 5, 20)[1] == "the melody ends early"
+    sparse = band[~((ops.notes(band) // 128 == 73) & (ops.times(band) % 100 != 0))]  # 20 notes: still enough
+    assert generation_eval.paper_melody(sparse, 5, 20)[0] == 73
+    assert generation_eval.paper_melody(sparse[:-1] if ops.notes(sparse[-1:])[0] // 128 == 73 else sparse[1:], 5, 20,
+                                        min_notes=21)[1] == "melody has fewer than 21 notes"
+    assert generation_eval.paper_continuation_reason(band, 5) is None
+    assert generation_eval.paper_continuation_reason(band[ops.times(band) >= 460], 5) == "fewer than 10 notes in the prompt"
+
+
+def test_same_song_retrieval_keeps_the_true_prompt_and_melody():
+    song = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
+    clip = generation_eval.TestClip("funkytown", generation_eval.cut_clip(song, 3000, 2000), None, song, 3000)
+    melody = generation_eval.melody_instrument(clip.events, 8)
+    rng = random.Random(0)
+    spliced, start = generation_eval.same_song_retrieval(clip, 5, 20, rng, [melody])
+    prompt = augment.extract_instruments(ops.clip(clip.events, 0, 5, clip_duration=False), [melody])[0]
+    assert np.array_equal(spliced[ops.times(spliced) <= 500], ops.sort(prompt))  # the true prompt, unchanged
+    assert melody not in ops.instruments(spliced)  # the given melody is added by the caller, not retrieved
+    retrieved = augment.extract_instruments(generation_eval.cut_clip(song, start, 2000), [melody])[0]
+    after = spliced[ops.times(spliced) > 500]
+    assert len(after) and set(map(tuple, after.tolist())) <= set(map(tuple, ops.clip(retrieved, 5, 20).tolist()))
+
+
+def test_set_overlapping_area_rewards_a_set_like_the_truth():
+    clips = [_clip(name, start, 5.0) for name, start in [("npm_misc/fur-elise.mid", s) for s in (5, 15, 25, 35)]
+             + [("miditok_multitrack/Funkytown.mid", s) for s in (20, 40, 60, 80)]]
+    like = clip_metrics.set_overlapping_areas(clips[::-1], clips)
+    silent_ish = [clip_metrics.Clip.from_events(_notes(0, 60, [0]), 5.0) for _ in clips]
+    unlike = clip_metrics.set_overlapping_areas(silent_ish, clips)
+    for name in clip_metrics.SET_FEATURES:
+        assert like[name] > 0.5 and (unlike[name] or 0) < like[name], name
+    assert clip_metrics.overlapping_area([1.0, 1.0], [0.0, 2.0]) is None  # one distinct value: no KDE
