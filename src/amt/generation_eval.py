@@ -503,6 +503,8 @@ def markdown_report(report: dict) -> str:
                       "|---" * (len(features) + 1) + "|"]
             for system, values in areas.items():
                 lines.append(f"| {system} | " + " | ".join(_fmt(values.get(f)) for f in features) + " |")
+            if all(v is None for values in areas.values() for v in values.values()):
+                lines += ["", "(undefined: a KDE needs at least 2 distinct intra-set distances, i.e. at least 3 true clips)"]
         lines += ["", "Features of the part after the prompt:", "",
                   "| system | " + " | ".join(c.replace("_", " ") for c in FEATURE_COLUMNS) + " |",
                   "|---" * (len(FEATURE_COLUMNS) + 1) + "|"]
@@ -517,7 +519,7 @@ def markdown_report(report: dict) -> str:
     lines += ["## Definitions", ""] + [f"- {name.replace('_', ' ')}: {text}" for name, text in DEFINITIONS.items()] + [""]
     for task, skipped in report["skipped_files"].items():
         if skipped:
-            lines += [f"Files without a {task} clip: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()), ""]
+            lines += [f"Files without {'an' if task[0] in 'aeiou' else 'a'} {task} clip: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()), ""]
     return "\n".join(lines)
 
 
