@@ -404,3 +404,39 @@ def test_set_overlapping_area_rewards_a_set_like_the_truth():
     for name in clip_metrics.SET_FEATURES:
         assert like[name] > 0.5 and (unlike[name] or 0) < like[name], name
     assert clip_metrics.overlapping_area([1.0, 1.0], [0.0, 2.0]) is None  # one distinct value: no KDE
+
+
+def test_protocols_are_named_options_with_the_papers_settings_by_default():
+    paper = generation_eval.GenerationEvalConfig()
+    assert paper.protocol == "paper" and paper.retrieval == ["same-song", "other-file"] and paper.melody_notes == 20
+    assert [paper.top_p_for(s) for s in ("continuation", "accompaniment", "interarrival")] == [0.98, 0.95, 0.95]
+    ours = generation_eval.GenerationEvalConfig(protocol="ours")
+    assert ours.melody_notes == 8 and ours.top_p_for("accompaniment") == 0.98
+    assert generation_eval.GenerationEvalConfig(top_p=0.9).top_p_for("continuation") == 0.9
+    for bad, message in (({"protocol": "mine"}, "protocol: 'mine'"), ({"retrieval": ["nearest"]}, "retrieval: unknown")):
+        with pytest.raises(ValueError, match=message):
+            generation_eval.GenerationEvalConfig(**bad).validate()
+
+
+def test_interarrival_sampling_moves_its_window_past_the_context():
+    import haliax as hax
+    import jax
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt import interarrival_sampling
+    from amt.checkpoints import single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    with single_device_mesh():  # a 64-token context, so that the window moves many times
+        model = inference_mode(MusicGpt2Config(seq_len=64, hidden_dim=16, num_layers=1, num_heads=1).build(
+            hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(1)), True)
+    sampler = interarrival_sampling.InterarrivalSampler(model)
+    prompt = interarrival_sampling.prompt_tokens(midi.midi_to_events(DEMO / "npm_misc" / "fur-elise.mid"), 4.0)
+    # samples that end at different times: a finished one stops growing while the others move their window
+    options = interarrival_sampling.InterarrivalOptions(num_samples=4, seed=0, window_chunk=4, top_p=1.0)
+    streams = sampler.continue_tokens(prompt, 4.0, 9.0, options)
+    lengths = [len(s) for s in streams]
+    assert max(lengths) > 64 + 16 and min(lengths) < 64 - 4  # past the context; one ended before the window moved
+    for stream in streams:
+        assert np.array_equal(stream[: len(prompt)], prompt)
+        assert (stream[stream < vocab.MIDI_START_OFFSET]).sum() < 900

@@ -120,8 +120,9 @@ class InterarrivalSampler:
         key = jax.random.PRNGKey(options.seed)
         keep = max(self.context - options.window_chunk, 1)
 
-        def prefill(length):
-            window = np.asarray([s[-length:] for s in streams], dtype=np.int32)
+        def prefill(length):  # a finished sample's stream stops growing: it borrows a running one's window
+            running = streams[int(np.argmin(done))]
+            window = np.asarray([(running if done[i] else s)[-length:] for i, s in enumerate(streams)], dtype=np.int32)
             hidden, cache = decoder.prefill(self.weights, jnp.asarray(decoder.pad_window(window, self.context)),
                                             window.shape[1])
             return hidden, cache, window.shape[1]
