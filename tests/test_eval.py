@@ -315,7 +315,7 @@ def test_an_interarrival_sample_decodes_to_midi_that_mido_reads_back(tmp_path):
     from amt.checkpoints import single_device_mesh
     from amt.train import MusicGpt2Config
 
-    config = MusicGpt2Config(seq_len=1024, hidden_dim=32, num_layers=2, num_heads=2, scale_attn_by_inverse_layer_idx=True)
+    config = MusicGpt2Config(seq_len=1024, hidden_dim=16, num_layers=1, num_heads=1)  # the full context, small else
     with single_device_mesh():
         model = inference_mode(config.build(hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(0)), True)
     assert interarrival_sampling.is_interarrival_model(model)
@@ -440,3 +440,17 @@ def test_interarrival_sampling_moves_its_window_past_the_context():
     for stream in streams:
         assert np.array_equal(stream[: len(prompt)], prompt)
         assert (stream[stream < vocab.MIDI_START_OFFSET]).sum() < 900
+
+
+def test_interarrival_recipes_are_the_arrival_recipes_with_the_interarrival_vocabulary():
+    import draccus
+
+    from amt.train import TrainConfig
+
+    for size in ("tiny", "small", "medium"):
+        arrival = draccus.parse(TrainConfig, config_path=str(REPO / "recipes" / f"amt-{size}.yaml"), args=[])
+        interarrival = draccus.parse(TrainConfig, config_path=str(REPO / "recipes" / f"amt-interarrival-{size}.yaml"), args=[])
+        assert interarrival.data.vocab_size == vocab.MIDI_VOCAB_SIZE and arrival.data.vocab_size == vocab.VOCAB_SIZE
+        assert interarrival.model == arrival.model and interarrival.optimizer == arrival.optimizer, size
+        assert interarrival.trainer.train_batch_size == arrival.trainer.train_batch_size
+        assert "interarrival" in interarrival.data.cache_dir and "interarrival" in interarrival.trainer.checkpointer.base_path
