@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,8 @@ from amt import (
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "midi"
-ENV = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline"}
+ENV = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "WANDB_MODE": "offline",
+       "PYTHONPATH": str(REPO / "src")}  # the checkout's code, whichever copy the environment installed
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,41 @@ def test_bits_per_second_use_the_seconds_of_the_actual_sequences(real_sequences)
     assert perplexity.metrics(slow, losses)["bits_per_second"] == pytest.approx(m["bits_per_second"] / 2)
 
 
+def _both_encodings(names):
+    """Test-split rows of the same files in both encodings, packed as `amt preprocess` packs them."""
+    arrival, interarrival = sequences.SequencePacker(), sequences.InterarrivalPacker()
+    rows_a, rows_i = [], []
+    for key, name in enumerate(names):
+        notes = midi.parse_midi(DEMO / name)
+        events, _ = midi.notes_to_events(notes)
+        rows_a += arrival.add(next(sequences.file_copies(ops.as_triples(events), 1, seed=0, file_key=key)))
+        rows_i += interarrival.add(notes.interarrival)
+    return np.stack(rows_a), np.stack(rows_i)
+
+
+def test_interarrival_bits_per_second_are_over_the_same_seconds_as_arrival_time():
+    names = ["npm_misc/fur-elise.mid", "miditok_multitrack/Funkytown.mid", "npm_misc/the-entertainer.mid",
+             "miditok_multitrack/Aicha.mid"]
+    arrival, interarrival = _both_encodings(names)
+    assert perplexity.encoding_of(arrival) == "arrival" and perplexity.encoding_of(interarrival) == "interarrival"
+    # the model-free baseline: uniform over each vocabulary (every token costs log V nats)
+    uniform_a = np.full((len(arrival), 1023), math.log(vocab.VOCAB_SIZE))
+    uniform_i = np.full((len(interarrival), 1023), math.log(vocab.MIDI_VOCAB_SIZE))
+    m_a, m_i = perplexity.metrics(arrival, uniform_a), perplexity.metrics(interarrival, uniform_i)
+    assert m_a["seconds"] > 300 and m_i["seconds"] == pytest.approx(m_a["seconds"], rel=0.01)
+    for m, size, rows in ((m_a, vocab.VOCAB_SIZE, arrival), (m_i, vocab.MIDI_VOCAB_SIZE, interarrival)):
+        assert m["loss"] == pytest.approx(math.log(size))
+        assert m["bits_per_second"] == pytest.approx(math.log2(size) * rows.shape[0] * 1023 / m["seconds"])
+    assert m_i["event_perplexity"] is None and m_i["encoding"] == "interarrival"  # no events: none claimed
+
+    # by hand: shifts count from a stretch's first note-on to its last, not before it or after it
+    on, off = vocab.MIDI_START_OFFSET + 60, vocab.MIDI_END_OFFSET + 60
+    by_hand = np.array([50, on, 100, off, 30, on, 20, off, vocab.MIDI_SEPARATOR, 70, on, 10, on, 40, off])
+    assert perplexity.interarrival_seconds(by_hand) == pytest.approx(1.3 + 0.1)
+    with pytest.raises(ValueError, match="neither an arrival-time cache"):
+        perplexity.encoding_of(np.full((1, 1024), vocab.ANOTE_OFFSET))  # control notes, no flag
+
+
 def test_eval_perplexity_command_on_a_cache_and_a_hugging_face_folder(tiny_model, hf_folder, tmp_path):
     source = tmp_path / "midi"
     source.mkdir()
@@ -135,6 +172,15 @@ def test_eval_perplexity_command_on_a_cache_and_a_hugging_face_folder(tiny_model
     missing = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "perplexity", "--checkpoint", str(hf_folder),
                               "--cache", str(tmp_path / "nowhere")], capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert missing.returncode == 2 and "nowhere: not a finished cache" in missing.stderr
+
+    # an interarrival cache of the same files is recognized, and an arrival-time model refuses to score it
+    preprocess.run(preprocess.PreprocessConfig(source=str(source), out=str(tmp_path / "ia"), split="none",
+                                               encoding="interarrival", progress_bar=False))
+    assert perplexity.encoding_of(perplexity.read_cache(tmp_path / "ia" / "train")) == "interarrival"
+    mismatch = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "perplexity", "--checkpoint", str(hf_folder),
+                               "--cache", str(tmp_path / "ia" / "train")], capture_output=True, text=True, env=ENV,
+                              cwd=tmp_path)
+    assert mismatch.returncode == 2 and "cannot score" in mismatch.stderr and "interarrival cache" in mismatch.stderr
 
 
 def test_every_step_of_a_run_in_step_order(tmp_path):
@@ -193,7 +239,7 @@ def test_features_of_a_known_clip():
     assert f["pitch_class_entropy"] == pytest.approx(-(0.5 * math.log2(0.5) + 2 * 0.25 * math.log2(0.25)))
     np.testing.assert_allclose(clip_metrics.pitch_class_histogram(clip)[[0, 4, 7]], [0.5, 0.25, 0.25])
     np.testing.assert_allclose(clip_metrics.inter_onset_intervals(clip), [1.0])
-    patterns = clip_metrics.groove_patterns(clip)
+    patterns = clip_metrics.onset_grid(clip)
     assert patterns.shape == (1, 16) and patterns[0].nonzero()[0].tolist() == [0, 8]
 
 
@@ -229,26 +275,182 @@ def test_eval_generation_command_reports_model_and_baselines(hf_folder, tmp_path
     out = tmp_path / "report"
     done = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "generation", "--checkpoint", str(hf_folder),
                            "--midi", str(source), "--split", "all", "--clips", "3", "--clip-seconds", "6",
-                           "--prompt-seconds", "2", "--examples", "1", "--out", str(out)],
+                           "--prompt-seconds", "2", "--min-melody-notes", "8", "--examples", "1", "--out", str(out)],
                           capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["clips"] == 3 and set(report["summary"]) == {"continuation", "accompaniment"}
+    assert report["config"]["protocol"] == "paper" and set(report["summary"]) == {"continuation", "accompaniment"}
     continuation = report["summary"]["continuation"]
-    assert set(continuation) == {"model", "retrieval", "truth"}
-    assert continuation["retrieval"]["groove_similarity"] < 1.0
+    assert report["clips"]["continuation"] == len(report["per_clip"]["continuation"]) >= 2
+    assert set(continuation) == {"model", "retrieval (same song)", "retrieval (other file)", "truth"}
+    assert continuation["retrieval (other file)"]["onset_grid_jaccard"] < 1.0
     accompaniment = report["summary"]["accompaniment"]
-    assert set(accompaniment) == {"model", "autoregressive", "retrieval", "truth"}
-    assert len(report["per_clip"]["accompaniment"]) >= 2  # the piano piece may have no second instrument
-    for system in ("model", "autoregressive", "retrieval"):
+    assert report["clips"]["accompaniment"] >= 2  # the band pieces pass melody-select.py's rules; the piano piece not
+    assert "fur-elise.mid" in report["skipped_files"]["accompaniment"]
+    assert set(accompaniment) == {"anticipatory", "autoregressive", "retrieval (same song)", "retrieval (other file)", "truth"}
+    for system in ("anticipatory", "autoregressive", "retrieval (same song)", "retrieval (other file)"):
         assert accompaniment[system]["controls_kept"] == 1.0
-    for system in ("model", "autoregressive"):  # conditioned on the melody (a model that stops early sees less)
+    for system in ("anticipatory", "autoregressive"):  # conditioned on the melody (a model that stops early sees less)
         assert 0 < accompaniment[system]["controls_in_context"] <= 1
-    assert accompaniment["retrieval"]["controls_in_context"] is None
-    assert "## continuation (3 clips)" in (out / "report.md").read_text()
+    assert accompaniment["retrieval (same song)"]["controls_in_context"] is None
+    areas = report["set_overlapping_areas"]["continuation"]["retrieval (same song)"]
+    assert set(areas) == set(clip_metrics.SET_FEATURES)
+    text = (out / "report.md").read_text()
+    assert "## continuation (" in text and "## Definitions" in text and "onset grid jaccard:" in text
     assert len(list(out.glob("continuation-*-model.png"))) == 1 and (out / "accompaniment-metrics.png").exists()
 
     bad = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "generation", "--checkpoint", str(hf_folder),
                           "--midi", str(source), "--tasks", "continuation,harmonize"],
                          capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert bad.returncode == 2 and "tasks: unknown ['harmonize']" in bad.stderr
+
+
+def test_an_interarrival_sample_decodes_to_midi_that_mido_reads_back(tmp_path):
+    import haliax as hax
+    import jax
+    import mido
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt import interarrival_sampling
+    from amt.checkpoints import single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    config = MusicGpt2Config(seq_len=1024, hidden_dim=16, num_layers=1, num_heads=1)  # the full context, small else
+    with single_device_mesh():
+        model = inference_mode(config.build(hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(0)), True)
+    assert interarrival_sampling.is_interarrival_model(model)
+    events = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
+    prompt = interarrival_sampling.prompt_tokens(events, 3.0)
+    assert prompt[0] == vocab.MIDI_SEPARATOR and vocab.MIDI_START_OFFSET <= prompt[-1] < vocab.MIDI_END_OFFSET
+
+    sampler = interarrival_sampling.InterarrivalSampler(model)
+    options = interarrival_sampling.InterarrivalOptions(num_samples=2, seed=1)
+    samples, streams = sampler.continuation(events, 3.0, 6.0, options)
+    assert len(samples) == 2 and not np.array_equal(streams[0], streams[1])
+    for sample, stream in zip(samples, streams):
+        assert np.array_equal(stream[: len(prompt)], prompt)  # the prompt, then what the model added
+        new = stream[len(prompt):]
+        assert len(new) > 3 and vocab.MIDI_SEPARATOR not in new and 0 not in new  # the constraints hold
+        shifts = new[new < vocab.MIDI_START_OFFSET]
+        assert prompt[prompt < vocab.MIDI_START_OFFSET].sum() + shifts.sum() < 600  # stopped before 6 s
+        path = tmp_path / "sample.mid"
+        midi.interarrival_to_midi(stream, path)
+        back = mido.MidiFile(path)
+        assert sum(m.type == "note_on" for m in back) == ((stream >= vocab.MIDI_START_OFFSET) & (stream < vocab.MIDI_END_OFFSET)).sum()
+        assert len(sample) and ops.max_time(sample, seconds=True) < 6.0
+    again, _ = sampler.continuation(events, 3.0, 6.0, options)  # same seed, same music
+    assert all(np.array_equal(a, b) for a, b in zip(samples, again))
+    with pytest.raises(ValueError, match="not an interarrival model"):
+        interarrival_sampling.InterarrivalSampler(_arrival_model())
+
+
+def _arrival_model():
+    import haliax as hax
+    import jax
+
+    from amt.checkpoints import single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    with single_device_mesh():
+        return MusicGpt2Config(seq_len=64, hidden_dim=8, num_layers=1, num_heads=1).build(
+            hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0))
+
+
+def _notes(instrument, pitch, onsets, duration=20):
+    return np.array([[t, vocab.DUR_OFFSET + duration, vocab.NOTE_OFFSET + vocab.MAX_PITCH * instrument + pitch]
+                     for t in onsets])
+
+
+def test_paper_melody_rules_as_melody_select():
+    every = range(0, 2000, 50)  # 40 notes over the 20 s clip
+    band = np.concatenate([_notes(0, 90, every), _notes(73, 84, every), _notes(33, 40, every), _notes(25, 60, every),
+                           _notes(vocab.DRUMS, 36, every)])
+    # the piano is highest but may not be the melody; the flute (73) is
+    assert generation_eval.paper_melody(ops.sort(band), 5, 20) == (73, None)
+    assert generation_eval.paper_melody(band[band[:, 2] < vocab.NOTE_OFFSET + 128 * 33], 5, 20)[1] == \
+        "2 instruments besides drums (needs 4-10)"  # piano and flute only
+    late = band[~((ops.notes(band) // 128 == 73) & (ops.times(band) < 600))]  # the flute enters after the prompt
+    assert generation_eval.paper_melody(late, 5, 20)[1] == "the melody does not play in the prompt"
+    early = band[~((ops.notes(band) // 128 == 73) & (ops.times(band) > 1500))]  # and stops 5 s before the end
+    assert generation_eval.paper_melody(early, 5, 20)[1] == "the melody ends early"
+    sparse = band[~((ops.notes(band) // 128 == 73) & (ops.times(band) % 100 != 0))]  # 20 notes: still enough
+    assert generation_eval.paper_melody(sparse, 5, 20)[0] == 73
+    assert generation_eval.paper_melody(sparse[:-1] if ops.notes(sparse[-1:])[0] // 128 == 73 else sparse[1:], 5, 20,
+                                        min_notes=21)[1] == "melody has fewer than 21 notes"
+    assert generation_eval.paper_continuation_reason(band, 5) is None
+    assert generation_eval.paper_continuation_reason(band[ops.times(band) >= 460], 5) == "fewer than 10 notes in the prompt"
+
+
+def test_same_song_retrieval_keeps_the_true_prompt_and_melody():
+    song = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
+    clip = generation_eval.TestClip("funkytown", generation_eval.cut_clip(song, 3000, 2000), None, song, 3000)
+    melody = generation_eval.melody_instrument(clip.events, 8)
+    rng = random.Random(0)
+    spliced, start = generation_eval.same_song_retrieval(clip, 5, 20, rng, [melody])
+    prompt = augment.extract_instruments(ops.clip(clip.events, 0, 5, clip_duration=False), [melody])[0]
+    assert np.array_equal(spliced[ops.times(spliced) <= 500], ops.sort(prompt))  # the true prompt, unchanged
+    assert melody not in ops.instruments(spliced)  # the given melody is added by the caller, not retrieved
+    retrieved = augment.extract_instruments(generation_eval.cut_clip(song, start, 2000), [melody])[0]
+    after = spliced[ops.times(spliced) > 500]
+    assert len(after) and set(map(tuple, after.tolist())) <= set(map(tuple, ops.clip(retrieved, 5, 20).tolist()))
+
+
+def test_set_overlapping_area_rewards_a_set_like_the_truth():
+    clips = [_clip(name, start, 5.0) for name, start in [("npm_misc/fur-elise.mid", s) for s in (5, 15, 25, 35)]
+             + [("miditok_multitrack/Funkytown.mid", s) for s in (20, 40, 60, 80)]]
+    like = clip_metrics.set_overlapping_areas(clips[::-1], clips)
+    silent_ish = [clip_metrics.Clip.from_events(_notes(0, 60, [0]), 5.0) for _ in clips]
+    unlike = clip_metrics.set_overlapping_areas(silent_ish, clips)
+    for name in clip_metrics.SET_FEATURES:
+        assert like[name] > 0.5 and (unlike[name] or 0) < like[name], name
+    assert clip_metrics.overlapping_area([1.0, 1.0], [0.0, 2.0]) is None  # one distinct value: no KDE
+
+
+def test_protocols_are_named_options_with_the_papers_settings_by_default():
+    paper = generation_eval.GenerationEvalConfig()
+    assert paper.protocol == "paper" and paper.retrieval == ["same-song", "other-file"] and paper.melody_notes == 20
+    assert [paper.top_p_for(s) for s in ("continuation", "accompaniment", "interarrival")] == [0.98, 0.95, 0.95]
+    ours = generation_eval.GenerationEvalConfig(protocol="ours")
+    assert ours.melody_notes == 8 and ours.top_p_for("accompaniment") == 0.98
+    assert generation_eval.GenerationEvalConfig(top_p=0.9).top_p_for("continuation") == 0.9
+    for bad, message in (({"protocol": "mine"}, "protocol: 'mine'"), ({"retrieval": ["nearest"]}, "retrieval: unknown")):
+        with pytest.raises(ValueError, match=message):
+            generation_eval.GenerationEvalConfig(**bad).validate()
+
+
+def test_interarrival_sampling_moves_its_window_past_the_context():
+    import haliax as hax
+    import jax
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt import interarrival_sampling
+    from amt.checkpoints import single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    with single_device_mesh():  # a 64-token context, so that the window moves many times
+        model = inference_mode(MusicGpt2Config(seq_len=64, hidden_dim=16, num_layers=1, num_heads=1).build(
+            hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(1)), True)
+    sampler = interarrival_sampling.InterarrivalSampler(model)
+    prompt = interarrival_sampling.prompt_tokens(midi.midi_to_events(DEMO / "npm_misc" / "fur-elise.mid"), 4.0)
+    # samples that end at different times: a finished one stops growing while the others move their window
+    options = interarrival_sampling.InterarrivalOptions(num_samples=4, seed=0, window_chunk=4, top_p=1.0)
+    streams = sampler.continue_tokens(prompt, 4.0, 9.0, options)
+    lengths = [len(s) for s in streams]
+    assert max(lengths) > 64 + 16 and min(lengths) < 64 - 4  # past the context; one ended before the window moved
+    for stream in streams:
+        assert np.array_equal(stream[: len(prompt)], prompt)
+        assert (stream[stream < vocab.MIDI_START_OFFSET]).sum() < 900
+
+
+def test_interarrival_recipes_are_the_arrival_recipes_with_the_interarrival_vocabulary():
+    import draccus
+
+    from amt.train import TrainConfig
+
+    for size in ("tiny", "small", "medium"):
+        arrival = draccus.parse(TrainConfig, config_path=str(REPO / "recipes" / f"amt-{size}.yaml"), args=[])
+        interarrival = draccus.parse(TrainConfig, config_path=str(REPO / "recipes" / f"amt-interarrival-{size}.yaml"), args=[])
+        assert interarrival.data.vocab_size == vocab.MIDI_VOCAB_SIZE and arrival.data.vocab_size == vocab.VOCAB_SIZE
+        assert interarrival.model == arrival.model and interarrival.optimizer == arrival.optimizer, size
+        assert interarrival.trainer.train_batch_size == arrival.trainer.train_batch_size
+        assert "interarrival" in interarrival.data.cache_dir and "interarrival" in interarrival.trainer.checkpointer.base_path

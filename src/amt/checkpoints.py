@@ -110,7 +110,7 @@ def _load_model(checkpoint, model_config):
         model = converter.load_pretrained(config.model_type, ref=checkpoint, config=config, dtype=jnp.float32)
         return model, config
     config = model_config or model_config_for(checkpoint)
-    Vocab = hax.Axis("vocab", vocab.VOCAB_SIZE)
+    Vocab = hax.Axis("vocab", stored_vocab_size(checkpoint))  # 55,028, or 34,025 for an interarrival model
     shapes = eqx.filter_eval_shape(config.build, Vocab, key=jax.random.PRNGKey(0))
     trainable, static = eqx.partition(shapes, is_inexact_arrayish)
     serialization = logging.getLogger("levanter.tensorstore_serialization")
@@ -131,6 +131,20 @@ def _latest(checkpoint: str) -> str:
     if not candidates:
         raise FileNotFoundError(f"{checkpoint}: no complete Levanter checkpoint (a step-N folder with metadata.json)")
     return candidates[-1].path
+
+
+def stored_vocab_size(checkpoint: str | os.PathLike) -> int:
+    """The vocabulary a Levanter checkpoint was trained with (the rows of its stored token embedding: 55,028
+    arrival-time or 34,025 interarrival), read from the array's zarr metadata; 55,028 if it is not found."""
+    import json
+
+    step = _latest(os.fspath(checkpoint))
+    for name in (".zarray", "zarr.json"):
+        path = f"{step}/model/embeddings/token_embeddings/weight/{name}"
+        if _exists(path):
+            with fsspec.open(path) as file:
+                return int(json.load(file)["shape"][0])
+    return vocab.VOCAB_SIZE
 
 
 def logits(model, tokens):

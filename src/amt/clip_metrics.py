@@ -1,17 +1,24 @@
-"""Metrics of short clips of music (arrival-time events), alone and against a reference clip.
+"""Metrics of short clips of music (arrival-time events): one clip against a reference clip, and a set of clips
+against a reference set.
 
-Library choice: muspy (Dong et al., ISMIR 2020) computes the pitch-class entropy and the polyphony, on a
-`muspy.Music` built directly from our events (one track per instrument, 100 ticks a second). It has no
-two-clip comparisons, so those are here, following their sources:
-- pitch-class histogram overlap: sum of min(p, q) over the 12 classes (1 = same histogram);
-- inter-onset-interval and duration distributions: overlapping area of the two normalized histograms
-  on fixed log-spaced bins (10 ms to 10 s), as in Yang & Lerch's mgeval (which smooths with a Gaussian KDE;
-  fixed bins also behave on clips with one distinct value, where a KDE is singular);
+Library choices: muspy (Dong et al., ISMIR 2020) computes the pitch-class entropy and the polyphony, on a
+`muspy.Music` built directly from our events (one track per instrument, 100 ticks a second); scipy's Gaussian
+KDE smooths the distance distributions of mgeval's set comparison. Per clip (`compare`, our additions, named
+for what they compute):
+- pitch_class_overlap: intersection of the two pitch-class histograms, sum of min(p, q) over the 12 classes;
+- ioi_histogram_intersection / duration_histogram_intersection: the same on fixed log-spaced bins (10 ms to
+  10 s) of one clip's inter-onset intervals / note durations against the other's (not mgeval's overlapping
+  area, which is over sets of clips: `set_overlapping_areas`);
 - instrument F1: of one clip's instrument set against another's (or the prompt's);
-- groove similarity: Wu & Yang's grooving patterns (onset positions on a 16-step grid of each 2 s window;
-  our time is in seconds, not bars), compared on aligned windows as shared onset cells over cells with an
-  onset in either (their 1 - Hamming distance also counts shared silence, which flatters a silent clip).
-Drums count for density, IOIs, durations, instruments and groove, not for pitch classes.
+- onset_grid_jaccard: onsets on a 16-step grid of each 2 s window (time is in seconds, not bars), shared
+  onset cells over cells with an onset in either, on aligned windows. It borrows the grid of Wu & Yang's
+  grooving patterns but is not their grooving consistency (1 - Hamming distance between bars of one piece).
+Per set (`set_overlapping_areas`, Yang & Lerch 2020, "On the evaluation of generative models in music",
+their mgeval toolbox): for each feature, the distribution (Gaussian KDE) of the pairwise distances between the
+reference set's clips (intra-set) against that of the distances between each generated clip and each reference
+clip (inter-set); their overlapping area, the integral of min(p, q), is 1 when the generated set is as far
+from the reference clips as those are from each other.
+Drums count for density, IOIs, durations, instruments and onset grids, not for pitch classes or pitch ranges.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ import numpy as np
 from amt import ops, vocab
 
 HISTOGRAM_EDGES = np.geomspace(0.01, 10.0, 33)  # seconds: IOI and duration bins
-GROOVE_WINDOW_SECONDS = 2.0
-GROOVE_STEPS = 16
+ONSET_GRID_WINDOW_SECONDS = 2.0
+ONSET_GRID_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class Clip:
     duration: np.ndarray  # seconds
     instrument: np.ndarray  # 0-127 programs, 128 drums
     pitch: np.ndarray
-    seconds: float  # the clip's length (density and groove windows are over it)
+    seconds: float  # the clip's length (density and onset-grid windows are over it)
 
     @classmethod
     def from_events(cls, events, seconds: float) -> "Clip":
@@ -117,7 +124,7 @@ def f1(predicted: set, actual: set) -> float:
     return 2 * true_positive / (len(predicted) + len(actual))
 
 
-def groove_patterns(clip: Clip, window: float = GROOVE_WINDOW_SECONDS, steps: int = GROOVE_STEPS) -> np.ndarray:
+def onset_grid(clip: Clip, window: float = ONSET_GRID_WINDOW_SECONDS, steps: int = ONSET_GRID_STEPS) -> np.ndarray:
     """(windows, steps) booleans: which grid steps of each window have an onset."""
     windows = max(int(math.ceil(clip.seconds / window)), 1)
     patterns = np.zeros((windows, steps), bool)
@@ -127,28 +134,28 @@ def groove_patterns(clip: Clip, window: float = GROOVE_WINDOW_SECONDS, steps: in
     return patterns
 
 
-def groove_similarity(a: Clip, b: Clip) -> float:
-    """Shared onset cells over cells with an onset in either clip, on aligned windows (Jaccard). Wu & Yang's
-    1 - Hamming / steps counts agreeing empty cells too, which on mostly empty grids rewards a
-    near-silent clip; both are 1 for equal clips, and two silent clips agree."""
-    pa, pb = groove_patterns(a), groove_patterns(b)
+def onset_grid_jaccard(a: Clip, b: Clip) -> float:
+    """Shared onset cells over cells with an onset in either clip, on aligned windows (Jaccard; 1 for equal
+    clips, and two silent clips agree). A 1 - Hamming / steps would count agreeing empty cells too, which on
+    mostly empty grids rewards a near-silent clip."""
+    pa, pb = onset_grid(a), onset_grid(b)
     n = min(len(pa), len(pb))
     union = (pa[:n] | pb[:n]).sum()
     return float((pa[:n] & pb[:n]).sum() / union) if union else 1.0
 
 
 def compare(generated: Clip, reference: Clip, prompt_instruments: set | None = None) -> dict:
-    """How close `generated` is to `reference`: 1 (overlaps, F1, groove) or 0 (differences) when equal."""
+    """How close `generated` is to `reference`: 1 (overlaps, F1, Jaccard) or 0 (differences) when equal."""
     g, r = features(generated), features(reference)
     out = {
         "pitch_class_overlap": pitch_class_overlap(generated, reference),
         "pitch_class_entropy_difference": abs(g["pitch_class_entropy"] - r["pitch_class_entropy"]),
         "note_density_difference": abs(g["note_density"] - r["note_density"]),
         "polyphony_difference": abs(g["polyphony"] - r["polyphony"]),
-        "ioi_overlap": histogram_overlap(inter_onset_intervals(generated), inter_onset_intervals(reference)),
-        "duration_overlap": histogram_overlap(generated.duration, reference.duration),
+        "ioi_histogram_intersection": histogram_overlap(inter_onset_intervals(generated), inter_onset_intervals(reference)),
+        "duration_histogram_intersection": histogram_overlap(generated.duration, reference.duration),
         "instrument_f1": f1(set(generated.instrument.tolist()), set(reference.instrument.tolist())),
-        "groove_similarity": groove_similarity(generated, reference),
+        "onset_grid_jaccard": onset_grid_jaccard(generated, reference),
     }
     if prompt_instruments is not None:
         out["instrument_f1_vs_prompt"] = f1(set(generated.instrument.tolist()), set(prompt_instruments))
@@ -156,5 +163,58 @@ def compare(generated: Clip, reference: Clip, prompt_instruments: set | None = N
 
 
 PERFECT = {"pitch_class_overlap": 1.0, "pitch_class_entropy_difference": 0.0, "note_density_difference": 0.0,
-           "polyphony_difference": 0.0, "ioi_overlap": 1.0, "duration_overlap": 1.0, "instrument_f1": 1.0,
-           "groove_similarity": 1.0}
+           "polyphony_difference": 0.0, "ioi_histogram_intersection": 1.0, "duration_histogram_intersection": 1.0,
+           "instrument_f1": 1.0, "onset_grid_jaccard": 1.0}
+
+
+# --- mgeval's set comparison ---------------------------------------------------------------------------------
+def set_features(clip: Clip) -> dict[str, np.ndarray]:
+    """mgeval's absolute features of one clip, each a vector (distances between clips are Euclidean), or None
+    where a clip has nothing to measure: pitch_count (distinct pitches), pitch_range, pitch_class_histogram,
+    note_count, mean_ioi (s), note_length_histogram (on the log bins above, as mgeval's note-length histogram
+    is on bar fractions, which seconds do not have)."""
+    pitched = clip.pitch[clip.pitched]
+    iois = inter_onset_intervals(clip)
+    lengths = np.histogram(np.clip(clip.duration, HISTOGRAM_EDGES[0], HISTOGRAM_EDGES[-1]), HISTOGRAM_EDGES)[0]
+    return {
+        "pitch_count": np.array([len(np.unique(pitched))], float),
+        "pitch_range": np.array([np.ptp(pitched)], float) if len(pitched) else None,
+        "pitch_class_histogram": pitch_class_histogram(clip) if len(pitched) else None,
+        "note_count": np.array([len(clip)], float),
+        "mean_ioi": np.array([iois.mean()]) if len(iois) else None,
+        "note_length_histogram": lengths / lengths.sum() if lengths.sum() else None,
+    }
+
+
+SET_FEATURES = ("pitch_count", "pitch_range", "pitch_class_histogram", "note_count", "mean_ioi", "note_length_histogram")
+
+
+def overlapping_area(a: np.ndarray, b: np.ndarray, points: int = 1000) -> float | None:
+    """mgeval's overlap_area: the integral of min(p, q) of two samples' Gaussian KDEs (scipy, Scott's rule),
+    on a grid over both samples' range widened by 3 bandwidths; None if a sample has fewer than 2 distinct
+    values (a KDE of one value is singular)."""
+    from scipy.stats import gaussian_kde
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(np.unique(a)) < 2 or len(np.unique(b)) < 2:
+        return None
+    ka, kb = gaussian_kde(a), gaussian_kde(b)
+    width = 3 * max(np.sqrt(ka.covariance[0, 0]), np.sqrt(kb.covariance[0, 0]))
+    grid = np.linspace(min(a.min(), b.min()) - width, max(a.max(), b.max()) + width, points)
+    return float(np.trapezoid(np.minimum(ka(grid), kb(grid)), grid))
+
+
+def set_overlapping_areas(generated: list[Clip], reference: list[Clip]) -> dict[str, float | None]:
+    """Per feature, mgeval's overlapping area between the reference set's intra-set distances (each pair of
+    reference clips) and the inter-set distances (each generated clip against each reference clip); clips
+    without the feature are left out, and a feature with too few distances gives None."""
+    g = [set_features(c) for c in generated]
+    r = [set_features(c) for c in reference]
+    out = {}
+    for name in SET_FEATURES:
+        gv = [f[name] for f in g if f[name] is not None]
+        rv = [f[name] for f in r if f[name] is not None]
+        intra = [np.linalg.norm(x - y) for i, x in enumerate(rv) for y in rv[i + 1:]]
+        inter = [np.linalg.norm(x - y) for x in gv for y in rv]
+        out[name] = overlapping_area(intra, inter)
+    return out

@@ -11,6 +11,15 @@ From the per-token losses (nats):
   seconds, with the seconds measured from the sequences themselves (`sequence_seconds`), not a constant;
   and event bits per second (the event tokens' bits only: on anticipatory data, where some notes are moved
   into controls, it leaves those notes' bits out; on the test split, which has no controls, both agree).
+
+Interarrival caches (`amt preprocess --encoding interarrival`, the paper's "MIDI-like" baseline) are recognized
+by their tokens (no flag, all ids under 34,025) and get the loss, its perplexity and bits per second only: as in
+the reference's `scripts/eval-loss.py --interarrival`, there are no triples, hence no event perplexity.
+Their seconds (`interarrival_seconds`) are measured the way the arrival-time ones are, from each file stretch's
+first note onset to its last (the time shifts between them), so the two encodings' bits per second of the same
+files are over the same music: on the demo corpus's test files the two totals agree within 1%.
+Deliberate difference from the reference: it divides by one constant for both (Lakh's test set, 560.98 h);
+we measure the seconds each cache's sequences hold, which also works on any other corpus.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ class PerplexityConfig:
     """`amt eval perplexity` / eval/perplexity.py."""
 
     checkpoints: list[str] = field(default_factory=list)  # step-N folders, run folders (every step-N), HF folders
-    cache: str = "runs/demo-data/test"  # a Levanter cache written by `amt preprocess` (arrival-time encoding)
+    cache: str = "runs/demo-data/test"  # a Levanter cache written by `amt preprocess` (either encoding)
     out: str = "runs/eval/perplexity"  # perplexity.csv, perplexity.json, perplexity.png
     batch_size: int = 4  # sequences per jitted forward pass (logits are batch x 1,024 x 55,028 floats)
     max_sequences: int | None = None  # the first N sequences of the cache (None: all)
@@ -58,9 +67,20 @@ def read_cache(path: str | os.PathLike, max_sequences: int | None = None) -> np.
     n = len(cache) if max_sequences is None else min(max_sequences, len(cache))
     rows = [np.asarray(row["input_ids"], dtype=np.int64) for row in cache.get_batch_sync(list(range(n)))] if n else []
     sequences = np.stack(rows) if rows else np.zeros((0, vocab.CONTEXT_SIZE), np.int64)
-    if len(sequences) and not np.isin(sequences[:, 0], (vocab.AUTOREGRESS, vocab.ANTICIPATE)).all():
-        raise ValueError(f"{path}: sequences do not start with a flag; perplexity needs arrival-time caches")
+    encoding_of(sequences, path)  # raises on a cache of neither encoding
     return sequences
+
+
+def encoding_of(sequences: np.ndarray, name: str = "sequences") -> str:
+    """"arrival" (every row starts with an AUTOREGRESS / ANTICIPATE flag) or "interarrival" (no flag, every
+    id in the 34,025-id vocabulary); anything else is an error naming `name`."""
+    sequences = np.asarray(sequences)
+    if len(sequences) == 0 or np.isin(sequences[:, 0], (vocab.AUTOREGRESS, vocab.ANTICIPATE)).all():
+        return "arrival"
+    if sequences.min() >= 0 and sequences.max() < vocab.MIDI_VOCAB_SIZE:
+        return "interarrival"
+    raise ValueError(f"{name}: neither an arrival-time cache (rows start with a flag) nor an interarrival "
+                     f"cache (ids under {vocab.MIDI_VOCAB_SIZE}); write one with `amt preprocess`")
 
 
 def triple_kinds(sequences: np.ndarray) -> np.ndarray:
@@ -85,9 +105,41 @@ def sequence_seconds(sequence: np.ndarray) -> float:
     return total / vocab.TIME_RESOLUTION
 
 
+def interarrival_seconds(sequence: np.ndarray) -> float:
+    """Seconds of music an interarrival sequence covers, measured as `sequence_seconds` measures arrival-time
+    ones: in each stretch of one file (between SEPARATORs, and within this row), the time shifts that lie
+    between its first note-on and its last note-on (leading silence and the shifts before trailing note-offs
+    are not counted, as arrival time counts from the first onset to the last)."""
+    tokens = np.asarray(sequence, dtype=np.int64).ravel()
+    stretch = np.cumsum(tokens == vocab.MIDI_SEPARATOR)
+    note_on = (tokens >= vocab.MIDI_START_OFFSET) & (tokens < vocab.MIDI_END_OFFSET)
+    shift = np.where(tokens < vocab.MIDI_START_OFFSET, tokens - vocab.MIDI_TIME_OFFSET, 0)
+    total = 0
+    for s in np.unique(stretch[note_on]):
+        on = np.flatnonzero(note_on & (stretch == s))
+        total += int(shift[on[0] : on[-1]].sum())
+    return total / vocab.TIME_RESOLUTION
+
+
+def interarrival_metrics(sequences: np.ndarray, losses: np.ndarray) -> dict:
+    """Loss, perplexity and bits per second of interarrival sequences (n, 1,024) from the losses (n, 1,023) of
+    tokens 1..1,023 (nats); the event columns are None (the encoding has no events)."""
+    losses = np.asarray(losses, dtype=np.float64)
+    seconds = float(sum(interarrival_seconds(s) for s in np.asarray(sequences)))
+    loss = float(losses.mean())
+    out = {column: None for column in COLUMNS if column not in ("checkpoint", "step")}
+    out.update(encoding="interarrival", sequences=len(losses), tokens=int(losses.size), seconds=seconds, loss=loss,
+               perplexity=math.exp(loss) if loss < 700 else math.inf,
+               bits_per_second=float(losses.sum() / math.log(2) / seconds) if seconds else None)
+    return out
+
+
 def metrics(sequences: np.ndarray, losses: np.ndarray) -> dict:
-    """Table 1's numbers from sequences (n, 1,024) and the losses (n, 1,023) of tokens 1..1,023 (nats)."""
+    """Table 1's numbers from sequences (n, 1,024) and the losses (n, 1,023) of tokens 1..1,023 (nats), for
+    either encoding (`encoding_of`)."""
     sequences, losses = np.asarray(sequences), np.asarray(losses, dtype=np.float64)
+    if encoding_of(sequences) == "interarrival":
+        return interarrival_metrics(sequences, losses)
     n = len(sequences)
     kind = np.repeat(triple_kinds(sequences), vocab.EVENT_SIZE, axis=1)  # per predicted token
     slot = np.broadcast_to(np.arange(losses.shape[1]) % vocab.EVENT_SIZE, losses.shape)
@@ -102,7 +154,7 @@ def metrics(sequences: np.ndarray, losses: np.ndarray) -> dict:
             return None
         return math.exp(scale * x) if scale * x < 700 else math.inf
 
-    out = {"sequences": n, "tokens": int(losses.size), "seconds": seconds, "loss": mean(np.ones_like(kind, bool))}
+    out = {"encoding": "arrival", "sequences": n, "tokens": int(losses.size), "seconds": seconds, "loss": mean(np.ones_like(kind, bool))}
     out["perplexity"] = exp(out["loss"])
     out["bits_per_second"] = float(bits.sum() / seconds) if seconds else None
     out["event_bits_per_second"] = float(bits[kind == EVENT].sum() / seconds) if seconds else None
@@ -182,7 +234,7 @@ def expand_checkpoints(paths: list[str]) -> list[tuple[str, int | None]]:
     return found
 
 
-COLUMNS = ("checkpoint", "step", "sequences", "tokens", "seconds", "loss", "perplexity", "event_perplexity",
+COLUMNS = ("checkpoint", "step", "encoding", "sequences", "tokens", "seconds", "loss", "perplexity", "event_perplexity",
            "event_onset_perplexity", "event_duration_perplexity", "event_note_perplexity", "bits_per_second",
            "event_bits_per_second", "event_tokens", "event_loss", "control_tokens", "control_loss",
            "control_perplexity", "control_onset_perplexity", "control_duration_perplexity",
@@ -199,10 +251,16 @@ def run(config: PerplexityConfig) -> list[dict]:
     sequences = read_cache(config.cache, config.max_sequences)
     if len(sequences) == 0:
         raise ValueError(f"{config.cache}: the cache has no sequences")
-    logger.info("%d checkpoint(s) on %d sequences of %s", len(checkpoints), len(sequences), config.cache)
+    encoding = encoding_of(sequences, config.cache)
+    logger.info("%d checkpoint(s) on %d sequences of %s (%s encoding)", len(checkpoints), len(sequences), config.cache,
+                encoding)
     rows = []
     for path, step in checkpoints:
         model, _ = load_model(path)
+        expected = vocab.MIDI_VOCAB_SIZE if encoding == "interarrival" else vocab.VOCAB_SIZE
+        if model.Vocab.size != expected:
+            raise ValueError(f"{path}: a model of {model.Vocab.size} tokens cannot score {config.cache}, an {encoding} "
+                             f"cache ({expected} tokens); evaluate each model on a cache of its own encoding")
         row = {"checkpoint": path, "step": step, **metrics(sequences, token_losses(model, sequences, config.batch_size))}
         logger.info("%s: loss %.4f, event perplexity %s, %s bits/s", path, row["loss"],
                     _fmt(row["event_perplexity"], ".4g"), _fmt(row["bits_per_second"], ".1f"))
@@ -244,12 +302,14 @@ def _fmt(value, spec: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The Table 1 columns for the README / reports."""
-    lines = ["| checkpoint | step | loss | event ppl | onset | duration | note | bits/s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | step | encoding | loss | event ppl | onset | duration | note | seconds | bits/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
-            f"| {row['checkpoint']} | {row['step'] if row['step'] is not None else ''} | {_fmt(row['loss'], '.3f')} | "
+            f"| {row['checkpoint']} | {row['step'] if row['step'] is not None else ''} | {row.get('encoding', '')} | "
+            f"{_fmt(row['loss'], '.3f')} | "
             f"{_fmt(row['event_perplexity'], '.4g')} | {_fmt(row['event_onset_perplexity'], '.2f')} | "
             f"{_fmt(row['event_duration_perplexity'], '.2f')} | {_fmt(row['event_note_perplexity'], '.2f')} | "
-            f"{_fmt(row['bits_per_second'], '.1f')} |"
+            f"{_fmt(row['seconds'], '.1f')} | {_fmt(row['bits_per_second'], '.1f')} |"
         )
     return "\n".join(lines)
