@@ -4,7 +4,9 @@ Why a focused cache of our own: Levanter's paged KV cache serves only Llama-fami
 incremental decoding. This module reads the weights out of a trained `Gpt2LMHeadModel` (haliax named arrays)
 and runs the same computation (pre-LayerNorm blocks, `gelu_new`, attention scaled by 1/sqrt(head size) and,
 with `scale_attn_by_inverse_layer_idx`, by 1/(layer + 1); tied unembedding) on fixed-shape arrays: a cache of
-(batch, heads, context, head size) keys and values a layer, so nothing recompiles per token.
+(batch, heads, context, head size) keys and values a layer, so nothing recompiles per token. Each row of a
+batch has its own position (`start` per row; `set_row` replaces one row's window), so the samples of one
+request keep their own lengths, finish and move their windows at their own times.
 A test holds its logits to the full Levanter forward pass at every position (f32, 1e-4).
 
 On CPU a step is memory-bound (GPT-2 Small, batch 1: ~27 ms a token, of which reading the weights and the
