@@ -38,7 +38,6 @@ BAD = [
     ("generate --checkpoint {run} --prompt {prompt} --accompany 40", "instrument(s) [40] do not play"),
     ("generate --checkpoint {run} --prompt {prompt} --infill 500 510", "--infill 500 510: the span starts after"),
     ("generate --checkpoint {run} --prompt {prompt} --infill 8 8", "--infill 8 8: not a span"),
-    ("generate --checkpoint {run} --prompt {prompt} --infill 5 10 --autoregressive", "--infill is anticipatory only"),
     ("generate --checkpoint {run} --infill 5 10", "--infill needs --prompt"),
     ("generate --checkpoint {root}/nowhere", "checkpoint not found: {root}/nowhere"),
     ("generate --checkpoint {txt}", "--checkpoint: {txt} is a file"),

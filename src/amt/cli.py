@@ -257,9 +257,6 @@ def _check_generate(args) -> dict:
         raise UsageError(f"--end {args.end:g} must be after --start {args.start:g}")
     if (args.accompany or args.infill) and not args.prompt:
         raise UsageError(f"{'--accompany' if args.accompany else '--infill'} needs --prompt (the piece it works on)")
-    if args.infill and args.autoregressive:
-        raise UsageError("--infill is anticipatory only (the music after the span comes in as anticipated "
-                         "controls); drop --autoregressive")
     _checkpoint(args.checkpoint)
     plan = {"task": "unconditional", "events": None, "given": np.zeros((0, 3), np.int64), "start": 0.0, "shown": None}
     if args.prompt is None:
@@ -347,7 +344,7 @@ def _run_generate(args, plan) -> int:
     if plan["task"] == "unconditional":
         outputs = sampler.generate(0, args.end, options=options, anticipatory=anticipatory)
     elif plan["task"] == "infill":
-        outputs = sampling.infill(sampler, events, *args.infill, options=options)
+        outputs = sampling.infill(sampler, events, *args.infill, options=options, anticipatory=anticipatory)
     elif plan["task"] == "accompany":
         outputs = sampling.accompany(sampler, events, plan["instruments"], args.start, args.end, options,
                                      anticipatory=anticipatory)
@@ -363,7 +360,8 @@ def _run_generate(args, plan) -> int:
         save_pianoroll(sample, path.with_suffix(".png"), given=plan["shown"], title=path.name,
                        prompt_end=plan["start"] if plan["task"] in ("continuation", "accompany") else None,
                        span=tuple(args.infill) if plan["task"] == "infill" else None)
-        generated, given = count_notes(sample, plan["given"], plan["start"])
+        generated = len(sampler.last_generated[i])  # what the model sampled; the rest was given
+        given = len(sample) - generated
         print(f"wrote {path}: {generated} notes generated after {plan['start']:.1f} s"
               + (f" (+ {given}{what})" if given else "") + f", piano roll {path.with_suffix('.png')}")
     return 0
