@@ -315,7 +315,7 @@ def test_an_interarrival_sample_decodes_to_midi_that_mido_reads_back(tmp_path):
     from amt.checkpoints import single_device_mesh
     from amt.train import MusicGpt2Config
 
-    config = MusicGpt2Config(seq_len=1024, hidden_dim=16, num_layers=1, num_heads=1)  # the full context, small else
+    config = MusicGpt2Config(max_seq_len=1024, hidden_dim=16, num_layers=1, num_heads=1)  # the full context, small else
     with single_device_mesh():
         model = inference_mode(config.build(hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(0)), True)
     assert interarrival_sampling.is_interarrival_model(model)
@@ -352,7 +352,7 @@ def _arrival_model():
     from amt.train import MusicGpt2Config
 
     with single_device_mesh():
-        return MusicGpt2Config(seq_len=64, hidden_dim=8, num_layers=1, num_heads=1).build(
+        return MusicGpt2Config(max_seq_len=64, hidden_dim=8, num_layers=1, num_heads=1).build(
             hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0))
 
 
@@ -428,7 +428,7 @@ def test_interarrival_sampling_moves_its_window_past_the_context():
     from amt.train import MusicGpt2Config
 
     with single_device_mesh():  # a 64-token context, so that the window moves many times
-        model = inference_mode(MusicGpt2Config(seq_len=64, hidden_dim=16, num_layers=1, num_heads=1).build(
+        model = inference_mode(MusicGpt2Config(max_seq_len=64, hidden_dim=16, num_layers=1, num_heads=1).build(
             hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(1)), True)
     sampler = interarrival_sampling.InterarrivalSampler(model)
     prompt = interarrival_sampling.prompt_tokens(midi.midi_to_events(DEMO / "npm_misc" / "fur-elise.mid"), 4.0)

@@ -47,7 +47,7 @@ class PerplexityConfig:
     """`amt eval perplexity` / eval/perplexity.py."""
 
     checkpoints: list[str] = field(default_factory=list)  # step-N folders, run folders (every step-N), HF folders
-    cache: str = "runs/demo-data/test"  # a Levanter cache written by `amt preprocess` (either encoding)
+    cache: str = "runs/demo/data/test"  # a Levanter cache written by `amt preprocess` (either encoding)
     out: str = "runs/eval/perplexity"  # perplexity.csv, perplexity.json, perplexity.png
     batch_size: int = 4  # sequences per jitted forward pass (logits are batch x 1,024 x 55,028 floats)
     max_sequences: int | None = None  # the first N sequences of the cache (None: all)
