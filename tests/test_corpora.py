@@ -104,3 +104,14 @@ def test_programs_for_keeps_the_bass_instrument_for_the_lowest_part():
     assert corpora.programs_for(1, corpora.FIDDLE) == [40]
     with pytest.raises(ValueError, match="parts"):
         corpora.programs_for(4, corpora.FIDDLE)
+
+
+def test_a_stuck_piece_times_out():
+    import time
+
+    with pytest.raises(TimeoutError, match="over 0.2 s"):
+        with corpora.time_limit(0.2):
+            time.sleep(2)
+    with corpora.time_limit(0.2):  # and the timer is gone afterwards
+        pass
+    time.sleep(0.3)

@@ -47,6 +47,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -211,8 +212,8 @@ def midi_summary(data: bytes) -> tuple[float, int]:
 @contextlib.contextmanager
 def time_limit(seconds: float | None):
     """Raise TimeoutError in this (main) thread after `seconds` (a stuck parse must not stall a worker)."""
-    if not seconds or not hasattr(signal, "SIGALRM"):
-        yield
+    if not seconds or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield  # no timer off the main thread (signals are delivered there) or off Unix
         return
 
     def expire(signum, frame):
