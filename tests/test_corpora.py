@@ -115,3 +115,14 @@ def test_a_stuck_piece_times_out():
     with corpora.time_limit(0.2):  # and the timer is gone afterwards
         pass
     time.sleep(0.3)
+
+
+def test_a_tune_whose_repeats_cannot_be_expanded_is_played_once_through():
+    from music21 import converter
+
+    score = converter.parse(corpora.corpus_root() / "ryansMammoth/BossJig.abc", forceSource=True, storePickle=False)
+    data, decided = corpora.score_to_midi(score, corpora.COLLECTIONS["ryansMammoth"])
+    assert decided["repeats"] == "once through (ExpanderException)"
+    assert decided["qpm"] == 150  # 6/8 without a tempo: dotted quarter at 100
+    seconds, notes = corpora.midi_summary(data)
+    assert notes > 90 and seconds > 15

@@ -147,7 +147,8 @@ def score_to_midi(score, collection: Collection) -> tuple[bytes, dict]:
         score = score.expandRepeats()
         repeats = "expanded"
     except Exception as error:  # noqa: BLE001  (music21 raises several kinds on unexpandable repeats)
-        repeats = f"as written ({type(error).__name__})"
+        repeats = f"once through ({type(error).__name__})"
+        _strip_repeats(score)  # else music21's MIDI writer tries the same expansion and fails
     parts = [p for p in score.parts if p.recurse().notes]
     if not parts:
         raise ValueError("no notes")
@@ -174,6 +175,20 @@ def score_to_midi(score, collection: Collection) -> tuple[bytes, dict]:
     data = translate.streamToMidiFile(score).writestr()
     return data, {"parts": len(parts), "programs": programs, "qpm": round(qpm or 0, 2),
                   "tempo": tempo_from, "repeats": repeats}
+
+
+def _strip_repeats(score) -> None:
+    """Plain barlines for repeat signs, no endings, segni or codas: the score played once through."""
+    from music21 import bar, repeat, spanner, stream
+
+    for measure in score.recurse().getElementsByClass(stream.Measure):
+        if isinstance(measure.leftBarline, bar.Repeat):
+            measure.leftBarline = bar.Barline()
+        if isinstance(measure.rightBarline, bar.Repeat):
+            measure.rightBarline = bar.Barline()
+    kinds = (repeat.RepeatExpression, spanner.RepeatBracket)
+    for mark, site in [(m, m.activeSite) for m in score.recurse().getElementsByClass(kinds)]:
+        site.remove(mark)
 
 
 def _unshare_conductor_marks(score) -> None:
