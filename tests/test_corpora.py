@@ -126,3 +126,10 @@ def test_a_tune_whose_repeats_cannot_be_expanded_is_played_once_through():
     assert decided["qpm"] == 150  # 6/8 without a tempo: dotted quarter at 100
     seconds, notes = corpora.midi_summary(data)
     assert notes > 90 and seconds > 15
+
+
+def test_an_abc_book_is_cut_into_tunes_that_keep_its_header():
+    header, tunes = corpora.split_abc("%abc-2.1\nI:linebreak $\n\nX:1\nT:One\nK:D\nDEF|\n\nX:2\nT:Two\nK:G\nGAB|\n")
+    assert header == "%abc-2.1\nI:linebreak $\n\n"
+    assert tunes == ["X:1\nT:One\nK:D\nDEF|\n\n", "X:2\nT:Two\nK:G\nGAB|\n"]
+    assert corpora.split_abc("T:no tune\n") == ("T:no tune\n", [])

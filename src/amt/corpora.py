@@ -257,6 +257,32 @@ def source_files(collection: Collection, root: Path) -> list[str]:
                   if p.is_file() and p.suffix.lower() in collection.suffixes)
 
 
+def split_abc(text: str) -> tuple[str, list[str]]:
+    """An ABC file as its header (the lines before the first `X:`) and its tunes (each from its `X:` line)."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("X:")]
+    if not starts:
+        return text, []
+    ends = starts[1:] + [len(lines)]
+    return "".join(lines[: starts[0]]), ["".join(lines[a:b]) for a, b in zip(starts, ends)]
+
+
+def piece_loaders(path: Path) -> list:
+    """One parse function per piece of a corpus file, in file order.
+
+    An ABC book is cut into its tunes and each tune parsed alone: parsed whole, music21 links every tune to
+    the book, and each later copy (repeat expansion, the MIDI writer's own copy) walks all of them, so a
+    100-tune book took minutes instead of seconds. Each tune keeps the book's header lines.
+    """
+    from music21 import converter
+
+    if path.suffix.lower() == ".abc":
+        header, tunes = split_abc(path.read_text(encoding="utf-8"))
+        if len(tunes) > 1:
+            return [lambda tune=tune: converter.parse(header + tune, format="abc") for tune in tunes]
+    return [lambda: converter.parse(path, forceSource=True, storePickle=False)]
+
+
 def record_path(out: Path, source: str) -> Path:
     return out / RECORDS / (source.replace("/", "__") + ".json")
 
@@ -270,16 +296,17 @@ def build_source(source: str, out: str, timeout: float | None) -> dict:
     pieces, skipped = [], []
     started = time.time()
     try:
-        with time_limit(timeout):
-            parsed = converter.parse(corpus_root() / source, forceSource=True, storePickle=False)
-        scores = list(parsed.scores) if isinstance(parsed, stream.Opus) else [parsed]
-    except Exception as error:  # noqa: BLE001  (any parser failure skips the file, recorded)
-        scores = []
+        loaders = piece_loaders(corpus_root() / source)
+    except Exception as error:  # noqa: BLE001  (an unreadable file is skipped, recorded)
+        loaders = []
         skipped.append({"source": source, "index": "", "reason": _reason(error), "detail": _detail(error)})
-    for index, score in enumerate(scores, start=1):
+    for index, load in enumerate(loaders, start=1):
         identifier = f"music21:{source}#{index}"
         try:
             with time_limit(timeout):
+                score = load()
+                if isinstance(score, stream.Opus):  # a file read whole that holds several pieces
+                    raise ValueError(f"{len(score.scores)} pieces where one was expected")
                 data, decided = score_to_midi(score, collection)
                 seconds, notes = midi_summary(data)
         except Exception as error:  # noqa: BLE001
