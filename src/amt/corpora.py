@@ -19,7 +19,8 @@ What the builder decides, and why:
 - **Tempo.** A tempo the score gives (MusicXML `<sound tempo>`, ABC `Q:`) is kept. Otherwise the meter's
   beat is played at the collection's beats per minute (chorales 80, fiddle tunes 100): 4/4 at 80 or 100
   quarters a minute, 6/8 jigs at 100 dotted quarters (150 quarters), 2/2 reels at 100 halves (200).
-- **Repeats** are played as written (`expandRepeats`); where music21 cannot expand them, once through.
+- **Repeats** are played as written (`expandRepeats`); where music21 cannot expand them, or its expansion
+  makes a piece more than 4 times longer (a few ABC tunes came out over an hour long), once through.
 - **Names.** Each piece is written as `<collection>/<md5>.mid`, the MD5 of `music21:<path in the
   corpus>#<piece in the file>`: `amt preprocess --split md5` then splits by that name, not by the bytes, so
   a rebuild with other instrument or tempo rules (or another music21) keeps every piece in its split.
@@ -60,6 +61,7 @@ SKIPPED = "skipped.tsv"
 ATTRIBUTION = "ATTRIBUTION.md"
 
 # General MIDI programs (0-based), highest part first; the last is the bass instrument
+MAX_EXPANSION = 4  # repeats written out may lengthen a piece this much; music21 sometimes makes a reel last an hour
 WOODWINDS = (73, 71, 69, 68, 60, 70)  # flute, clarinet, English horn, oboe, French horn, bassoon
 FIDDLE = (40, 41, 42)  # violin, viola, cello
 
@@ -144,10 +146,13 @@ def score_to_midi(score, collection: Collection) -> tuple[bytes, dict]:
 
     _unshare_conductor_marks(score)
     try:
-        score = score.expandRepeats()
-        repeats = "expanded"
+        expanded = score.expandRepeats()
+        if expanded.highestTime > MAX_EXPANSION * max(score.highestTime, 1):
+            raise ValueError(f"expanded {expanded.highestTime / max(score.highestTime, 1):.0f}x")
+        score, repeats = expanded, "expanded"
     except Exception as error:  # noqa: BLE001  (music21 raises several kinds on unexpandable repeats)
-        repeats = f"once through ({type(error).__name__})"
+        repeats = f"once through ({type(error).__name__}: {error})" if isinstance(error, ValueError) else \
+            f"once through ({type(error).__name__})"
         _strip_repeats(score)  # else music21's MIDI writer tries the same expansion and fails
     parts = [p for p in score.parts if p.recurse().notes]
     if not parts:
