@@ -80,7 +80,7 @@ COLLECTIONS = {
     c.folder: c
     for c in (
         Collection("bach", (".mxl",), WOODWINDS, 80,
-                   "J. S. Bach, the four-part chorales; MusicXML encodings by Margaret Greentree (jsbchorales.net)",
+                   "J. S. Bach, the chorales; MusicXML encodings bundled with music21 (many credit Margaret Greentree)",
                    "compositions public domain; encodings distributed in music21 with the encoder's permission, "
                    "no restriction in the files (the 3 Humdrum files with CCARH's rights notice are not read)"),
         Collection("ryansMammoth", (".abc",), FIDDLE, 100,
