@@ -12,11 +12,10 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import draccus  # noqa: E402
-import levanter  # noqa: E402
 import haliax as hax  # noqa: E402
 import jax  # noqa: E402
 from haliax.partitioning import round_axis_for_partitioning  # noqa: E402
-from levanter.trainer import Trainer  # noqa: E402
+from levanter.trainer import Trainer, initialize  # noqa: E402
 
 from amt.train import TrainConfig  # noqa: E402
 
@@ -32,7 +31,7 @@ def main(cache_dir: str) -> None:
         "--trainer.log_dir", os.path.join(cache_dir, "..", "mesh-logs"),
     ])
     assert len(jax.devices()) == 8
-    levanter.initialize(config)
+    initialize(config)
     def loss(model, example, *, key=None):
         return model.compute_next_token_loss(example, key=key)
 

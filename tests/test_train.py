@@ -113,9 +113,9 @@ def test_a_run_shorter_than_its_warmup_trains_and_a_second_run_is_a_no_op(demo_c
     assert first.returncode == 0, first.stderr[-3000:]
     assert "optimizer.warmup (10 steps)" in first.stderr and "trainer.num_train_steps (3)" in first.stderr
     assert (run / "checkpoints" / "step-2" / "metadata.json").exists()  # 3 steps: 0, 1, 2
-    logged = [line for log in (run / "logs").glob("*.log") for line in log.read_text().splitlines()
-              if '"train/loss"' in line]
-    assert len(logged) == 1  # the last step once (Levanter skips steps 0 and 1), not twice
+    steps = [json.loads(line[line.index("{"):])["step"] for log in (run / "logs").glob("*.log")
+             for line in log.read_text().splitlines() if '"event": "log"' in line and '"train/loss"' in line]
+    assert 2 in steps and len(steps) == len(set(steps))  # the last step's loss once, not twice
     started = time.time()
     second = subprocess.run(command, env=ENV, capture_output=True, text=True, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -126,9 +126,10 @@ def test_a_run_shorter_than_its_warmup_trains_and_a_second_run_is_a_no_op(demo_c
 @pytest.mark.slow
 def test_tiny_training_on_real_caches_lowers_the_loss_and_checkpoints(tiny_run):
     losses = _metrics(tiny_run, "train/loss")
-    assert sorted(losses) == list(range(2, 9))  # Levanter's hooks skip steps 0 and 1 (compilation)
-    assert losses[2] == pytest.approx(np.log(vocab.VOCAB_SIZE), abs=0.2)  # still close to uniform (warmup 2)
-    assert np.mean([losses[7], losses[8]]) < losses[2] - 0.05
+    first = min(losses)  # 0 (marin-levanter 0.2.227) or 2 (0.2.20, whose hooks skip steps 0 and 1)
+    assert first in (0, 2) and sorted(losses) == list(range(first, 9))
+    assert losses[first] == pytest.approx(np.log(vocab.VOCAB_SIZE), abs=0.2)  # (nearly) uniform at first
+    assert np.mean([losses[7], losses[8]]) < losses[first] - 0.05
     assert _metrics(tiny_run, "eval/loss")  # validation loss is logged
     for step in (3, 6, 8):  # every 3 steps, and the last step (which Levanter alone would not save)
         assert (tiny_run / "checkpoints" / f"step-{step}" / "metadata.json").exists()

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-JAX_TPU = "jax[tpu]==0.10.2"  # the jax pyproject.toml pins for Python 3.11, with libtpu
+JAX_TPU = "jax[tpu]==$(.venv/bin/python -c 'import jax; print(jax.__version__)')"  # the jax installed, + libtpu
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class TpuLaunch:
         return self.on_all_hosts(
             "mkdir -p ~/amt && tar -xzf ~/amt-code.tar.gz -C ~/amt && cd ~/amt && python3 -m venv .venv "
             "&& .venv/bin/pip install -q -e . "
-            f"&& .venv/bin/pip install -q '{JAX_TPU}' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
+            f'&& .venv/bin/pip install -q "{JAX_TPU}" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html'
         )
 
     def train_command(self) -> str:

@@ -2,7 +2,7 @@
 
 The recipes in `recipes/` are Levanter's own `TrainLmConfig` (marin-levanter), extended only where the
 passthrough-token path breaks offline or a run's end misbehaves. Each workaround lives here, named for what it
-fixes; each was re-checked against marin-levanter 0.2.20 (the maintained Levanter) and is still needed:
+fixes; each was re-checked against marin-levanter 0.2.20 and 0.2.227 (the maintained Levanter) and is still needed:
 
 1. `MusicDataConfig.build_caches`: Levanter opens a cache of a text-format dataset through its
    `BatchTokenizer`, whose row exemplar comes from encoding "hi there", which the passthrough tokenizer cannot
@@ -49,7 +49,7 @@ logger = logging.getLogger("amt.train")
 # Levanter's config classes are imported at module level: recipes are these classes written down.
 from levanter.compat.hf_checkpoints import HFCheckpointConverter  # noqa: E402
 from levanter.data.passthrough_tokenizer import PassthroughTokenizer  # noqa: E402
-from levanter.data.text import BlockShuffleConfig, DatasetComponent, LmDataConfig  # noqa: E402
+from levanter.data.text.datasets import BlockShuffleConfig, DatasetComponent, LmDataConfig  # noqa: E402
 from levanter.main.train_lm import TrainLmConfig  # noqa: E402
 from levanter.models.gpt2 import Gpt2Config  # noqa: E402
 from levanter.models.lm_model import LmConfig  # noqa: E402
@@ -145,6 +145,22 @@ def evaluation_without_bytes():
         levanter.eval.cb_tagged_lm_evaluate = original
 
 
+class _OncePerStep:
+    """A Levanter hook's callback that a forced call does not run again at a step it already ran at."""
+
+    def __init__(self, callback):
+        self.callback, self.step = callback, None
+
+    def on_step(self, info, force=False):
+        if force and self.step == info.step:
+            return None
+        self.step = info.step
+        return self.callback.on_step(info, force=force)
+
+    def __getattr__(self, name):  # anything else Levanter asks of the callback (e.g. on_event)
+        return getattr(self.callback, name)
+
+
 @contextlib.contextmanager
 def ending_runs_once():
     """Workaround 4: at the end of a run Levanter runs every hook again, forced, at the last step; so the last
@@ -164,11 +180,10 @@ def ending_runs_once():
         return checkpointer
 
     def run_hooks_once(self, info, force=False):
-        if not force:
-            return original_run(self, info)
         for hook in self.hooks:
-            if not (info.step > 1 and info.step % hook.every == 0):  # the condition under which it already ran
-                hook.fn.on_step(info, force=True)
+            if not isinstance(hook.fn, _OncePerStep):
+                hook.fn = _OncePerStep(hook.fn)
+        return original_run(self, info, force=force)
 
     def train_and_save_the_last_step(self, state, train_loader):
         info = original_train(self, state, train_loader)
