@@ -39,16 +39,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import csv
 import hashlib
 import io
 import json
 import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -229,23 +226,11 @@ def midi_summary(data: bytes) -> tuple[float, int]:
     return float(midi.length), notes
 
 
-@contextlib.contextmanager
 def time_limit(seconds: float | None):
     """Raise TimeoutError in this (main) thread after `seconds` (a stuck parse must not stall a worker)."""
-    if not seconds or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
-        yield  # no timer off the main thread (signals are delivered there) or off Unix
-        return
+    from amt.preprocess import wall_time_limit
 
-    def expire(signum, frame):
-        raise TimeoutError(f"over {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    return wall_time_limit(seconds, lambda: TimeoutError(f"over {seconds:g} s"))
 
 
 # --- one source file (the unit of work) --------------------------------------------------------------------

@@ -179,19 +179,19 @@ class FileSkipped(Exception):
 
 
 @contextlib.contextmanager
-def _time_budget(seconds: float):
-    """Raise FileSkipped('budget_seconds') in the block after `seconds` of wall time.
+def wall_time_limit(seconds: float | None, expired: Callable[[], Exception]):
+    """Raise `expired()` in the block after `seconds` of wall time (None or 0: no limit).
 
-    SIGALRM interrupts Python code (mido, augmentation, packing); compiled code (the numba reader) is not
-    interrupted, but it is linear in the file's bytes, which the bytes budget bounds. Signals work only in a
-    process's main thread, where pool and Ray workers run tasks; elsewhere the block runs unbounded.
+    SIGALRM interrupts Python code (mido, music21, augmentation, packing); compiled code (the numba reader) is
+    not interrupted, but it is linear in the file's bytes, which the bytes budget bounds. Signals work only in a
+    process's main thread, where pool and Ray workers run tasks; elsewhere (and off Unix) the block runs unbounded.
     """
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def expire(signum, frame):
-        raise FileSkipped("budget_seconds", f"still running after {seconds:g} s")
+        raise expired()
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -200,6 +200,11 @@ def _time_budget(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _time_budget(seconds: float):
+    """Raise FileSkipped('budget_seconds') in the block after `seconds` of wall time."""
+    return wall_time_limit(seconds, lambda: FileSkipped("budget_seconds", f"still running after {seconds:g} s"))
 
 
 def _new_split_stats() -> dict:
