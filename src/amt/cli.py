@@ -622,6 +622,8 @@ def configure_logging(verbose: bool) -> None:
     if not verbose:
         for name in ("jax._src.xla_bridge", "absl"):  # "Unable to initialize backend 'tpu'" on every CPU start
             logging.getLogger(name).setLevel(logging.ERROR)
+        for name in ("levanter", "tqdm_loggable"):  # Levanter's init_logging sets these to INFO when training starts
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,6 +155,8 @@ def _console_filter(record: logging.LogRecord) -> bool:
         return False  # "No checkpoints found" on a fresh start (the demo says itself when it resumes)
     if record.name == "levanter.tensorstore_serialization" and record.getMessage().startswith("Unknown leaf type"):
         return False  # once per static (None) field of the model when resuming: harmless
+    if record.name == "fray.device_flops" or record.name == "levanter.callbacks.profiler":
+        return False  # "Unknown device type: cpu" (no peak FLOPs for MFU on a CPU); the profiler's step window
     return record.levelno >= logging.WARNING or record.name.startswith("amt")
 
 
