@@ -194,7 +194,10 @@ def _run_train(args, rest: list[str]) -> int:
                          "--trainer.num_train_steps; `amt train --config_path RECIPE --help` lists them)") from None
     except draccus.utils.DecodingError as error:
         raise UsageError(str(error)) from None
-    train(config)
+    from amt.train import compact_console
+
+    with compact_console(config.trainer.num_train_steps, getattr(args, "verbose", False)):
+        train(config)
     return 0
 
 

@@ -10,7 +10,6 @@ Every stage resumes: a second run finds the caches done and training at its last
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -123,71 +122,6 @@ class _Stages:
             self._current = None
 
 
-class _TrainingProgress(logging.Handler):
-    """One console line per training step (and per evaluation) from Levanter's json_logger records."""
-
-    def __init__(self, steps: int):
-        super().__init__()
-        self.steps, self.begin = steps, time.perf_counter()
-        self.printed: set[tuple[str, int]] = set()  # Levanter logs the last step's metrics twice
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            entry = json.loads(record.getMessage())
-        except ValueError:
-            return
-        metrics = entry.get("metrics", {}) if entry.get("event") == "log" else {}
-        elapsed = time.perf_counter() - self.begin
-        step = entry.get("step", -1)
-        if "train/loss" in metrics and ("train", step) not in self.printed:
-            self.printed.add(("train", step))
-            print(f"  step {entry['step'] + 1:>4}/{self.steps}  loss {metrics['train/loss']:.3f}  ({elapsed:.0f} s)",
-                  flush=True)
-        if "eval/loss" in metrics and ("eval", step) not in self.printed:
-            self.printed.add(("eval", step))
-            print(f"  validation loss {metrics['eval/loss']:.3f}", flush=True)
-
-
-def _console_filter(record: logging.LogRecord) -> bool:
-    """The console keeps warnings and our own messages (steps and evaluations print as compact lines);
-    the log file keeps everything."""
-    if record.name == "levanter.checkpoint" and record.levelno == logging.WARNING:
-        return False  # "No checkpoints found" on a fresh start (the demo says itself when it resumes)
-    if record.name == "levanter.tensorstore_serialization" and record.getMessage().startswith("Unknown leaf type"):
-        return False  # once per static (None) field of the model when resuming: harmless
-    if record.name == "fray.device_flops" or record.name == "levanter.callbacks.profiler":
-        return False  # "Unknown device type: cpu" (no peak FLOPs for MFU on a CPU); the profiler's step window
-    return record.levelno >= logging.WARNING or record.name.startswith("amt")
-
-
-@contextlib.contextmanager
-def _quiet_console(steps: int, verbose: bool = False):
-    """Levanter replaces the logging handlers when training starts (and prints every metric as JSON): filter
-    its console handler once it exists, and print compact progress lines instead."""
-    import levanter.utils.logging as levanter_logging
-
-    original = levanter_logging.init_logging
-    progress = _TrainingProgress(steps)
-
-    def init_logging(log_dir, run_id, *args, **kwargs):
-        # Levanter's trainer passes "<id>.log" and init_logging adds ".log" again: demo.log, not demo.log.log
-        original(log_dir, run_id.removesuffix(".log"), *args, **kwargs)
-        for handler in logging.getLogger().handlers:
-            if type(handler) is logging.StreamHandler and not verbose:
-                handler.addFilter(_console_filter)
-
-    levanter_logging.init_logging = init_logging
-    logging.getLogger("levanter.json_logger").addHandler(progress)
-    try:
-        yield
-    finally:
-        levanter_logging.init_logging = original
-        logging.getLogger("levanter.json_logger").removeHandler(progress)
-        from amt import cli
-
-        cli.configure_logging(verbose)  # Levanter left the root logger at INFO: quiet again for the next stages
-
-
 def find_soundfont(configured: str | None = None) -> str | None:
     for candidate in (configured, os.environ.get("AMT_SOUNDFONT"), *SOUNDFONTS):
         if candidate and os.path.exists(candidate):
@@ -281,9 +215,9 @@ def run(config: DemoConfig, verbose: bool = False) -> dict:
             print(f"resuming from {checkpoints / _latest_step(checkpoints)}", flush=True)
         import draccus  # (Levanter: seconds to import, only when there is training to do)
 
-        from amt.train import TrainConfig, train
+        from amt.train import TrainConfig, compact_console, train
 
-        with _quiet_console(config.steps, verbose):
+        with compact_console(config.steps, verbose):
             train(draccus.parse(TrainConfig, config_path=config.recipe, args=overrides))
         trained = {**data_key, "steps": config.steps}
         record("train", trained)

@@ -34,8 +34,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -199,6 +201,74 @@ def ending_runs_once():
         yield
     finally:
         CheckpointerConfig.create, Trainer.train, TrainerHooks.run_hooks = original_create, original_train, original_run
+
+
+class _StepLines(logging.Handler):
+    """One console line per training step (and per evaluation) from Levanter's json_logger records."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps, self.begin = steps, time.perf_counter()
+        self.printed: set[tuple[str, int]] = set()  # Levanter logs the last step's metrics twice
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            entry = json.loads(record.getMessage())
+        except ValueError:
+            return
+        metrics = entry.get("metrics", {}) if entry.get("event") == "log" else {}
+        elapsed = time.perf_counter() - self.begin
+        step = entry.get("step", -1)
+        if "train/loss" in metrics and ("train", step) not in self.printed:
+            self.printed.add(("train", step))
+            print(f"  step {entry['step'] + 1:>4}/{self.steps}  loss {metrics['train/loss']:.3f}  ({elapsed:.0f} s)",
+                  flush=True)
+        if "eval/loss" in metrics and ("eval", step) not in self.printed:
+            self.printed.add(("eval", step))
+            print(f"  validation loss {metrics['eval/loss']:.3f}", flush=True)
+
+
+def _console_filter(record: logging.LogRecord) -> bool:
+    """The console keeps warnings and our own messages (steps and evaluations print as compact lines);
+    the log file keeps everything."""
+    if record.name == "levanter.checkpoint" and record.levelno == logging.WARNING:
+        return False  # "No checkpoints found" on a fresh start (the demo says itself when it resumes)
+    if record.name == "levanter.tensorstore_serialization" and record.getMessage().startswith("Unknown leaf type"):
+        return False  # once per static (None) field of the model when resuming: harmless
+    if record.name == "fray.device_flops" or record.name == "levanter.callbacks.profiler":
+        return False  # "Unknown device type: cpu" (no peak FLOPs for MFU on a CPU); the profiler's step window
+    return record.levelno >= logging.WARNING or record.name.startswith("amt")
+
+
+@contextlib.contextmanager
+def compact_console(steps: int, verbose: bool = False):
+    """The console of `amt train` and `amt demo`: one line per logged step and per evaluation. Levanter replaces
+    the logging handlers when training starts and prints every metric as a JSON line: its console handler is
+    filtered once it exists (unless `verbose`; the log file keeps everything), and it is left quiet afterwards."""
+    import levanter.utils.logging as levanter_logging
+
+    original = levanter_logging.init_logging
+    progress = _StepLines(steps)
+
+    def init_logging(log_dir, run_id, *args, **kwargs):
+        # Levanter's trainer passes "<id>.log" and init_logging adds ".log" again: <id>.log, not <id>.log.log
+        original(log_dir, run_id.removesuffix(".log"), *args, **kwargs)
+        for handler in logging.getLogger().handlers:
+            if type(handler) is logging.StreamHandler and not verbose:
+                handler.addFilter(_console_filter)
+
+    root_level = logging.getLogger().level
+    levanter_logging.init_logging = init_logging
+    logging.getLogger("levanter.json_logger").addHandler(progress)
+    try:
+        yield
+    finally:
+        levanter_logging.init_logging = original
+        logging.getLogger("levanter.json_logger").removeHandler(progress)
+        if not verbose:  # Levanter's init_logging set these to INFO: quiet again for what follows (the demo's stages)
+            logging.getLogger().setLevel(root_level)
+            for name in ("levanter", "tqdm_loggable"):
+                logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def parameter_count(model_config: MusicGpt2Config) -> int:
