@@ -305,6 +305,27 @@ def test_eval_generation_command_reports_model_and_baselines(hf_folder, tmp_path
     assert bad.returncode == 2 and "tasks: unknown ['harmonize']" in bad.stderr
 
 
+def test_a_saved_interarrival_checkpoint_loads_with_its_own_vocabulary(tmp_path):
+    """What `amt train` leaves (a Levanter checkpoint, OCDBT since marin-levanter, and amt-model.yaml beside it)
+    loads with the vocabulary it was trained with: 34,025 for an interarrival model, not the default 55,028."""
+    import haliax as hax
+    import jax
+    from levanter.checkpoint import save_checkpoint
+
+    from amt import interarrival_sampling
+    from amt.checkpoints import MODEL_CONFIG_FILE, load_model, single_device_mesh, stored_vocab_size
+    from amt.train import MusicGpt2Config
+
+    config = MusicGpt2Config(max_seq_len=64, hidden_dim=8, num_layers=1, num_heads=1)
+    with single_device_mesh():
+        model = config.build(hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(0))
+        save_checkpoint({"model": model}, 0, str(tmp_path / "step-0"), is_temporary=False)
+    (tmp_path / MODEL_CONFIG_FILE).write_text("max_seq_len: 64\nhidden_dim: 8\nnum_layers: 1\nnum_heads: 1\n")
+    assert stored_vocab_size(tmp_path) == vocab.MIDI_VOCAB_SIZE
+    loaded, _ = load_model(tmp_path)
+    assert interarrival_sampling.is_interarrival_model(loaded)
+
+
 def test_an_interarrival_sample_decodes_to_midi_that_mido_reads_back(tmp_path):
     import haliax as hax
     import jax

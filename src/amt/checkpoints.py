@@ -139,8 +139,15 @@ def stored_vocab_size(checkpoint: str | os.PathLike) -> int:
     import json
 
     step = _latest(os.fspath(checkpoint))
-    for name in (".zarray", "zarr.json"):
-        path = f"{step}/model/embeddings/token_embeddings/weight/{name}"
+    array = "model/embeddings/token_embeddings/weight"
+    if _exists(f"{step}/manifest.ocdbt"):  # marin-levanter: every array inside one OCDBT key-value store
+        import tensorstore as ts
+        from levanter.tensorstore_serialization import build_kvstore_spec
+
+        spec = {"driver": "zarr3", "kvstore": {"driver": "ocdbt", "base": build_kvstore_spec(step), "path": array}}
+        return int(ts.open(spec, open=True).result().shape[0])
+    for name in (".zarray", "zarr.json"):  # Levanter 1.2: a zarr folder per array
+        path = f"{step}/{array}/{name}"
         if _exists(path):
             with fsspec.open(path) as file:
                 return int(json.load(file)["shape"][0])
