@@ -154,7 +154,10 @@ def _save_state(out: Path, state: dict) -> None:
 
 
 def _latest_step(checkpoints: Path) -> str | None:
-    steps = [p for p in checkpoints.glob("step-*") if p.name.split("-")[-1].isdigit()]
+    """The latest complete checkpoint's folder name (one Levanter resumes from: it has metadata.json), found
+    without importing Levanter (amt.checkpoints' discovery does), so that a finished demo reruns in a second."""
+    steps = [p for p in checkpoints.glob("step-*")
+             if p.name.split("-")[-1].isdigit() and (p / "metadata.json").exists()]
     return max(steps, key=lambda p: int(p.name.split("-")[-1])).name if steps else None
 
 
@@ -204,15 +207,14 @@ def run(config: DemoConfig, verbose: bool = False) -> dict:
     stages.start(f"train {Path(config.recipe).name} for {config.steps} steps",
                  shlex.join(["amt", "train", "--config_path", config.recipe, *overrides]))
     data_key = {"midi": config.midi, "augment": config.augment, "seed": config.seed, "recipe": config.recipe}
-    trained = state.get("train", {})
+    trained, latest = state.get("train", {}), _latest_step(checkpoints)
     if ({k: v for k, v in trained.items() if k != "steps"} == data_key and trained.get("steps", 0) >= config.steps
-            and _latest_step(checkpoints)):
-        print(f"skipped: already trained for {trained['steps']} steps ({checkpoints / _latest_step(checkpoints)})",
-              flush=True)
+            and latest):
+        print(f"skipped: already trained for {trained['steps']} steps ({checkpoints / latest})", flush=True)
         skipped.append("train")
     else:
-        if _latest_step(checkpoints):
-            print(f"resuming from {checkpoints / _latest_step(checkpoints)}", flush=True)
+        if latest:
+            print(f"resuming from {checkpoints / latest}", flush=True)
         import draccus  # (Levanter: seconds to import, only when there is training to do)
 
         from amt.train import TrainConfig, compact_console, train
