@@ -9,13 +9,15 @@ batch has its own position (`start` per row; `set_row` replaces one row's window
 request keep their own lengths, finish and move their windows at their own times.
 A test holds its logits to the full Levanter forward pass at every position (f32, 1e-4).
 
-On CPU a step is memory-bound (GPT-2 Small, batch 1: ~27 ms a token, of which reading the weights and the
-cache once takes ~18 ms at this machine's ~24 GB/s): per-layer weight matrices (not slices of stacked
-arrays), per-layer cache arrays, the unembedding pre-transposed, and elementwise attention for single tokens
-each cut the step time severalfold. Steps only read the cache (`forward`; `write` puts an event's keys and
+On CPU a step is memory-bound (GPT-2 Small, batch 1: reading the weights and the cache once takes ~15 ms at
+this machine's ~24 GB/s): per-layer weight matrices (not slices of stacked arrays), per-layer cache arrays
+and the unembedding pre-transposed each cut the step time severalfold. Attention is an einsum for one token
+too: on jax 0.7.2 elementwise products were faster, on jax 0.10 they took ~9 ms a layer against ~0.3 (one
+step ~120 -> ~25 ms under load). Steps only read the cache (`forward`; `write` puts an event's keys and
 values in place), and a prefill runs only the real tokens and one position's unembedding: with the sampler
-unembedding only the sampled slot's block, ~33 -> ~27 ms a token, and ~2.5 -> ~1.5 s for a 640-token
-window. bfloat16 weights are not offered: XLA's CPU matrix-vector products measured 8x slower in bfloat16.
+unembedding only the sampled slot's block, and ~2.5 -> ~1.5 s for a 640-token window. bfloat16 weights are
+not offered: XLA's CPU matrix-vector products measured 3.5-12x slower in bfloat16 on jax 0.10 (8x on 0.7.2),
+on a CPU with AVX512_BF16.
 """
 
 from __future__ import annotations
@@ -135,17 +137,14 @@ def empty_cache(weights: DecoderWeights, batch: int, positions: int) -> KVCache:
 
 
 def _scores(q, keys):
-    """(batch, heads, T, S) from q (batch, heads, T, head) and keys (batch, heads, S, head). For one token,
-    elementwise products: they beat XLA CPU's batched matrix-vector products."""
-    if q.shape[2] == 1:
-        return (q * keys).sum(-1)[:, :, None]
+    """(batch, heads, T, S) from q (batch, heads, T, head) and keys (batch, heads, S, head). An einsum for one
+    token too: on jax 0.7.2 elementwise products beat XLA CPU's batched matrix-vector products, on jax 0.10
+    (marin-levanter's) they are 20-60x slower than the einsum (3.2 against 0.14 ms a layer at Small size)."""
     return jnp.einsum("bhtk,bhsk->bhts", q, keys)
 
 
 def _weighted(probabilities, values):
     """(batch, heads, T, head): the values (batch, heads, S, head) weighted by probabilities (batch, heads, T, S)."""
-    if probabilities.shape[2] == 1:
-        return (probabilities[:, :, 0, :, None] * values).sum(2)[:, :, None]
     return jnp.einsum("bhts,bhsk->bhtk", probabilities, values)
 
 

@@ -346,7 +346,7 @@ class Sampler:
         # the first window is the same for every sample: prefill it once and copy it to every row
         for s in samples:
             events = len(s.tokens) // 3
-            self._window(s, flag, 0 if events <= full else events - sliding, max(start, s.current_time))
+            self._window(s, flag, 0 if events < full else events - sliding, max(start, s.current_time))
         hidden, cache = self._prefill([samples[0].fed])
         hidden = jnp.repeat(hidden, n, axis=0)
         cache = jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), cache)
