@@ -13,11 +13,9 @@ tokens) of one sample, after a real prompt that fills the context:
   prefilled again when its context fills), at batch 1 and batch B; its time includes the prompt's prefill and
   the window moves.
 
-Ratios are the point: publish them from one run. Measured figures (and the machine, and its load) are in the
-README's Sampling section: under load (2 CPUs, load average 11; --events 40 --batch 4 --hf-tokens 12), ms an
-event at batch 1 / 4: reference's method 66,950 / (no batch), HF KV cache eager 3,036 / 2,233, SDPA 2,386,
-ours 600 / 406: 112x / 165x the reference's method, 5.1x / 5.5x HF; a second run 85x / 93x, 3.8x / 2.8x
-(load hurts torch more, and moves the ratios: rerun idle).
+Ratios are the point: publish them from one run, on an idle machine (load hurts torch's threads more than
+XLA's and moves the ratios by a third). The measured figures, with the machine, are in the README's Sampling
+section.
 
 Usage: python benchmarks/sample.py [--events 150] [--batch 8] [--reference-tokens 3] [--hf-tokens 30]
        [--layers 12 --width 768 --heads 12]
