@@ -275,29 +275,32 @@ def test_eval_generation_command_reports_model_and_baselines(hf_folder, tmp_path
     out = tmp_path / "report"
     done = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "generation", "--checkpoint", str(hf_folder),
                            "--midi", str(source), "--split", "all", "--clips", "3", "--clip-seconds", "6",
-                           "--prompt-seconds", "2", "--min-melody-notes", "8", "--examples", "1", "--out", str(out)],
+                           "--prompt-seconds", "2", "--min-melody-notes", "8", "--examples", "1", "--out", str(out),
+                           "--autoregressive-checkpoint", str(hf_folder)],  # (any arrival-time model serves here)
                           capture_output=True, text=True, env=ENV, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["protocol"] == "paper" and set(report["summary"]) == {"continuation", "accompaniment"}
     continuation = report["summary"]["continuation"]
     assert report["clips"]["continuation"] == len(report["per_clip"]["continuation"]) >= 2
-    assert set(continuation) == {"model", "retrieval (same song)", "retrieval (other file)", "truth"}
+    assert set(continuation) == {"model", "autoregressive model", "retrieval (same song)", "retrieval (other file)", "truth"}
     assert continuation["retrieval (other file)"]["onset_grid_jaccard"] < 1.0
     accompaniment = report["summary"]["accompaniment"]
     assert report["clips"]["accompaniment"] >= 2  # the band pieces pass melody-select.py's rules; the piano piece not
     assert "fur-elise.mid" in report["skipped_files"]["accompaniment"]
-    assert set(accompaniment) == {"anticipatory", "autoregressive", "retrieval (same song)", "retrieval (other file)", "truth"}
-    for system in ("anticipatory", "autoregressive", "retrieval (same song)", "retrieval (other file)"):
+    assert set(accompaniment) == {"anticipatory", "autoregressive", "autoregressive model", "retrieval (same song)",
+                                  "retrieval (other file)", "truth"}
+    for system in ("anticipatory", "autoregressive", "autoregressive model", "retrieval (same song)", "retrieval (other file)"):
         assert accompaniment[system]["controls_kept"] == 1.0
-    for system in ("anticipatory", "autoregressive"):  # conditioned on the melody (a model that stops early sees less)
+    for system in ("anticipatory", "autoregressive", "autoregressive model"):  # conditioned on the melody (a model that stops early sees less)
         assert 0 < accompaniment[system]["controls_in_context"] <= 1
     assert accompaniment["retrieval (same song)"]["controls_in_context"] is None
     areas = report["set_overlapping_areas"]["continuation"]["retrieval (same song)"]
     assert set(areas) == set(clip_metrics.SET_FEATURES)
     text = (out / "report.md").read_text()
     assert "## continuation (" in text and "## Definitions" in text and "onset grid jaccard:" in text
-    assert len(list(out.glob("continuation-*-model.png"))) == 1 and (out / "accompaniment-metrics.png").exists()
+    assert len(list(out.glob("continuation-*-autoregressive-model.png"))) == 1
+    assert len(list(out.glob("continuation-*-model.png"))) == 2 and (out / "accompaniment-metrics.png").exists()
 
     bad = subprocess.run([sys.executable, "-m", "amt.cli", "eval", "generation", "--checkpoint", str(hf_folder),
                           "--midi", str(source), "--tasks", "continuation,harmonize"],

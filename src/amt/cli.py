@@ -328,7 +328,7 @@ def count_notes(sample: np.ndarray, given: np.ndarray, start_seconds: float) -> 
 def _run_generate(args, plan) -> int:
     from levanter.utils.tree_utils import inference_mode
 
-    from amt import midi, sampling
+    from amt import midi, ops, sampling, vocab
     from amt.checkpoints import load_model
     from amt.pianoroll import save_pianoroll
 
@@ -357,6 +357,11 @@ def _run_generate(args, plan) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     what = {"unconditional": "", "continuation": " from the prompt", "infill": " from the prompt around the span",
             "accompany": " from the prompt and the controls"}[plan["task"]]
+    original = ""
+    if plan["task"] in ("continuation", "infill"):  # how much music the file itself has where the model played
+        low, high = (args.start, args.end) if plan["task"] == "continuation" else args.infill
+        t = ops.times(ops.unpad(events)) / vocab.TIME_RESOLUTION
+        original = f"; the original has {int(((t > low) & (t < high)).sum())} there"
     for i, sample in enumerate(outputs):
         path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
         midi.events_to_midi(sample, path)
@@ -366,7 +371,7 @@ def _run_generate(args, plan) -> int:
         generated = len(sampler.last_generated[i])  # what the model sampled; the rest was given
         given = len(sample) - generated
         print(f"wrote {path}: {generated} notes generated after {plan['start']:.1f} s"
-              + (f" (+ {given}{what})" if given else "") + f", piano roll {path.with_suffix('.png')}")
+              + (f" (+ {given}{what})" if given else "") + f"{original}, piano roll {path.with_suffix('.png')}")
     return 0
 
 
@@ -439,6 +444,9 @@ def _add_eval(subparsers, common, help) -> None:
                    help=f"retrieval baselines, comma-separated, of {','.join(RETRIEVALS)}")
     q.add_argument("--interarrival-checkpoint", default=None,
                    help="an interarrival model (amt-interarrival-*.yaml): another continuation system")
+    q.add_argument("--autoregressive-checkpoint", default=None,
+                   help="a model trained without anticipation (augment 1): another continuation system, and an "
+                   "accompaniment system with Algorithm 2")
     q.add_argument("--min-melody-notes", type=_positive(int), default=None,
                    help="default: the protocol's (paper 20, ours 8)")
     q.add_argument("--tries", type=_positive(int), default=defaults.tries, help="random clip starts tried per file")
@@ -468,6 +476,8 @@ def _check_eval(args):
         raise UsageError(f"--top-p: {args.top_p:g} is not in (0, 1]")
     if args.interarrival_checkpoint:
         _checkpoint(args.interarrival_checkpoint, "--interarrival-checkpoint")
+    if args.autoregressive_checkpoint:
+        _checkpoint(args.autoregressive_checkpoint, "--autoregressive-checkpoint")
     if args.examples < 0:
         raise UsageError(f"--examples: {args.examples} is negative")
     config = generation_eval.GenerationEvalConfig(
@@ -475,7 +485,7 @@ def _check_eval(args):
         clip_seconds=args.clip_seconds, prompt_seconds=args.prompt_seconds, tasks=args.tasks.split(","),
         top_p=args.top_p, seed=args.seed, examples=args.examples, out=args.out, protocol=args.protocol,
         retrieval=[r for r in args.retrieval.split(",") if r], interarrival_checkpoint=args.interarrival_checkpoint,
-        min_melody_notes=args.min_melody_notes, tries=args.tries)
+        autoregressive_checkpoint=args.autoregressive_checkpoint, min_melody_notes=args.min_melody_notes, tries=args.tries)
     config.validate()
     return config
 

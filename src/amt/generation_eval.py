@@ -75,6 +75,9 @@ class GenerationEvalConfig:
     protocol: str = "paper"  # paper (the reference's humaneval scripts) or ours (the earlier, easier one)
     retrieval: list[str] = field(default_factory=lambda: list(RETRIEVALS))  # same-song (paper), other-file (ours)
     interarrival_checkpoint: str | None = None  # an interarrival model: a continuation system ("interarrival")
+    # a model trained without anticipation (augment 1): a continuation system and, with Algorithm 2, an
+    # accompaniment system ("autoregressive model"), next to the main model's own Algorithm 2 ("autoregressive")
+    autoregressive_checkpoint: str | None = None
     min_melody_notes: int | None = None  # None: the protocol's (paper 20, ours 8)
     top_p: float | None = None  # None: the protocol's (paper 0.98 continuation, 0.95 accompaniment/interarrival)
     tries: int = 10  # random clip starts tried per file
@@ -285,6 +288,10 @@ def run(config: GenerationEvalConfig) -> dict:
     if config.interarrival_checkpoint:
         ia_model, _ = load_model(config.interarrival_checkpoint)
         ia_sampler = interarrival_sampling.InterarrivalSampler(inference_mode(ia_model, True))
+    ar_sampler = None
+    if config.autoregressive_checkpoint:
+        ar_model, _ = load_model(config.autoregressive_checkpoint)
+        ar_sampler = sampling.Sampler(inference_mode(ar_model, True))
     start, end = config.prompt_seconds, config.clip_seconds
     start_bin, end_bin = int(vocab.TIME_RESOLUTION * start), int(vocab.TIME_RESOLUTION * end)
     # compared: (start, end) exclusive of the start, since the prompt keeps the notes arriving exactly at it
@@ -305,6 +312,9 @@ def run(config: GenerationEvalConfig) -> dict:
                 from_time = ops.max_time(prompt) if config.protocol == "paper" and len(prompt) else start
                 options = sampling.SamplingOptions(top_p=config.top_p_for("continuation"), seed=config.seed + index)
                 systems = {"model": sampler.generate(from_time, end, inputs=prompt, options=options)[0]}
+                if ar_sampler is not None:
+                    systems["autoregressive model"] = ar_sampler.generate(from_time, end, inputs=prompt,
+                                                                          options=options)[0]
                 if ia_sampler is not None:
                     ia_options = interarrival_sampling.InterarrivalOptions(top_p=config.top_p_for("interarrival"),
                                                                            seed=config.seed + index)
@@ -322,10 +332,13 @@ def run(config: GenerationEvalConfig) -> dict:
                 given = ops.from_controls(given)
                 options = sampling.SamplingOptions(top_p=config.top_p_for("accompaniment"), seed=config.seed + index)
                 systems, context = {}, {}
-                for name, anticipatory in (("anticipatory", True), ("autoregressive", False)):
-                    systems[name] = sampling.accompany(sampler, clip.events, [clip.melody], start, end, options,
+                runs = [("anticipatory", sampler, True), ("autoregressive", sampler, False)]
+                if ar_sampler is not None:
+                    runs.append(("autoregressive model", ar_sampler, False))
+                for name, system_sampler, anticipatory in runs:
+                    systems[name] = sampling.accompany(system_sampler, clip.events, [clip.melody], start, end, options,
                                                        anticipatory=anticipatory)[0]
-                    context[name] = sampler.last_sequences[0]
+                    context[name] = system_sampler.last_sequences[0]
                 retrieved_at = None
                 if "same-song" in config.retrieval:
                     accompaniment, retrieved_at = same_song_retrieval(clip, start, end, retrieval_rng, [clip.melody])
@@ -482,6 +495,8 @@ def markdown_report(report: dict) -> str:
              f"split): {', '.join(f'{n} for {task}' for task, n in report['clips'].items())}; prompt "
              f"{config['prompt_seconds']:g} s, top-p {top_p}, seed {config['seed']}"
              + (f", interarrival model {config['interarrival_checkpoint']}" if config.get("interarrival_checkpoint") else "")
+             + (f", autoregressive model {config['autoregressive_checkpoint']} (continuation; accompaniment with "
+                "Algorithm 2)" if config.get("autoregressive_checkpoint") else "")
              + ". Each system's part after the prompt against the true part; means over clips.", ""]
     for task, summary in report["summary"].items():
         if not summary:
