@@ -1,0 +1,77 @@
+"""experiments/table1_mini.py: its options are checked before anything runs, finished stages are recognized, and
+the report is built from the evaluations' own outputs (the training itself is the experiment: hours)."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def table1():
+    spec = importlib.util.spec_from_file_location("table1_mini", REPO / "experiments" / "table1_mini.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stages", "train,eval"], "--stages: unknown eval"),
+    (["--models", "anticipatory,lstm"], "--models: unknown lstm"),
+    (["--steps", "0"], "--steps: must be >= 1, got 0"),
+])
+def test_bad_options_are_one_line_errors(table1, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        table1.parse(argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_three_recipes_differ_only_in_data_and_run_folders(table1):
+    import yaml
+
+    recipes = {name: yaml.safe_load((REPO / recipe).read_text()) for name, (recipe, _) in table1.MODELS.items()}
+    base = recipes["anticipatory"]
+    for name, recipe in recipes.items():
+        assert recipe["model"] == base["model"] and recipe["optimizer"] == base["optimizer"]
+        assert {k: v for k, v in recipe["trainer"].items() if k not in ("checkpointer", "log_dir")} == \
+            {k: v for k, v in base["trainer"].items() if k not in ("checkpointer", "log_dir")}
+        assert name in recipe["trainer"]["checkpointer"]["base_path"] and name in recipe["trainer"]["log_dir"]
+    assert [recipes[n]["data"]["cache_dir"] for n in ("anticipatory", "autoregressive", "interarrival")] == \
+        ["data/mini-a10", "data/mini-a1", "data/mini-interarrival"]
+    assert recipes["interarrival"]["data"]["vocab_size"] == 34025 and "vocab_size" not in base["data"]
+    # the arrival-time models are both measured on the test split without controls (Table 1's)
+    assert table1.MODELS["anticipatory"][1] == table1.MODELS["autoregressive"][1] == "data/mini-a1"
+
+
+def test_last_step_counts_only_complete_checkpoints(table1, tmp_path):
+    run = tmp_path / "run"
+    assert table1.last_step(run) is None
+    (run / "checkpoints" / "step-200").mkdir(parents=True)
+    (run / "checkpoints" / "step-200" / "metadata.json").write_text("{}")
+    (run / "checkpoints" / "step-400").mkdir()  # being written: no metadata.json yet
+    assert table1.last_step(run) == 200
+
+
+def test_report_puts_each_model_next_to_its_uniform_floor_and_the_paper(table1, tmp_path, capsys):
+    args = table1.parse(["--out", str(tmp_path), "--steps", "600"])
+    rows = {"anticipatory": ("arrival", 4.0, 9000, 3000.0), "autoregressive": ("arrival", 4.1, 9000, 3000.0),
+            "interarrival": ("interarrival", 4.5, 8000, 2990.0)}
+    for name, (encoding, loss, tokens, seconds) in rows.items():
+        result = {"checkpoint": f"{name}/step-600", "step": 600, "encoding": encoding, "loss": loss, "tokens": tokens,
+                  "seconds": seconds, "bits_per_second": loss / math.log(2) * tokens / seconds,
+                  "event_perplexity": 50.0 if encoding == "arrival" else None, "event_onset_perplexity": None,
+                  "event_duration_perplexity": None, "event_note_perplexity": None}
+        (tmp_path / name / "perplexity").mkdir(parents=True)
+        (tmp_path / name / "perplexity" / "perplexity.json").write_text(json.dumps({"results": [result]}))
+    table1.stage_report(args, tmp_path / "log.txt")
+    text = (tmp_path / "results.md").read_text()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [row["model"] for row in results["rows"]] == ["anticipatory", "autoregressive", "interarrival"]
+    uniform = results["rows"][2]["uniform_bits_per_second"]
+    assert uniform == pytest.approx(8000 * math.log2(34025) / 2990.0)
+    assert f"| interarrival | 600 | 2990.0 | 4.500 |" in text and f"{uniform:.1f} |" in text
+    assert "Small, arrival-time, anticipatory | 15.0 | 80.7" in text
