@@ -90,37 +90,6 @@ def test_dry_run_prints_the_parameter_count():
     assert "128.1M parameters" in out and "524,288 tokens a step" in out
 
 
-@pytest.mark.parametrize("vocab_size", [vocab.VOCAB_SIZE, vocab.MIDI_VOCAB_SIZE])
-def test_sinusoidal_time_embeddings_start_neighbouring_times_alike_and_leave_other_tokens(vocab_size):
-    import haliax as hax
-    import jax
-
-    from amt.train import MusicGpt2Config, time_token_blocks
-
-    def embeddings(init):
-        config = MusicGpt2Config(hidden_dim=32, num_heads=2, num_layers=1, max_seq_len=64, time_embedding_init=init)
-        with checkpoints.single_device_mesh():
-            model = config.build(hax.Axis("vocab", vocab_size), key=jax.random.PRNGKey(0))
-        return np.asarray(model.embeddings.token_embeddings.weight.rearrange(("vocab", "embed")).array)
-
-    def cosine(a, b):
-        return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
-
-    normal, sinusoidal = embeddings("normal"), embeddings("sinusoidal")
-    blocks = time_token_blocks(vocab_size)
-    assert len(blocks) == (4 if vocab_size == vocab.VOCAB_SIZE else 1)
-    time_rows = np.concatenate([tokens for tokens, _ in blocks])
-    others = np.setdiff1d(np.arange(vocab_size), time_rows)
-    np.testing.assert_array_equal(sinusoidal[others], normal[others])  # notes, controls' notes, specials untouched
-    onsets = blocks[0][0]
-    assert cosine(sinusoidal[onsets[100]], sinusoidal[onsets[101]]) > 0.95 > cosine(normal[onsets[100]], normal[onsets[101]])
-    assert np.std(sinusoidal[time_rows]) == pytest.approx(np.std(normal), rel=0.5)  # the init's scale, not 100x it
-    if vocab_size == vocab.VOCAB_SIZE:  # onsets and durations of the same bins stay apart
-        assert cosine(sinusoidal[onsets[50]], sinusoidal[blocks[1][0][50]]) < 0.9
-    with pytest.raises(ValueError, match="time_embedding_init: 'smooth'"):
-        embeddings("smooth")
-
-
 @pytest.mark.parametrize("gpu, tpu, accumulation", [("amt-small-gpu", "amt-small", 16), ("amt-medium-8gpu", "amt-medium", 4)])
 def test_gpu_recipes_are_the_tpu_recipes_on_other_hardware(gpu, tpu, accumulation):
     ours, theirs = (draccus.parse(TrainConfig, config_path=str(RECIPES / f"{name}.yaml"), args=[]) for name in (gpu, tpu))

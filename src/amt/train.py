@@ -62,68 +62,10 @@ HF_REFERENCE = os.path.join(os.path.dirname(__file__), "hf_reference")  # a loca
 HF_SPECIAL_IDS = {"bos_token_id": vocab.AUTOREGRESS, "eos_token_id": vocab.SEPARATOR, "pad_token_id": None}
 
 
-TIME_EMBEDDING_INITS = ("normal", "sinusoidal")
-
-
-def time_token_blocks(vocab_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The blocks of a vocabulary's tokens that stand for an amount of time, each as (tokens, that amount in
-    10 ms bins): onsets and durations of events and controls (arrival-time vocabulary), or time shifts
-    (interarrival)."""
-    if vocab_size >= vocab.VOCAB_SIZE:
-        blocks = [(vocab.TIME_OFFSET, vocab.MAX_TIME), (vocab.DUR_OFFSET, vocab.MAX_DUR),
-                  (vocab.ATIME_OFFSET, vocab.MAX_TIME), (vocab.ADUR_OFFSET, vocab.MAX_DUR)]
-    else:
-        blocks = [(vocab.MIDI_TIME_OFFSET, vocab.MAX_INTERARRIVAL)]
-    return [(offset + np.arange(n), np.arange(n)) for offset, n in blocks]
-
-
-def sinusoidal_time_table(values: np.ndarray, width: int, scale: float) -> np.ndarray:
-    """(len(values), width) sinusoids of time (in bins), the transformer's position encoding with base 10,000
-    bins (100 s), scaled so that each component's standard deviation is `scale`."""
-    frequencies = 1.0 / (10_000.0 ** (np.arange(width // 2) / max(width // 2, 1)))
-    angles = values[:, None] * frequencies[None]
-    table = np.zeros((len(values), width), np.float32)
-    table[:, 0 : 2 * (width // 2) : 2], table[:, 1 : 2 * (width // 2) : 2] = np.sin(angles), np.cos(angles)
-    return table * scale * np.sqrt(2.0)
-
-
 @LmConfig.register_subclass("amt_gpt2")
 @dataclass(frozen=True)
 class MusicGpt2Config(Gpt2Config):
-    """Levanter's GPT-2 (the model the paper trained), with an offline Hugging Face converter.
-
-    `time_embedding_init: sinusoidal` (not the paper's; for the small CPU models, `recipes/amt-tiny.yaml`) adds
-    to the normal initial embedding of every time token (onsets, durations; interarrival time shifts) a
-    sinusoid of its time (`sinusoidal_time_table`), so that nearby times start out alike. The 10,000 onset
-    tokens are otherwise unrelated until training relates each to its neighbours, which takes far more data
-    than a few CPU minutes see: a 4-layer model after 0.8M tokens still spread its next onset nearly
-    uniformly over 30 s (README, "Table 1 in miniature"). Only the initial values change: the model, its
-    checkpoints and its Hugging Face export are plain GPT-2."""
-
-    time_embedding_init: str = "normal"
-
-    def build(self, Vocab, *, key):
-        model = super().build(Vocab, key=key)
-        if self.time_embedding_init == "normal":
-            return model
-        if self.time_embedding_init not in TIME_EMBEDDING_INITS:
-            raise ValueError(f"model.time_embedding_init: {self.time_embedding_init!r} is not one of "
-                             f"{list(TIME_EMBEDDING_INITS)}")
-        import equinox as eqx
-        import haliax as hax
-        import jax.numpy as jnp
-
-        weight = model.embeddings.token_embeddings.weight
-        array = weight.rearrange((Vocab.name, "embed")).array
-        scale = jnp.std(array)  # the normal init's spread (Levanter's is initializer_range / width)
-        for tokens, values in time_token_blocks(Vocab.size):
-            # a block's tokens: one random vector of the block (so onsets and durations differ) plus the sinusoid
-            # of their time; no noise of their own, so that neighbours start out nearly the same
-            block = array[tokens[0]]
-            table = jnp.asarray(sinusoidal_time_table(values, self.hidden_dim, 1.0), array.dtype)
-            array = array.at[jnp.asarray(tokens)].set(scale * table + block[None])
-        new = hax.named(array, (weight.resolve_axis(Vocab.name), weight.resolve_axis("embed")))
-        return eqx.tree_at(lambda m: m.embeddings.token_embeddings.weight, model, new.rearrange(weight.axes))
+    """Levanter's GPT-2 (the model the paper trained), with an offline Hugging Face converter."""
 
     def hf_checkpoint_converter(self, ref_checkpoint: Optional[str] = None) -> HFCheckpointConverter:
         """Workaround 3 (see the module docstring)."""
