@@ -80,12 +80,24 @@ def _subparser(words: list[str]):
     return sub
 
 
+@functools.cache
+def _table1_mini():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("table1_mini", REPO / "experiments" / "table1_mini.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _check(command: str) -> None:
     words = shlex.split(command)
     if words[0] == "python":
         for word in words[1:]:
             if word.endswith((".py", ".yaml")):
                 assert (REPO / word).exists(), f"{command}: {word} does not exist in the repository"
+        if words[1] == "experiments/table1_mini.py" and not any(PLACEHOLDER.search(w) for w in words[2:]):
+            _table1_mini().parse(words[2:])  # its own argument checks (exits 2 on an unknown option or value)
         return
     if words[1] == "COMMAND":  # "amt COMMAND -h"
         return
