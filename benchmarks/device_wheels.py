@@ -4,11 +4,14 @@ Run here, with network:
     python benchmarks/device_wheels.py [--have device-packages.txt] [--batch-mib 60]
 
 It downloads, for CPython 3.12 on manylinux x86_64 and without dependencies, every distribution listed in
-`benchmarks/device-requirements.txt` (what the device check imports, pinned: generated from a Python 3.12
-venv with jax 0.11.2 and our dependencies, jax/jaxlib/numpy/scipy/torch left out since the machine has them)
-into `benchmarks/wheels/` (git-ignored), leaving out those the machine already has (`--have`: the
-`pip list --format=freeze` that `device_check.sh --inventory` writes into $OUT), and splits them into folders
-`batch-1`, `batch-2`, ... of at most 58 MiB (a device call carries at most 64 MiB). Then, on the device:
+`benchmarks/device-requirements.txt` (what the device check imports, pinned: the minimal set, found by adding
+wheels to a bare Python 3.12 venv of jax 0.11.2, numpy, scipy and torch only where an import failed; its header
+says how and why each heavy one is there; 117 distributions, 296.8 MiB) into `benchmarks/wheels/`
+(git-ignored), leaving out those the machine already has (`--have`: the `pip list --format=freeze` that
+`device_check.sh --inventory` writes into $OUT), and splits them into folders
+`batch-1`, `batch-2`, ... of at most 58 MiB (a device call carries at most 64 MiB, the working tree included):
+6 batches (5 with `--batch-mib 60`, if the working tree stays under 3 MiB), so 7 device calls in all (installing a
+batch took about 20 s on a loaded 2-core CPU here). Then, on the device:
 
     run: bash benchmarks/device_check.sh --inventory                      (optional: what the machine has)
     run: bash benchmarks/device_check.sh --install benchmarks/wheels/batch-K   carry [benchmarks/wheels/batch-K]
