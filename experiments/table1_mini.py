@@ -34,6 +34,9 @@ import sys
 import time
 from pathlib import Path
 
+from amt import vocab
+from amt.demo import latest_step  # (neither imports jax nor Levanter)
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("corpus", "caches", "train", "perplexity", "generation", "report")
 MODELS = {  # name: (recipe, cache of its encoding whose test split it is evaluated on), in training order
@@ -52,7 +55,7 @@ PAPER_TABLE1 = [
     ("Small, arrival-time, autoregressive", 15.1, 80.4),
     ("Small, arrival-time, anticipatory", 15.0, 80.7),
 ]
-VOCAB_SIZES = {"arrival": 55_028, "interarrival": 34_025}
+VOCAB_SIZES = {"arrival": vocab.VOCAB_SIZE, "interarrival": vocab.MIDI_VOCAB_SIZE}
 
 
 def say(message: str) -> None:
@@ -72,9 +75,9 @@ def amt(*args: str, log: Path) -> None:
 
 
 def last_step(run: Path) -> int | None:
-    """The step of the run's latest complete checkpoint (metadata.json is written last), or None."""
-    steps = [int(p.name[5:]) for p in (run / "checkpoints").glob("step-*") if (p / "metadata.json").exists()]
-    return max(steps) if steps else None
+    """The step of the run's latest complete checkpoint (the demo's rule: metadata.json is written last), or None."""
+    name = latest_step(run / "checkpoints")
+    return int(name.split("-")[-1]) if name else None
 
 
 def stage_corpus(args, log: Path) -> None:

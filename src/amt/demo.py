@@ -153,7 +153,7 @@ def _save_state(out: Path, state: dict) -> None:
     path.with_suffix(".tmp").replace(path)
 
 
-def _latest_step(checkpoints: Path) -> str | None:
+def latest_step(checkpoints: Path) -> str | None:
     """The latest complete checkpoint's folder name (one Levanter resumes from: it has metadata.json), found
     without importing Levanter (amt.checkpoints' discovery does), so that a finished demo reruns in a second."""
     steps = [p for p in checkpoints.glob("step-*")
@@ -207,7 +207,7 @@ def run(config: DemoConfig, verbose: bool = False) -> dict:
     stages.start(f"train {Path(config.recipe).name} for {config.steps} steps",
                  shlex.join(["amt", "train", "--config_path", config.recipe, *overrides]))
     data_key = {"midi": config.midi, "augment": config.augment, "seed": config.seed, "recipe": config.recipe}
-    trained, latest = state.get("train", {}), _latest_step(checkpoints)
+    trained, latest = state.get("train", {}), latest_step(checkpoints)
     if ({k: v for k, v in trained.items() if k != "steps"} == data_key and trained.get("steps", 0) >= config.steps
             and latest):
         print(f"skipped: already trained for {trained['steps']} steps ({checkpoints / latest})", flush=True)
