@@ -88,6 +88,41 @@ def test_perplexity_is_the_mean_loss_of_the_models_own_logits(tiny_model, real_s
     assert perplexity.metrics(chosen, np.full_like(losses, 300.0))["event_perplexity"] == math.inf
 
 
+def test_onset_masses_split_the_models_onset_distribution_at_the_previous_event(tiny_model, real_sequences):
+    """The masses that say whether a model has learned that time runs forward, against its own logits: the
+    previous event is found by walking the triples (controls and a SEPARATOR in between), the split by sums."""
+    from amt.checkpoints import logits
+
+    by_hand = [vocab.AUTOREGRESS, 5, 10_010, 11_060, vocab.ATIME_OFFSET + 40, vocab.ADUR_OFFSET, vocab.ANOTE_OFFSET + 1,
+               30, 10_010, 11_062, *[vocab.SEPARATOR] * 3, 7, 10_010, 11_064, 9, 10_010, 11_065]
+    previous = perplexity.previous_onsets(np.array([by_hand + [vocab.SEPARATOR] * (1024 - len(by_hand))]))[0]
+    assert {i: int(p) for i, p in enumerate(previous) if p >= 0} == {6: 5, 15: 7}  # not across the SEPARATOR
+
+    chosen = real_sequences[[0, 3, len(real_sequences) - 1]]
+    losses, masses = perplexity.token_scores(tiny_model, chosen, batch_size=2)
+    previous = perplexity.previous_onsets(chosen)
+    assert (previous >= 0).sum() > 300
+    expected = []
+    for row, sequence in enumerate(chosen):
+        z = logits(tiny_model, sequence)[:-1, vocab.TIME_OFFSET : vocab.TIME_OFFSET + vocab.MAX_TIME].astype(np.float64)
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        for column in np.flatnonzero(previous[row] >= 0):
+            t = previous[row, column]
+            past = p[column, :t].sum()
+            expected.append((past, p[column, t : t + 101].sum() / (1 - past)))
+            assert chosen[row, column + 1] >= t  # the truth is never in the past ...
+            assert chosen[row, column + 1] <= t + 100  # ... and always within the second (RESTs)
+    np.testing.assert_allclose(masses[previous >= 0], np.array(expected), rtol=1e-3, atol=1e-5)
+    assert not masses[previous < 0].any()
+    m = perplexity.metrics(chosen, losses, masses)
+    assert m["onset_past_mass"] == pytest.approx(np.mean([e[0] for e in expected]), rel=1e-3)
+    assert m["onset_next_second_mass"] == pytest.approx(np.mean([e[1] for e in expected]), rel=1e-3)
+    # a random model spreads its onsets over all 100 s: about half before a mid-window onset, 1% in a second
+    assert 0.005 < m["onset_next_second_mass"] < 0.05
+    assert perplexity.metrics(chosen, losses)["onset_past_mass"] is None
+
+
 def test_bits_per_second_use_the_seconds_of_the_actual_sequences(real_sequences):
     # by hand: a file stretch 0 -> 2.5 s, a SEPARATOR, then the next file 0.3 -> 1.3 s (and a control, ignored)
     body = [[0, 10_010, 11_060], [250, 10_000, vocab.REST], [vocab.SEPARATOR] * 3, [30, 10_020, 11_064],

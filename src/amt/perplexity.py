@@ -91,6 +91,23 @@ def triple_kinds(sequences: np.ndarray) -> np.ndarray:
     return kinds.reshape(len(sequences), -1)
 
 
+def previous_onsets(sequences: np.ndarray) -> np.ndarray:
+    """(n, 1,023) for each predicted token 1..1,023: the onset (in bins, relative to the window) of the event
+    before it in its file stretch, where the token is an event's onset and such an event exists; else -1."""
+    sequences = np.asarray(sequences)
+    kinds = triple_kinds(sequences)
+    out = np.full((len(sequences), sequences.shape[1] - 1), -1, np.int64)
+    for row, sequence in enumerate(sequences):
+        previous = -1
+        for i, kind in enumerate(kinds[row]):
+            if kind == SEPARATOR:
+                previous = -1
+            elif kind == EVENT:
+                out[row, 3 * i] = previous  # token 1 + 3i is the onset; it is predicted at column 3i
+                previous = int(sequence[1 + 3 * i]) - vocab.TIME_OFFSET
+    return out
+
+
 def sequence_seconds(sequence: np.ndarray) -> float:
     """Seconds of music a sequence covers: for each stretch of one file (between SEPARATORs), the time
     from its first event's onset to its last event's onset (RESTs included: they mark silence)."""
@@ -134,9 +151,10 @@ def interarrival_metrics(sequences: np.ndarray, losses: np.ndarray) -> dict:
     return out
 
 
-def metrics(sequences: np.ndarray, losses: np.ndarray) -> dict:
+def metrics(sequences: np.ndarray, losses: np.ndarray, onset_masses: np.ndarray | None = None) -> dict:
     """Table 1's numbers from sequences (n, 1,024) and the losses (n, 1,023) of tokens 1..1,023 (nats), for
-    either encoding (`encoding_of`)."""
+    either encoding (`encoding_of`); with `onset_masses` (n, 1,023, 2) from `token_scores`, also the onset
+    masses (module docstring)."""
     sequences, losses = np.asarray(sequences), np.asarray(losses, dtype=np.float64)
     if encoding_of(sequences) == "interarrival":
         return interarrival_metrics(sequences, losses)
@@ -164,11 +182,19 @@ def metrics(sequences: np.ndarray, losses: np.ndarray) -> dict:
         out[f"{name}_perplexity"] = exp(out[f"{name}_loss"], vocab.EVENT_SIZE)
         for s, slot_name in enumerate(("onset", "duration", "note")):
             out[f"{name}_{slot_name}_perplexity"] = exp(mean((kind == k) & (slot == s)))
+    out["onset_past_mass"] = out["onset_next_second_mass"] = None
+    if onset_masses is not None:
+        scored = previous_onsets(sequences) >= 0
+        if scored.any():
+            out["onset_past_mass"] = float(onset_masses[..., 0][scored].mean())
+            out["onset_next_second_mass"] = float(onset_masses[..., 1][scored].mean())
     return out
 
 
-def _losses_of(model, ids):
-    """(batch, positions - 1) next-token losses: logsumexp minus the target's logit (no log-softmax array)."""
+def _scores_of(model, ids, previous):
+    """(batch, positions - 1) next-token losses: logsumexp minus the target's logit (no log-softmax array);
+    and, for arrival-time models, (batch, positions - 1, 2) onset masses before the `previous` onset and
+    within the second after it (`previous_onsets`; zeros where it is -1)."""
     import haliax as hax
     import jax
     import jax.numpy as jnp
@@ -178,12 +204,31 @@ def _losses_of(model, ids):
     logits = model(named, attn_mask=AttentionMask.causal(), key=None).rearrange(("batch", "position", "vocab"))
     logits = logits.array[:, :-1].astype(jnp.float32)
     target = jnp.take_along_axis(logits, ids[:, 1:, None], axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits, axis=-1) - target
+    losses = jax.nn.logsumexp(logits, axis=-1) - target
+    if logits.shape[-1] < vocab.VOCAB_SIZE:  # interarrival: no onsets
+        return losses, jnp.zeros((*losses.shape, 2), jnp.float32)
+    below = jnp.cumsum(jax.nn.softmax(logits[..., vocab.TIME_OFFSET : vocab.TIME_OFFSET + vocab.MAX_TIME], axis=-1),
+                       axis=-1)  # below[..., t]: the mass of onsets <= t
+
+    def mass_upto(t):  # the mass of onsets < t
+        return jnp.where(t > 0, jnp.take_along_axis(below, jnp.clip(t - 1, 0, vocab.MAX_TIME - 1)[..., None],
+                                                    axis=-1)[..., 0], 0.0)
+
+    past = mass_upto(previous)
+    next_second = (mass_upto(previous + vocab.TIME_RESOLUTION + 1) - past) / jnp.maximum(1.0 - past, 1e-12)
+    valid = previous >= 0
+    return losses, jnp.stack([jnp.where(valid, past, 0.0), jnp.where(valid, next_second, 0.0)], axis=-1)
 
 
 def token_losses(model, sequences: np.ndarray, batch_size: int = 4) -> np.ndarray:
-    """Losses (n, 1,023) in nats of tokens 1..1,023 of each sequence under a Levanter LM, dropout off;
-    batched and jitted (the last batch is padded to keep one compiled shape)."""
+    """Losses (n, 1,023) in nats of tokens 1..1,023 of each sequence under a Levanter LM, dropout off."""
+    return token_scores(model, sequences, batch_size)[0]
+
+
+def token_scores(model, sequences: np.ndarray, batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Losses (n, 1,023) in nats of tokens 1..1,023 of each sequence under a Levanter LM, dropout off, and
+    the onset masses (n, 1,023, 2) of `_scores_of` (zeros for interarrival models); batched and jitted (the
+    last batch is padded to keep one compiled shape)."""
     import equinox as eqx
     import jax.numpy as jnp
     from levanter.utils.tree_utils import inference_mode
@@ -194,15 +239,23 @@ def token_losses(model, sequences: np.ndarray, batch_size: int = 4) -> np.ndarra
     if model.Pos.size < np.shape(sequences)[1]:
         raise ValueError(f"the model's context ({model.Pos.size} tokens) is shorter than the sequences "
                          f"({np.shape(sequences)[1]}); evaluate a model trained with seq_len 1024")
-    losses_of = eqx.filter_jit(_losses_of)
+    scores_of = eqx.filter_jit(_scores_of)
     sequences = np.asarray(sequences, dtype=np.int32)
+    arrival = encoding_of(sequences) == "arrival"
+    previous = previous_onsets(sequences) if arrival else np.full((len(sequences), sequences.shape[1] - 1), -1)
     out = np.zeros((len(sequences), sequences.shape[1] - 1), np.float32)
+    masses = np.zeros((*out.shape, 2), np.float32)
+
+    def padded(rows):
+        return jnp.asarray(np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows), axis=0)]))
+
     with single_device_mesh():
         for start in range(0, len(sequences), batch_size):
-            batch = sequences[start : start + batch_size]
-            padded = np.concatenate([batch, np.repeat(batch[-1:], batch_size - len(batch), axis=0)])
-            out[start : start + len(batch)] = np.asarray(losses_of(model, jnp.asarray(padded)))[: len(batch)]
-    return out
+            batch = slice(start, min(start + batch_size, len(sequences)))
+            losses, onset = scores_of(model, padded(sequences[batch]), padded(previous[batch].astype(np.int32)))
+            n = batch.stop - batch.start
+            out[batch], masses[batch] = np.asarray(losses)[:n], np.asarray(onset)[:n]
+    return out, masses
 
 
 def expand_checkpoints(paths: list[str]) -> list[tuple[str, int | None]]:
@@ -238,7 +291,7 @@ COLUMNS = ("checkpoint", "step", "encoding", "sequences", "tokens", "seconds", "
            "event_onset_perplexity", "event_duration_perplexity", "event_note_perplexity", "bits_per_second",
            "event_bits_per_second", "event_tokens", "event_loss", "control_tokens", "control_loss",
            "control_perplexity", "control_onset_perplexity", "control_duration_perplexity",
-           "control_note_perplexity")
+           "control_note_perplexity", "onset_past_mass", "onset_next_second_mass")
 
 
 def run(config: PerplexityConfig) -> list[dict]:
@@ -261,9 +314,10 @@ def run(config: PerplexityConfig) -> list[dict]:
         if model.Vocab.size != expected:
             raise ValueError(f"{path}: a model of {model.Vocab.size} tokens cannot score {config.cache}, an {encoding} "
                              f"cache ({expected} tokens); evaluate each model on a cache of its own encoding")
-        row = {"checkpoint": path, "step": step, **metrics(sequences, token_losses(model, sequences, config.batch_size))}
-        logger.info("%s: loss %.4f, event perplexity %s, %s bits/s", path, row["loss"],
-                    _fmt(row["event_perplexity"], ".4g"), _fmt(row["bits_per_second"], ".1f"))
+        row = {"checkpoint": path, "step": step, **metrics(sequences, *token_scores(model, sequences, config.batch_size))}
+        logger.info("%s: loss %.4f, event perplexity %s, %s bits/s, onset mass in the past %s, in the next second %s",
+                    path, row["loss"], _fmt(row["event_perplexity"], ".4g"), _fmt(row["bits_per_second"], ".1f"),
+                    _fmt(row["onset_past_mass"], ".3f"), _fmt(row["onset_next_second_mass"], ".3f"))
         rows.append(row)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,12 +338,21 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     x = [row["step"] if row["step"] is not None else i for i, row in enumerate(rows)]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    onsets = any(row.get("onset_past_mass") is not None for row in rows)
+    fig, axes = plt.subplots(1, 3 + onsets, figsize=(13 + 4 * onsets, 3.6))
     for ax, key, label in zip(axes, ("loss", "event_perplexity", "bits_per_second"),
                               ("loss (nats/token)", "event perplexity", "bits per second")):
         ax.plot(x, [row[key] for row in rows], marker="o")
-        ax.set_xlabel("step" if all(row["step"] is not None for row in rows) else "checkpoint")
         ax.set_title(label)
+    if onsets:
+        for key, label in (("onset_past_mass", "before the previous onset"),
+                           ("onset_next_second_mass", "of the rest, in the next second")):
+            axes[3].plot(x, [row.get(key) for row in rows], marker="o", label=label)
+        axes[3].set_ylim(0, 1)
+        axes[3].set_title("onset probability mass")
+        axes[3].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("step" if all(row["step"] is not None for row in rows) else "checkpoint")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -302,14 +365,16 @@ def _fmt(value, spec: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The Table 1 columns for the README / reports."""
-    lines = ["| checkpoint | step | encoding | loss | event ppl | onset | duration | note | seconds | bits/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | step | encoding | loss | event ppl | onset | duration | note | seconds | bits/s "
+             "| onset mass in the past | in the next second |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row['checkpoint']} | {row['step'] if row['step'] is not None else ''} | {row.get('encoding', '')} | "
             f"{_fmt(row['loss'], '.3f')} | "
             f"{_fmt(row['event_perplexity'], '.4g')} | {_fmt(row['event_onset_perplexity'], '.2f')} | "
             f"{_fmt(row['event_duration_perplexity'], '.2f')} | {_fmt(row['event_note_perplexity'], '.2f')} | "
-            f"{_fmt(row['seconds'], '.1f')} | {_fmt(row['bits_per_second'], '.1f')} |"
+            f"{_fmt(row['seconds'], '.1f')} | {_fmt(row['bits_per_second'], '.1f')} | "
+            f"{_fmt(row.get('onset_past_mass'), '.3f')} | {_fmt(row.get('onset_next_second_mass'), '.3f')} |"
         )
     return "\n".join(lines)
