@@ -57,6 +57,7 @@ BAD = [
     ("demo --steps 0", "--steps: must be >= 1, got 0"),
     ("demo --prompt-seconds 30", "--prompt-seconds 30 must be in (0, --end-seconds 20)"),
     ("demo --midi {root}/nowhere", "--midi: {root}/nowhere not found"),
+    ("demo --bundled-model {root}/nowhere.npz", "--bundled-model: {root}/nowhere.npz not found"),
     ("preprocess {root}/nowhere --out {root}/data", "source not found: {root}/nowhere"),
     ("preprocess {empty} --out {root}/data --augment 0", "--augment: must be > 0, got 0"),
 ]
@@ -150,6 +151,7 @@ def test_help_shows_defaults_and_every_option_has_a_line(capsys):
 def test_demo_accepts_both_spellings():
     args, _ = cli.parse(["demo", "--prompt_seconds", "3", "--end-seconds", "9", "--accompany", "0,40"])
     assert (args.plan.prompt_seconds, args.plan.end_seconds, args.plan.accompany) == (3.0, 9.0, [0, 40])
+    assert cli.parse(["demo", "--bundled-model", ""])[0].plan.bundled_model == ""  # the stage left out
 
 
 def test_generated_and_given_notes_are_counted_apart():

@@ -12,7 +12,7 @@ from pathlib import Path
 import mido
 import pytest
 
-from amt import midi, ops, sources, vocab
+from amt import bundle, midi, ops, sources, vocab
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "midi"
@@ -65,7 +65,7 @@ def test_demo_pipeline_writes_every_artifact(tmp_path):
     assert (out / "eval" / "perplexity.png").stat().st_size > 5_000
     # music: readable MIDI with piano rolls, the accompaniment keeps the given lead, and audio through FluidSynth
     samples = out / "samples"
-    for name in ("continuation", "accompaniment"):
+    for name in ("continuation", "accompaniment", "continuation-bundled"):
         assert mido.MidiFile(samples / f"{name}.mid").length > 0
         assert (samples / f"{name}.png").stat().st_size > 10_000
         assert (samples / f"{name}.wav").read_text().startswith("RIFF")
@@ -73,22 +73,26 @@ def test_demo_pipeline_writes_every_artifact(tmp_path):
             if (r[2] - vocab.NOTE_OFFSET) // vocab.MAX_PITCH == 87 and r[0] < 600}
     assert lead and lead <= {tuple(r) for r in ops.as_triples(midi.midi_to_events(samples / "accompaniment.mid")).tolist()}
     calls = (fake_bin / "calls").read_text().splitlines()
-    assert len(calls) == 2 and all(str(soundfont) in call and "-F" in call for call in calls)
+    assert len(calls) == 3 and all(str(soundfont) in call and "-F" in call for call in calls)
     # progress and a summary of where everything is
-    assert "=== [5/5]" in done.stdout and "=== done in" in done.stdout
+    assert "=== [6/6]" in done.stdout and "=== done in" in done.stdout
     # one line per logged step, the last once (Levanter's hooks, which log the loss, skip a run's first two steps)
     assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("  step ")] == ["3/3"]
     assert "fray.device_flops" not in done.stdout + done.stderr and "INFO " not in done.stdout + done.stderr
     assert str(samples / "accompaniment.mid") in done.stdout and "levanter.json_logger" not in done.stdout + done.stderr
     assert re.search(r"wrote \S+continuation.mid: \d+ notes generated after 2.0 s \(\+ \d+ from the prompt\); the original has \d+ there",
                      done.stdout)
+    # the bundled model continued its prompt (a chorale it never saw), and the demo said which model that is
+    assert re.search(r"wrote \S+continuation-bundled.mid: \d+ notes generated after 2.0 s \(\+ \d+ from the prompt\); "
+                     r"the original has \d+ there", done.stdout)
+    assert "with the bundled model: " + bundle.about(REPO / "demo" / "model" / "amt-mini.npz") in done.stdout
     assert (out / "logs" / "demo.log").exists() and not (out / "logs" / "demo.log.log").exists()
 
     # a second run finds every stage done, says so, and leaves the outputs as they were
     written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "demo-state.json"}
     again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert sum(line.startswith("skipped:") for line in again.stdout.splitlines()) == 5, again.stdout
+    assert sum(line.startswith("skipped:") for line in again.stdout.splitlines()) == 6, again.stdout
     assert "already trained for 3 steps" in again.stdout and "  step " not in again.stdout
-    assert "(already done, skipped: preprocess, train, eval, continuation, accompaniment" in again.stdout
+    assert "(already done, skipped: preprocess, train, eval, continuation, accompaniment, bundled" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in written} == written

@@ -296,10 +296,16 @@ def test_accompaniment_is_measured_without_the_given_melody_and_after_the_prompt
     # checks: the given notes come back; the share of them the model saw; notes added to the melody's instrument
     context = np.concatenate([[vocab.ANTICIPATE], ops.flatten(ops.to_controls(given[: len(given) // 2]))])
     extra = np.array([[first + 5, vocab.DUR_OFFSET + 10, vocab.NOTE_OFFSET + vocab.MAX_PITCH * melody + 90]])
-    checks = generation_eval._accompaniment_checks(np.concatenate([events, extra]), given, context, melody, first)
+    checks = generation_eval._accompaniment_checks(np.concatenate([events, extra]), given, context, melody, first, last)
     assert checks == {"controls_kept": 1.0, "controls_in_context": pytest.approx((len(given) // 2) / len(given)),
                       "new_notes_in_melody_instrument": 1}
-    assert generation_eval._accompaniment_checks(others, given, None, melody, first)["controls_kept"] == 0.0
+    assert generation_eval._accompaniment_checks(others, given, None, melody, first, last)["controls_kept"] == 0.0
+    # a given note arriving exactly at the end (the reference's clips keep it, cut to duration 0) is not asked of
+    # a sampler that generates up to the end; one before the end is
+    at_end = np.array([[last, vocab.DUR_OFFSET, given[0, 2]]])
+    with_it = np.concatenate([given, at_end])
+    assert generation_eval._accompaniment_checks(events, with_it, None, melody, first, last)["controls_kept"] == 1.0
+    assert generation_eval._accompaniment_checks(events, with_it, None, melody, first, last + 1)["controls_kept"] == 0.0
 
 
 def test_eval_generation_command_reports_model_and_baselines(hf_folder, tmp_path):

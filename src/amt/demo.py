@@ -4,6 +4,9 @@ The whole path in one process, each stage the same library call as its own comma
 newcomer can rerun any stage by hand): preprocess the demo corpus into Levanter caches, train
 `recipes/amt-tiny.yaml`, evaluate perplexity on the held-out test split, generate a continuation and an
 accompaniment (MIDI + piano-roll PNGs, and WAV where FluidSynth and a General MIDI SoundFont are installed).
+A model trained for minutes has not learned that time runs forward (it plays a note or two), so a last stage
+continues a held-out Bach chorale with the model bundled in the repository (`demo/model/`, `amt.bundle`): the
+same code trained for hours on a larger corpus (README, "Table 1 in miniature").
 Every stage resumes: a second run finds the caches done and training at its last step.
 """
 
@@ -51,6 +54,12 @@ class DemoConfig:
     prompt_seconds: float = _option(5.0, "seconds of each prompt given before generating")
     end_seconds: float = _option(20.0, "generate up to this time (seconds)")
     seed: int = _option(0, "seed of augmentation and sampling")
+    bundled_model: str | None = _option(str(REPO / "demo" / "model" / "amt-mini.npz"),
+                                        "a trained model shipped with the repository (amt.bundle), whose continuation "
+                                        "is the last stage; '' for none")
+    bundled_prompt: str = _option(str(REPO / "demo" / "model" / "bwv411.mid"),
+                                  "MIDI file the bundled model continues (default: a Bach chorale of the test split, "
+                                  "which it never saw)")
     soundfont: str | None = _option(None, "a General MIDI .sf2 for WAV audio (default: $AMT_SOUNDFONT or a "
                                     "Debian/Ubuntu package's)")
 
@@ -65,9 +74,10 @@ class DemoConfig:
                              f"{self.end_seconds:g})")
         if not self.accompany or not all(0 <= i <= 128 for i in self.accompany):
             raise ValueError(f"--accompany: {self.accompany} are not instruments (0-127 General MIDI, 128 drums)")
-        for name in ("midi", "recipe", "continuation_prompt", "accompaniment_prompt", "soundfont"):
+        for name in ("midi", "recipe", "continuation_prompt", "accompaniment_prompt", "soundfont", "bundled_model",
+                     "bundled_prompt"):
             path = getattr(self, name)
-            if path is not None and not os.path.exists(path):
+            if path and not os.path.exists(path):
                 raise ValueError(f"--{name.replace('_', '-')}: {path} not found"
                                  + (" (amt demo runs from a checkout of the repository)" if name != "soundfont" else ""))
 
@@ -172,7 +182,8 @@ def run(config: DemoConfig, verbose: bool = False) -> dict:
     data, checkpoints, samples = out / "data", out / "checkpoints", out / "samples"
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out)
-    stages = _Stages(total=5)
+    bundled = Path(config.bundled_model) if config.bundled_model else None
+    stages = _Stages(total=5 + bool(bundled))
     skipped = []
 
     def done(stage: str, key: dict, *outputs: Path) -> bool:
@@ -264,17 +275,37 @@ def run(config: DemoConfig, verbose: bool = False) -> dict:
             raise RuntimeError("generating the accompaniment failed")
         accompaniment.with_suffix(".wav").unlink(missing_ok=True)
         record("accompaniment", key)
+
+    continuations = [continuation]
+    if bundled:
+        from amt import bundle
+
+        unpacked, continuation_bundled = out / "bundled-model", samples / "continuation-bundled.mid"
+        generate = ["generate", "--checkpoint", str(unpacked), "--prompt", config.bundled_prompt,
+                    "--start", str(config.prompt_seconds), "--end", str(config.end_seconds), "--seed", str(config.seed),
+                    "-o", str(continuation_bundled)]
+        stages.start(f"continue the first {config.prompt_seconds:g} s of {Path(config.bundled_prompt).name} with the "
+                     f"bundled model: {bundle.about(bundled)}",
+                     shlex.join(["amt", *generate]) + f"  (the model unpacked from {bundled})")
+        key = {"bundle": {"path": str(bundled), "bytes": bundled.stat().st_size}, "command": generate}
+        if not done("bundled", key, continuation_bundled, continuation_bundled.with_suffix(".png")):
+            bundle.unpack(bundled, unpacked)
+            if cli.main(generate + ["--verbose"] * verbose) != 0:
+                raise RuntimeError("generating with the bundled model failed")
+            continuation_bundled.with_suffix(".wav").unlink(missing_ok=True)
+            record("bundled", key)
+        continuations.append(continuation_bundled)
     stages.finish()
 
     written = {"caches": data, "checkpoints": checkpoints, "training log": out / "logs"}
     if rows:
         written.update({"perplexity": out / "eval" / "perplexity.csv", "perplexity plot": out / "eval" / "perplexity.png"})
-    for path in (continuation, accompaniment):
+    for path in (*continuations, accompaniment):
         written[path.stem] = path
         written[f"{path.stem} piano roll"] = path.with_suffix(".png")
     soundfont = find_soundfont(config.soundfont)
     if soundfont and shutil.which("fluidsynth"):
-        for path in (continuation, accompaniment):
+        for path in (*continuations, accompaniment):
             wav = path.with_suffix(".wav")
             written[f"{path.stem} audio"] = wav if wav.exists() else render_wav(path, soundfont)
         audio_note = f"audio rendered with FluidSynth and {soundfont}"

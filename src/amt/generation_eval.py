@@ -352,7 +352,8 @@ def run(config: GenerationEvalConfig) -> dict:
                                first, last, prompt_instruments)
                 row["melody"] = clip.melody
                 for name, events in systems.items():
-                    row["vs_truth"][name].update(_accompaniment_checks(events, given, context.get(name), clip.melody, first))
+                    row["vs_truth"][name].update(_accompaniment_checks(events, given, context.get(name), clip.melody, first,
+                                                                       last))
             row["clip_start_seconds"] = clip.start / vocab.TIME_RESOLUTION
             if retrieved_at is not None:
                 row["same_song_retrieval_start_seconds"] = retrieved_at / vocab.TIME_RESOLUTION
@@ -405,13 +406,16 @@ def _without(events: np.ndarray, given: np.ndarray) -> np.ndarray:
 
 
 def _accompaniment_checks(events: np.ndarray, given: np.ndarray, context: np.ndarray | None, melody: int,
-                          first: int) -> dict:
-    """controls_kept: every given melody note is in the output unchanged (the sampler's promise, checked);
-    controls_in_context: the share of given notes the model was actually conditioned on (inserted as controls
-    in Algorithm 1, played as events in Algorithm 2) before it stopped (None for retrieval: no model);
-    new_notes_in_melody_instrument: notes the system added to the melody's instrument."""
+                          first: int, last: int) -> dict:
+    """controls_kept: every given melody note before `last` (the end of generation) is in the output unchanged
+    (the sampler's promise, checked); controls_in_context: the share of those the model was actually
+    conditioned on (inserted as controls in Algorithm 1, played as events in Algorithm 2) before it stopped
+    (None for retrieval: no model); new_notes_in_melody_instrument: notes the system added to the melody's
+    instrument. (The reference's clips keep a note arriving exactly at their end, cut to duration 0; the
+    samplers, theirs and ours, generate up to the end, not at it.)"""
     rows = set(map(tuple, ops.as_triples(events).tolist()))
-    given_rows = set(map(tuple, ops.as_triples(given).tolist()))
+    given = ops.as_triples(given)
+    given_rows = set(map(tuple, given[ops.times(given) < last].tolist()))
     in_context = None
     if context is not None:
         triples = ops.as_triples(np.asarray(context)[1:])
