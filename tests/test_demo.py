@@ -85,7 +85,7 @@ def test_demo_pipeline_writes_every_artifact(tmp_path):
     # the bundled model continued its prompt (a chorale it never saw), and the demo said which model that is
     assert re.search(r"wrote \S+continuation-bundled.mid: \d+ notes generated after 2.0 s \(\+ \d+ from the prompt\); "
                      r"the original has \d+ there", done.stdout)
-    assert "with the bundled model: " + bundle.about(REPO / "demo" / "model" / "amt-mini.npz") in done.stdout
+    assert "the bundled model: " + bundle.about(REPO / "demo" / "model" / "amt-mini.npz") in done.stdout
     assert (out / "logs" / "demo.log").exists() and not (out / "logs" / "demo.log.log").exists()
 
     # a second run finds every stage done, says so, and leaves the outputs as they were

@@ -285,8 +285,8 @@ def run(config: DemoConfig, verbose: bool = False) -> dict:
                     "--start", str(config.prompt_seconds), "--end", str(config.end_seconds), "--seed", str(config.seed),
                     "-o", str(continuation_bundled)]
         stages.start(f"continue the first {config.prompt_seconds:g} s of {Path(config.bundled_prompt).name} with the "
-                     f"bundled model: {bundle.about(bundled)}",
-                     shlex.join(["amt", *generate]) + f"  (the model unpacked from {bundled})")
+                     f"bundled model", shlex.join(["amt", *generate]) + f"  (the model unpacked from {bundled})")
+        print(f"the bundled model: {bundle.about(bundled)}", flush=True)
         key = {"bundle": {"path": str(bundled), "bytes": bundled.stat().st_size}, "command": generate}
         if not done("bundled", key, continuation_bundled, continuation_bundled.with_suffix(".png")):
             bundle.unpack(bundled, unpacked)
