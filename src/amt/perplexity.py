@@ -96,15 +96,18 @@ def previous_onsets(sequences: np.ndarray) -> np.ndarray:
     before it in its file stretch, where the token is an event's onset and such an event exists; else -1."""
     sequences = np.asarray(sequences)
     kinds = triple_kinds(sequences)
-    out = np.full((len(sequences), sequences.shape[1] - 1), -1, np.int64)
-    for row, sequence in enumerate(sequences):
-        previous = -1
-        for i, kind in enumerate(kinds[row]):
-            if kind == SEPARATOR:
-                previous = -1
-            elif kind == EVENT:
-                out[row, 3 * i] = previous  # token 1 + 3i is the onset; it is predicted at column 3i
-                previous = int(sequence[1 + 3 * i]) - vocab.TIME_OFFSET
+    n, triples = kinds.shape
+    is_event = kinds == EVENT
+    # the index of the last event before each triple (-1: none), and whether it is in the same file stretch
+    last_upto = np.maximum.accumulate(np.where(is_event, np.arange(triples), -1), axis=1)
+    before = np.concatenate([np.full((n, 1), -1), last_upto[:, :-1]], axis=1)
+    stretch = np.cumsum(kinds == SEPARATOR, axis=1)
+    same_stretch = np.take_along_axis(stretch, np.maximum(before, 0), axis=1) == stretch
+    onsets = sequences[:, 1::vocab.EVENT_SIZE].astype(np.int64) - vocab.TIME_OFFSET
+    previous = np.take_along_axis(onsets, np.maximum(before, 0), axis=1)
+    out = np.full((n, sequences.shape[1] - 1), -1, np.int64)
+    # token 1 + 3i, triple i's onset, is predicted at column 3i
+    out[:, 0::vocab.EVENT_SIZE] = np.where(is_event & (before >= 0) & same_stretch, previous, -1)
     return out
 
 
