@@ -2,6 +2,8 @@
 
     python experiments/table1_mini.py                   # everything (hours on 2 cores); a rerun resumes
     python experiments/table1_mini.py --stages train     # one stage (corpus, caches, train, perplexity, generation, report)
+    python experiments/table1_mini.py --out runs/table1-long --start-from runs/table1-mini --steps 2200 \
+        --schedule-steps 8000 --clips 30                  # the three models trained on to 9.0M tokens (README)
 
 Three models of one shape and optimizer (`recipes/amt-mini*.yaml`), each trained on the same number of tokens
 (steps x batch x 1,024; `--steps` sets it for all three):
@@ -16,6 +18,11 @@ floor. Then the prompted-generation evaluation (`amt eval generation`, the paper
 continuation by each model against same-song and other-file retrieval and the truth; accompaniment by the
 anticipatory model (Algorithm 1), by it and by the autoregressive model with Algorithm 2, and retrieval.
 
+`--schedule-steps` longer than `--steps` evaluates a point on a longer run's curve: Levanter is given the longer
+run's length (its learning-rate schedule) and stopped once the checkpoint at `--steps` is complete. `--start-from`
+seeds each model's run, when it has no checkpoint yet, with the latest checkpoint of the same model in another
+experiment's folder (the models above trained on from the 600-step comparison's).
+
 Each stage is skipped when its output is complete (caches verified, training at its last step, an evaluation's
 report newer than its checkpoints), so an interrupted run continues where it stopped: training resumes from
 Levanter's latest checkpoint (saved every 5 minutes). Results: OUT/results.md and OUT/results.json, next to
@@ -29,6 +36,8 @@ import json
 import math
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -55,6 +64,8 @@ PAPER_TABLE1 = [
     ("Small, arrival-time, autoregressive", 15.1, 80.4),
     ("Small, arrival-time, anticipatory", 15.0, 80.7),
 ]
+POLL_SECONDS = 10  # how often a run stopped before its schedule ends is checked for the checkpoint at --steps
+KEEP_EVERY = 200  # the recipes' trainer.checkpointer.keep: [{every: 200}] (a test checks it)
 VOCAB_SIZES = {"arrival": vocab.VOCAB_SIZE, "interarrival": vocab.MIDI_VOCAB_SIZE}
 
 
@@ -62,15 +73,22 @@ def say(message: str) -> None:
     print(f"[table1-mini {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def amt(*args: str, log: Path) -> None:
-    """Run an `amt` command (this interpreter's), its output passed through; a failure stops the experiment."""
+def amt(*args: str, log: Path, stop=None) -> None:
+    """Run an `amt` command (this interpreter's), its output passed through; a failure stops the experiment.
+    `stop`, when given, is polled while it runs: once true, the command is ended (SIGTERM) as finished."""
     command = [sys.executable, "-m", "amt.cli", *args]
     with open(log, "a") as file:
         file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} amt {shlex.join(args)}\n")
     say("amt " + shlex.join(args))
-    result = subprocess.run(command, cwd=REPO)
-    if result.returncode:
-        raise SystemExit(f"table1-mini: `amt {shlex.join(args)}` failed (exit {result.returncode}); fix it and rerun: "
+    process = subprocess.Popen(command, cwd=REPO)
+    while stop is not None and process.poll() is None:
+        if stop():
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+            return
+        time.sleep(POLL_SECONDS)
+    if process.wait():
+        raise SystemExit(f"table1-mini: `amt {shlex.join(args)}` failed (exit {process.returncode}); fix it and rerun: "
                          "finished stages are skipped")
 
 
@@ -101,6 +119,18 @@ def stage_caches(args, log: Path) -> None:
         amt("preprocess", "data/mini.txt", "--out", out, "--workers", str(args.workers), *options, log=log)
 
 
+def seed_run(args, name: str) -> int:
+    """Copy the latest checkpoint of model `name` in `--start-from` into this experiment's run (which has none);
+    returns its step."""
+    source = last_step(args.start_from / name)
+    if source is None:
+        raise SystemExit(f"table1-mini: --start-from {args.start_from}: {name} has no complete checkpoint there")
+    target = args.out / name / "checkpoints"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(args.start_from / name / "checkpoints" / f"step-{source}", target / f"step-{source}")
+    return source
+
+
 def stage_train(args, log: Path) -> None:
     for name in args.models:
         recipe, _ = MODELS[name]
@@ -109,17 +139,28 @@ def stage_train(args, log: Path) -> None:
         if done is not None and done >= args.steps:
             say(f"{name}: trained ({done} steps), skipped")
             continue
-        say(f"{name}: training to step {args.steps}" + (f", resuming from step {done}" if done else ""))
-        amt("train", "--config_path", recipe, "--trainer.num_train_steps", str(args.steps),
+        if done is None and args.start_from is not None:
+            done = seed_run(args, name)
+            say(f"{name}: starting from {args.start_from / name}'s step {done}")
+        schedule = f" of a {args.schedule_steps}-step schedule" if args.schedule_steps > args.steps else ""
+        say(f"{name}: training to step {args.steps}{schedule}" + (f", resuming from step {done}" if done else ""))
+        stop = (lambda: (last_step(run) or 0) >= args.steps) if schedule else None
+        amt("train", "--config_path", recipe, "--trainer.num_train_steps", str(args.schedule_steps),
             "--trainer.checkpointer.base_path", str(run / "checkpoints"), "--trainer.log_dir", str(run / "logs"),
-            log=log)
+            log=log, stop=stop)
+        if schedule:
+            say(f"{name}: stopped once its step-{args.steps} checkpoint was complete")
 
 
 def _final_checkpoint(args, name: str) -> str:
+    """The checkpoint at `--steps` (a run stopped on a longer schedule may have saved one after it), else the latest."""
+    checkpoints = args.out / name / "checkpoints"
+    if (checkpoints / f"step-{args.steps}" / "metadata.json").exists():
+        return str(checkpoints / f"step-{args.steps}")
     step = last_step(args.out / name)
     if step is None:
-        raise SystemExit(f"table1-mini: {args.out / name}/checkpoints has no checkpoint: run the train stage first")
-    return str(args.out / name / "checkpoints" / f"step-{step}")
+        raise SystemExit(f"table1-mini: {checkpoints} has no checkpoint: run the train stage first")
+    return str(checkpoints / f"step-{step}")
 
 
 def _fresh(report: Path, checkpoints: list[str]) -> bool:
@@ -165,7 +206,9 @@ def stage_report(args, log: Path) -> None:
     if not rows:
         raise SystemExit("table1-mini: no perplexity results yet: run the perplexity stage first")
     lines = ["# Table 1 in miniature", "",
-             f"Models: `recipes/amt-mini*.yaml`, {args.steps} steps each (the same tokens: steps x 4 x 1,024). "
+             f"Models: `recipes/amt-mini*.yaml`, {args.steps} steps each (the same tokens: steps x 4 x 1,024)"
+             + (f", stopped there on a {args.schedule_steps}-step learning-rate schedule"
+                if args.schedule_steps > args.steps else "") + ". "
              "Test: the test split of `data/mini.txt`, each encoding's own cache of the same files.", "",
              "| model | step | test seconds | loss (nats/token) | event ppl | onset | duration | note | bits/s | uniform bits/s "
              "| onset mass in the past | in the next second |",
@@ -192,7 +235,8 @@ def stage_report(args, log: Path) -> None:
     if generation.exists():
         lines += ["", f"Prompted generation: `{generation.relative_to(args.out)}`."]
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    (args.out / "results.json").write_text(json.dumps({"steps": args.steps, "rows": rows}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps({"steps": args.steps, "schedule_steps": args.schedule_steps, "rows": rows}, indent=2))
     print("\n".join(lines))
     say(f"report: {args.out / 'results.md'}")
 
@@ -202,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/table1-mini"), help="runs, evaluations, results")
     parser.add_argument("--steps", type=int, default=600, help="training steps of each model (batch 4 x 1,024 tokens)")
+    parser.add_argument("--schedule-steps", type=int, default=None,
+                        help="the learning-rate schedule's length, if longer than --steps (stopped at --steps); "
+                             "default: --steps")
+    parser.add_argument("--start-from", type=Path, default=None,
+                        help="another experiment folder whose models' latest checkpoints seed runs that have none")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {','.join(STAGES)}")
     parser.add_argument("--models", default=",".join(MODELS), help="models to train / evaluate, comma-separated")
     parser.add_argument("--clips", type=int, default=10, help="clips per generation task (the paper's scripts: 10)")
@@ -222,7 +271,18 @@ def parse(argv=None) -> argparse.Namespace:
     for name in ("steps", "clips", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: must be >= 1, got {getattr(args, name)}")
+    if args.schedule_steps is None:
+        args.schedule_steps = args.steps
+    if args.schedule_steps < args.steps:
+        parser.error(f"--schedule-steps: must be >= --steps ({args.steps}), got {args.schedule_steps}")
+    if args.schedule_steps > args.steps and args.steps % KEEP_EVERY:
+        parser.error(f"--steps: a run stopped before its schedule ends keeps checkpoints every {KEEP_EVERY} steps "
+                     f"(the recipes' checkpointer.keep), so --steps must be a multiple of it, got {args.steps}")
     args.out = args.out if args.out.is_absolute() else REPO / args.out
+    if args.start_from is not None:
+        args.start_from = args.start_from if args.start_from.is_absolute() else REPO / args.start_from
+        if not args.start_from.is_dir():
+            parser.error(f"--start-from: no folder {args.start_from}")
     return args
 
 

@@ -23,6 +23,9 @@ def table1():
     (["--stages", "train,eval"], "--stages: unknown eval"),
     (["--models", "anticipatory,lstm"], "--models: unknown lstm"),
     (["--steps", "0"], "--steps: must be >= 1, got 0"),
+    (["--steps", "600", "--schedule-steps", "400"], "--schedule-steps: must be >= --steps (600), got 400"),
+    (["--steps", "2100", "--schedule-steps", "8000"], "--steps must be a multiple of it, got 2100"),
+    (["--start-from", "no/such/folder"], "--start-from: no folder"),
 ])
 def test_bad_options_are_one_line_errors(table1, capsys, argv, message):
     with pytest.raises(SystemExit) as exit:
@@ -42,6 +45,8 @@ def test_the_three_recipes_differ_only_in_data_and_run_folders(table1):
         assert name in recipe["trainer"]["checkpointer"]["base_path"] and name in recipe["trainer"]["log_dir"]
     assert [recipes[n]["data"]["cache_dir"] for n in ("anticipatory", "autoregressive", "interarrival")] == \
         ["data/mini-a10", "data/mini-a1", "data/mini-interarrival"]
+    # a run stopped on a longer schedule ends at a kept checkpoint (the script checks --steps against KEEP_EVERY)
+    assert all(r["trainer"]["checkpointer"]["keep"] == [{"every": table1.KEEP_EVERY}] for r in recipes.values())
     assert recipes["interarrival"]["data"]["vocab_size"] == 34025 and "vocab_size" not in base["data"]
     # the arrival-time models are both measured on the test split without controls (Table 1's)
     assert table1.MODELS["anticipatory"][1] == table1.MODELS["autoregressive"][1] == "data/mini-a1"
@@ -79,3 +84,46 @@ def test_report_puts_each_model_next_to_its_uniform_floor_and_the_paper(table1, 
     assert "Small, arrival-time, anticipatory | 15.0 | 80.7" in text
     assert text.count("| 0.625 | 0.194 |") == 1 and [line.endswith("|  |  |") for line in text.splitlines()
                                                       if line.startswith("| autoregressive |")] == [True]
+
+
+# A stand-in for `amt train`: writes a complete checkpoint every 0.05 s (step-200, step-400, ...) under the
+# --trainer.checkpointer.base_path it is given, and exits 0 by itself after step 4,000.
+FAKE_TRAIN = """
+import sys, time
+from pathlib import Path
+base = Path(sys.argv[sys.argv.index("--trainer.checkpointer.base_path") + 1])
+for step in range(800, 4001, 200):
+    (base / f"step-{step}").mkdir(parents=True, exist_ok=True)
+    (base / f"step-{step}" / "metadata.json").write_text("{}")
+    time.sleep(0.05)
+"""
+
+
+def test_a_run_on_a_longer_schedule_starts_from_another_experiment_and_stops_at_its_checkpoint(table1, tmp_path,
+                                                                                                   monkeypatch):
+    import subprocess
+    import sys
+
+    source = tmp_path / "short" / "anticipatory" / "checkpoints" / "step-599"
+    source.mkdir(parents=True)
+    (source / "metadata.json").write_text("{}")
+    started, popen = [], subprocess.Popen
+
+    def fake_popen(command, cwd):
+        started.append(command)
+        return popen([sys.executable, "-c", FAKE_TRAIN, *command[3:]])
+
+    monkeypatch.setattr(table1.subprocess, "Popen", fake_popen)
+    monkeypatch.setattr(table1, "POLL_SECONDS", 0.01)
+    args = table1.parse(["--out", str(tmp_path / "long"), "--start-from", str(tmp_path / "short"), "--steps", "2200",
+                         "--schedule-steps", "8000", "--models", "anticipatory"])
+    table1.stage_train(args, tmp_path / "log.txt")
+    command = started[0]
+    assert command[command.index("--trainer.num_train_steps") + 1] == "8000"  # the longer run's schedule
+    checkpoints = tmp_path / "long" / "anticipatory" / "checkpoints"
+    assert (checkpoints / "step-599" / "metadata.json").exists()  # seeded from the other experiment
+    steps = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*"))
+    assert 2200 in steps and max(steps) < 4000  # stopped, not run to its end
+    assert table1._final_checkpoint(args, "anticipatory") == str(checkpoints / "step-2200")
+    table1.stage_train(args, tmp_path / "log.txt")  # done: not started again
+    assert len(started) == 1
