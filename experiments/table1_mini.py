@@ -279,15 +279,15 @@ def parse(argv=None) -> argparse.Namespace:
         parser.error(f"--steps: a run stopped before its schedule ends keeps checkpoints every {KEEP_EVERY} steps "
                      f"(the recipes' checkpointer.keep), so --steps must be a multiple of it, got {args.steps}")
     args.out = args.out if args.out.is_absolute() else REPO / args.out
-    if args.start_from is not None:
+    if args.start_from is not None:  # (whether it exists is checked when the experiment starts, not here)
         args.start_from = args.start_from if args.start_from.is_absolute() else REPO / args.start_from
-        if not args.start_from.is_dir():
-            parser.error(f"--start-from: no folder {args.start_from}")
     return args
 
 
 def main(argv=None) -> None:
     args = parse(argv)
+    if args.start_from is not None and not args.start_from.is_dir():
+        raise SystemExit(f"table1-mini: --start-from: no folder {args.start_from}")
     os.chdir(REPO)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "log.txt"

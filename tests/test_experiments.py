@@ -25,12 +25,18 @@ def table1():
     (["--steps", "0"], "--steps: must be >= 1, got 0"),
     (["--steps", "600", "--schedule-steps", "400"], "--schedule-steps: must be >= --steps (600), got 400"),
     (["--steps", "2100", "--schedule-steps", "8000"], "--steps must be a multiple of it, got 2100"),
-    (["--start-from", "no/such/folder"], "--start-from: no folder"),
 ])
 def test_bad_options_are_one_line_errors(table1, capsys, argv, message):
     with pytest.raises(SystemExit) as exit:
         table1.parse(argv)
     assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_missing_start_from_folder_stops_the_experiment_before_any_stage(table1, tmp_path):
+    with pytest.raises(SystemExit, match="--start-from: no folder .*no-such-folder"):
+        table1.main(["--out", str(tmp_path / "out"), "--start-from", str(tmp_path / "no-such-folder"),
+                     "--stages", "report"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_three_recipes_differ_only_in_data_and_run_folders(table1):
