@@ -142,13 +142,13 @@ def stage_train(args, log: Path) -> None:
         if done is None and args.start_from is not None:
             done = seed_run(args, name)
             say(f"{name}: starting from {args.start_from / name}'s step {done}")
-        schedule = f" of a {args.schedule_steps}-step schedule" if args.schedule_steps > args.steps else ""
-        say(f"{name}: training to step {args.steps}{schedule}" + (f", resuming from step {done}" if done else ""))
-        stop = (lambda: (last_step(run) or 0) >= args.steps) if schedule else None
+        stopping = args.schedule_steps > args.steps  # a point on a longer run's curve
+        say(f"{name}: training to step {args.steps}" + (f" of a {args.schedule_steps}-step schedule" if stopping else "")
+            + (f", resuming from step {done}" if done else ""))
         amt("train", "--config_path", recipe, "--trainer.num_train_steps", str(args.schedule_steps),
             "--trainer.checkpointer.base_path", str(run / "checkpoints"), "--trainer.log_dir", str(run / "logs"),
-            log=log, stop=stop)
-        if schedule:
+            log=log, stop=(lambda: (last_step(run) or 0) >= args.steps) if stopping else None)
+        if stopping:
             say(f"{name}: stopped once its step-{args.steps} checkpoint was complete")
 
 
