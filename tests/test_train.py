@@ -104,12 +104,40 @@ def test_gpu_recipes_are_the_tpu_recipes_on_other_hardware(gpu, tpu, accumulatio
     assert f"{accumulation} micro-step(s) of gradient accumulation" in out and "524,288 tokens a step" in out
 
 
+def _with_mpi4py(tmp_path: Path) -> dict:
+    """ENV with an importable (empty) mpi4py package, as GPU images often have: JAX's opt-in `Mpi4pyCluster`
+    then says it is present."""
+    (tmp_path / "site" / "mpi4py").mkdir(parents=True)
+    (tmp_path / "site" / "mpi4py" / "__init__.py").write_text("")
+    return {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *filter(None, [ENV.get("PYTHONPATH")])])}
+
+
+def test_an_installed_mpi4py_does_not_make_a_run_distributed(tmp_path, monkeypatch):
+    """Workaround 5: Levanter takes an importable mpi4py for a cluster; we stay one process unless a real cluster
+    environment is present or the recipe names the processes."""
+    from amt.train import one_process_unless_a_cluster
+
+    config = draccus.parse(TrainConfig, config_path=str(RECIPES / "amt-tiny.yaml"), args=[])
+    assert one_process_unless_a_cluster(config) is config  # nothing detected: untouched (Levanter does not init)
+    monkeypatch.syspath_prepend(str(_with_mpi4py(tmp_path)["PYTHONPATH"].split(os.pathsep)[0]))
+    assert one_process_unless_a_cluster(config).trainer.distributed.initialize_jax_distributed is False
+    named = draccus.parse(TrainConfig, config_path=str(RECIPES / "amt-tiny.yaml"),
+                          args=["--trainer.distributed.coordinator_address", "10.0.0.1:1234"])
+    assert one_process_unless_a_cluster(named) is named  # the recipe's own processes: Levanter's way
+    for name, value in dict(SLURM_JOB_ID="1", SLURM_STEP_NODELIST="a", SLURM_NTASKS="2", SLURM_PROCID="0",
+                            SLURM_LOCALID="0").items():
+        monkeypatch.setenv(name, value)
+    assert one_process_unless_a_cluster(config) is config  # a real cluster: Levanter's way
+
+
 @pytest.mark.slow
 def test_a_run_shorter_than_its_warmup_trains_and_a_second_run_is_a_no_op(demo_cache, tmp_path):
-    """The tiny recipe's warmup (10 steps) on a 3-step run: a warning naming both keys; run again: nothing to do."""
+    """The tiny recipe's warmup (10 steps) on a 3-step run: a warning naming both keys; run again: nothing to do.
+    mpi4py is importable in the first run (as on the H100 machine, where every run stopped in
+    jax.distributed.initialize before workaround 5)."""
     run = tmp_path / "short"
     command = _train_command(demo_cache, run, "--trainer.num_train_steps", "3", "--optimizer.warmup", "10")
-    first = subprocess.run(command, env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    first = subprocess.run(command, env=_with_mpi4py(tmp_path), capture_output=True, text=True, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "optimizer.warmup (10 steps)" in first.stderr and "trainer.num_train_steps (3)" in first.stderr
     assert (run / "checkpoints" / "step-2" / "metadata.json").exists()  # 3 steps: 0, 1, 2

@@ -22,10 +22,17 @@ fixes; each was re-checked against marin-levanter 0.2.20 and 0.2.227 (the mainta
    the last evaluation run twice), and returns without waiting for the asynchronous checkpoint writes. Only hooks that
    did not fire at the last step run again; the last step is saved (Levanter saved it in that forced pass)
    and the writes are waited for.
+5. `one_process_unless_a_cluster`: Levanter decides a run is multi-process when any of JAX's cluster
+   environments says it is present, including the opt-in-only `Mpi4pyCluster`, which says so whenever mpi4py
+   is importable (JAX itself never auto-detects it). On a machine that merely has mpi4py installed (common on GPU
+   images; found on this project's H100 machine) every `amt train` then stopped in `jax.distributed.initialize`
+   with "coordinator_address should be defined". Where nothing but opt-in-only environments is detected and the
+   recipe names no coordinator, processes or devices, the run stays one process, as JAX's own detection would.
 
 Dropped with the move to marin-levanter: `trainer.ray` (Levanter no longer starts a Ray cluster) and
 `model.cross_entropy_block_size` (the 55,028-way loss is now always Levanter's fused, vocabulary-blocked
-kernel: XLA on CPU and TPU, Pallas on GPU, block sizes tuned per shape). A second `amt train` of a finished
+kernel: XLA on CPU and TPU; on GPU its batched XLA variant in 0.2.227, Pallas in 0.2.20; block sizes tuned per
+shape). A second `amt train` of a finished
 run returns at once (`finished_checkpoint`) instead of loading the model to run final hooks again.
 """
 
@@ -357,6 +364,25 @@ def warmup_warning(config: TrainConfig) -> Optional[str]:
     return None
 
 
+def one_process_unless_a_cluster(config: TrainConfig) -> TrainConfig:
+    """Workaround 5: keep a run one process where only opt-in-only cluster environments (mpi4py installed) are
+    detected and the recipe names no coordinator, process count, process id or devices."""
+    from jax._src import clusters  # where Levanter's own detection looks (levanter.distributed)
+
+    distributed = config.trainer.distributed
+    named = (distributed.coordinator_address, distributed.num_processes, distributed.process_id,
+             distributed.local_device_ids)
+    if not distributed.initialize_jax_distributed or any(value is not None for value in named):
+        return config
+    present = [env for env in clusters.ClusterEnv._cluster_types if env.is_env_present()]
+    if not present or any(not env.opt_in_only_method for env in present):
+        return config  # no cluster (Levanter does not initialize) or a real one (Slurm, TPU, ...): Levanter's way
+    logger.info("one process: only opt-in cluster environments are present (%s); jax.distributed is not "
+                "initialized", ", ".join(env.__name__ for env in present))
+    return dataclasses.replace(config, trainer=dataclasses.replace(
+        config.trainer, distributed=dataclasses.replace(distributed, initialize_jax_distributed=False)))
+
+
 def train(config: TrainConfig) -> None:
     """Run Levanter's train_lm with the workarounds above. Resumes from the checkpoint folder if it holds one;
     a run whose last step is already saved does nothing and says so."""
@@ -376,4 +402,4 @@ def train(config: TrainConfig) -> None:
 
     save_model_config(config)  # so that a checkpoint path alone can be loaded, sampled, evaluated, exported
     with evaluation_without_bytes(), ending_runs_once():
-        train_lm.main(config)
+        train_lm.main(one_process_unless_a_cluster(config))
