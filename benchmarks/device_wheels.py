@@ -1,34 +1,46 @@
 """Prepare the wheels `benchmarks/device_check.sh` installs on a GPU machine (Python 3.12, no network).
 
 Run here, with network:
-    python benchmarks/device_wheels.py [--have device-packages.txt] [--batch-mib 60]
+    python benchmarks/device_wheels.py [--have benchmarks/device-have.txt] [--batch-mib 53]
 
 It downloads, for CPython 3.12 on manylinux x86_64 and without dependencies, every distribution listed in
 `benchmarks/device-requirements.txt` (what the device check imports, pinned: the minimal set, found by adding
 wheels to a bare Python 3.12 venv of jax 0.11.2, numpy, scipy and torch only where an import failed; its header
-says how and why each heavy one is there; 117 distributions, 296.8 MiB) into `benchmarks/wheels/`
-(git-ignored), leaving out those the machine already has (`--have`: the `pip list --format=freeze` that
-`device_check.sh --inventory` writes into $OUT), and splits them into folders
-`batch-1`, `batch-2`, ... of at most 58 MiB (a device call carries at most 64 MiB, the working tree included):
-6 batches (5 with `--batch-mib 60`, if the working tree stays under 3 MiB), so 7 device calls in all (installing a
-batch took about 20 s on a loaded 2-core CPU here). Then, on the device:
+says how and why each heavy one is there; 117 distributions, 296.8 MiB) into `benchmarks/wheels/all`
+(git-ignored), and keeps those the machine lacks (`--have`: the machine's packages, `benchmarks/device-have.txt`
+by default, or the `pip list --format=freeze` that `device_check.sh --inventory` writes into $OUT), plus the
+small JAX libraries in OVERRIDABLE, which `device_check.sh --install` puts first on the path only where the
+machine's version breaks a requirement of our set (`requires.json`, written into every batch). They are split
+into folders `batch-1`, `batch-2`, ... of at most 53 MiB (a device call carries at most 64 MiB, the working tree
+of about 6 MiB included): on 2026-11-26, 63 wheels, 104 MiB, 2 batches, so 2 device calls (the install took 25 s):
 
-    run: bash benchmarks/device_check.sh --inventory                      (optional: what the machine has)
-    run: bash benchmarks/device_check.sh --install benchmarks/wheels/batch-K   carry [benchmarks/wheels/batch-K]
-    ... one call per batch (.device-site stays on the warm machine between calls) ...
-    run: bash benchmarks/device_check.sh                                   (tests and figures, under 8 minutes)
+    run: bash benchmarks/device_check.sh --install benchmarks/wheels/batch-1     carry [benchmarks/wheels/batch-1]
+    run: bash benchmarks/device_check.sh --install benchmarks/wheels/batch-2 &&
+         bash benchmarks/device_check.sh --check-requirements benchmarks/wheels; bash benchmarks/device_check.sh
+                                                                                 carry [benchmarks/wheels/batch-2]
+(.device-site stays on the warm machine between calls: the second call must come within its 30 s.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Carried even where the machine has them (small, pure Python): the JAX libraries Levanter and Haliax are
+# sensitive to. `device_check.sh --install` puts ours in only where the machine's version breaks a requirement
+# of our set (requires.json); others it reports and leaves (e.g. the machine's transformers needs its own
+# safetensors).
+OVERRIDABLE = ["absl-py", "chex", "equinox", "jaxtyping", "optax", "wadler-lindig"]
+MARKER_ENV = {"extra": "", "python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+              "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+              "implementation_name": "cpython", "platform_python_implementation": "CPython"}
 PLATFORMS = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_24_x86_64", "manylinux_2_27_x86_64",
              "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"]
 
@@ -37,25 +49,50 @@ def norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def requirements_of(wheels: list[Path]) -> dict[str, list[str]]:
+    """{distribution: [version specifier, ...]} that the wheels' Requires-Dist ask of it (Python 3.12, Linux)."""
+    from packaging.requirements import Requirement
+
+    wanted: dict[str, set[str]] = {}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+            lines = archive.read(metadata).decode().splitlines()
+        for line in lines:
+            if not line.startswith("Requires-Dist:"):
+                continue
+            requirement = Requirement(line.split(":", 1)[1].strip())
+            if requirement.specifier and (requirement.marker is None or requirement.marker.evaluate(MARKER_ENV)):
+                wanted.setdefault(norm(requirement.name), set()).add(f"{str(requirement.specifier)} "
+                                                                     f"({norm(wheel.name.split('-')[0])})")
+    return {name: sorted(specs) for name, specs in sorted(wanted.items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--have", default=None, help="the device's `pip list --format=freeze` (skip those)")
+    parser.add_argument("--have", default=str(HERE / "device-have.txt"),
+                        help="the device's packages, `name==version` lines (not carried); '' for none")
     parser.add_argument("--out", default=str(HERE / "wheels"))
-    parser.add_argument("--batch-mib", type=float, default=58.0)
+    parser.add_argument("--batch-mib", type=float, default=53.0)
     args = parser.parse_args()
     requirements = [line.strip() for line in (HERE / "device-requirements.txt").read_text().splitlines()
                     if line.strip() and not line.startswith("#")]
+    everything = requirements
     if args.have:
-        have = {norm(line.split("==")[0]) for line in Path(args.have).read_text().splitlines() if "==" in line}
-        requirements = [r for r in requirements if norm(r.split("==")[0]) not in have]
+        have = {norm(line.split("==")[0]) for line in Path(args.have).read_text().splitlines()
+                if "==" in line and not line.startswith("#")}
+        requirements = [r for r in requirements
+                         if norm(r.split("==")[0]) not in have or norm(r.split("==")[0]) in OVERRIDABLE]
     out = Path(args.out)
     download = out / "all"
     download.mkdir(parents=True, exist_ok=True)
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "--abi", "abi3",
-                    "--abi", "none", *platforms, "-d", str(download), *requirements], check=True)
+                    "--abi", "none", *platforms, "-d", str(download), *everything], check=True)
     wanted = {norm(r.split("==")[0]) for r in requirements}
+    pinned = {norm(r.split("==")[0]) for r in everything}
+    requires = requirements_of([w for w in download.glob("*.whl") if norm(w.name.split("-")[0]) in pinned])
     wheels = sorted((w for w in download.glob("*.whl") if norm(w.name.split("-")[0]) in wanted),
                     key=lambda w: -w.stat().st_size)
     limit = args.batch_mib * 2**20
@@ -77,6 +114,7 @@ def main() -> None:
         folder.mkdir()
         for wheel in batch:
             shutil.copy2(wheel, folder / wheel.name)
+        (folder / "requires.json").write_text(json.dumps(requires, indent=0))
         print(f"{folder}: {len(batch)} wheels, {sum(w.stat().st_size for w in batch) / 2**20:.1f} MiB")
     print(f"{len(wheels)} wheels for {len(requirements)} requirements in {len(batches)} batch(es)")
 

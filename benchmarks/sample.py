@@ -52,6 +52,8 @@ def reference_method(torch_model, tokens: list[int], z: int, current_time: int, 
     """Seconds a token, `anticipation.sample.add_token`'s way: the window again for every token."""
     import torch
 
+    device = torch_model.device
+
     history = tokens[max(len(tokens) - 1017, 0):]
     offset = reference.min_time(history, seconds=False)
     history = reference.translate(history, -offset)
@@ -59,12 +61,12 @@ def reference_method(torch_model, tokens: list[int], z: int, current_time: int, 
     with torch.no_grad():
         for i in range(tokens_timed):
             begin = time.perf_counter()
-            input_tokens = torch.tensor([z] + history + new_token).unsqueeze(0)
+            input_tokens = torch.tensor([z] + history + new_token, device=device).unsqueeze(0)
             logits = torch_model(input_tokens).logits[0, -1]
             allowed, _ = reference.add_token_masks(tokens, new_token, current_time, z=z)  # its masks, as NumPy
-            logits[torch.from_numpy(~allowed)] = -float("inf")
-            keep = reference.nucleus(logits.numpy().astype(np.float64), 0.98)
-            logits[torch.from_numpy(~keep)] = -float("inf")
+            logits[torch.from_numpy(~allowed).to(device)] = -float("inf")
+            keep = reference.nucleus(logits.cpu().numpy().astype(np.float64), 0.98)
+            logits[torch.from_numpy(~keep).to(device)] = -float("inf")
             token = int(torch.multinomial(torch.softmax(logits, -1), 1))
             elapsed += time.perf_counter() - begin
             new_token = new_token + [token] if len(new_token) < 2 else []  # the next token of the event
@@ -75,14 +77,18 @@ def hf_cached(torch_model, window: np.ndarray, batch: int, tokens_timed: int) ->
     """Seconds a token of Hugging Face's KV-cached GPT-2 at batch `batch`, after a prefill of the window."""
     import torch
 
-    context = torch.tensor(np.repeat(window[None, : vocab.CONTEXT_SIZE - tokens_timed - 1], batch, 0), dtype=torch.long)
+    context = torch.tensor(np.repeat(window[None, : vocab.CONTEXT_SIZE - tokens_timed - 1], batch, 0), dtype=torch.long,
+                           device=torch_model.device)
+    synchronize = torch.cuda.synchronize if torch_model.device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         output = torch_model(context, use_cache=True)
         past, token = output.past_key_values, output.logits[:, -1].argmax(-1, keepdim=True)
+        synchronize()
         begin = time.perf_counter()
         for _ in range(tokens_timed):
             output = torch_model(token, past_key_values=past, use_cache=True)
             past, token = output.past_key_values, output.logits[:, -1].argmax(-1, keepdim=True)
+        synchronize()
         return (time.perf_counter() - begin) / tokens_timed
 
 
@@ -95,6 +101,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--torch-device", default=None,
+                        help="where the Hugging Face models run (default: cuda when torch sees a GPU, else cpu)")
     args = parser.parse_args()
     logging.getLogger("amt.sampling").setLevel(logging.ERROR)  # (max_events ends every timed run, on purpose)
 
@@ -111,14 +119,16 @@ def main() -> None:
         model = inference_mode(config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0)), True)
     with tempfile.TemporaryDirectory() as tmp, single_device_mesh():
         config.hf_checkpoint_converter().save_pretrained(model, tmp, save_tokenizer=False)
-        eager = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager").eval()
-        sdpa = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").eval()
+        torch_device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+        eager = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager").eval().to(torch_device)
+        sdpa = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").eval().to(torch_device)
     sampler = Paced(model)
     piece = ops.as_triples(midi.midi_to_events(DEMO / "npm_misc" / "the-entertainer.mid"))
     start = ops.times(piece)[339] / vocab.TIME_RESOLUTION  # ~340 events: the prompt fills the context
     load = os.getloadavg()[0]
     print(f"model: {args.layers} layers x {args.width}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
-          f"torch {torch.get_num_threads()} threads, load average {load:.1f}; prompt {start:.1f} s of The Entertainer "
+          f"torch on {torch_device} ({torch.get_num_threads()} threads), load average {load:.1f}; "
+          f"prompt {start:.1f} s of The Entertainer "
           "(a full context)")
 
     def ours(batch: int, events: int) -> float:

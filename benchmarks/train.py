@@ -6,7 +6,11 @@ logs from step 2, and the median is taken over the rest. MFU (model FLOPs utiliz
 tokens/s x training FLOPs a token (`amt.train.training_flops_per_token`: 6 x parameters + attention,
 6 x layers x context x width) / the card's dense bf16 peak (H100 and H200 SXM: 989 TFLOP/s).
 
-Usage: python benchmarks/train.py [--recipe recipes/amt-small-gpu.yaml] [--batch N] [--steps 12] [-- overrides...]
+`amt train`'s whole output goes to `--log` as it runs (its one line a step shows where a slow run is); with
+`--time-limit` the run is stopped after that many seconds and the figure is taken from the steps logged by then.
+
+Usage: python benchmarks/train.py [--recipe recipes/amt-small-gpu.yaml] [--batch N] [--steps 12] [--log FILE]
+       [--time-limit SECONDS] [-- overrides...]
        (`--batch` replaces the recipe's global batch; without it the recipe's, with its gradient accumulation)
 """
 
@@ -18,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import draccus
@@ -49,7 +54,8 @@ def synthetic_cache(out: Path, rows: int) -> None:
                     field_counts={}, metadata=CacheMetadata({}))._serialize_and_commit(str(out / split))
 
 
-def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[str] = ()) -> dict:
+def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[str] = (), log: str | None = None,
+            time_limit: float | None = None) -> dict:
     """Train `steps` steps of `recipe` on random tokens; tokens/s (median of the steps after compilation), MFU."""
     from amt.train import TrainConfig, training_flops_per_token
 
@@ -68,14 +74,33 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
         parsed = draccus.parse(TrainConfig, config_path=str(tmp / "recipe.yaml"), args=args)
         synthetic_cache(tmp / "cache", rows=parsed.trainer.train_batch_size * (steps + 1) + 8)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-        run = subprocess.run([sys.executable, "-m", "amt.cli", "train", "--config_path", str(tmp / "recipe.yaml"), *args],
-                             env=env, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise RuntimeError(f"amt train failed (exit {run.returncode}):\n{run.stderr[-4000:]}")
-        records = [json.loads(line[line.index("{"):]) for log in (tmp / "logs").glob("*.log")
-                   for line in log.read_text().splitlines() if '"throughput/tokens_per_second"' in line]
-    steady = [r["metrics"]["throughput/tokens_per_second"] for r in records if r.get("step", -1) >= 3] or \
-        [r["metrics"]["throughput/tokens_per_second"] for r in records]
+        log_path = Path(log) if log else tmp / "amt-train.log"
+        begin = time.monotonic()
+        with open(log_path, "w") as out:
+            verbose = ["--verbose"] if log else []  # every library's INFO lines (compilation, kernel tuning) in the log
+            run = subprocess.Popen([sys.executable, "-m", "amt.cli", "train", *verbose, "--config_path",
+                                    str(tmp / "recipe.yaml"), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   text=True)
+            try:
+                returncode = run.wait(timeout=time_limit)
+            except subprocess.TimeoutExpired:
+                run.terminate()
+                try:
+                    run.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    run.kill()
+                    run.wait()
+                returncode = None  # stopped on time: the steps logged so far count
+        seconds = time.monotonic() - begin
+        if returncode not in (0, None):
+            raise RuntimeError(f"amt train failed (exit {returncode}):\n{log_path.read_text()[-4000:]}")
+        records = [json.loads(line[line.index("{"):]) for log_file in (tmp / "logs").glob("*.log")
+                   for line in log_file.read_text().splitlines() if '"throughput/tokens_per_second"' in line]
+    if not records:
+        raise RuntimeError(f"amt train logged no step in {seconds:.0f} s (see {log_path if log else 'its output'})")
+    steady = [r["metrics"]["throughput/tokens_per_second"] for r in records if r.get("step", -1) >= 3]
+    after_compilation = len(steady)
+    steady = steady or [r["metrics"]["throughput/tokens_per_second"] for r in records]  # (then compilation counts)
     import jax
 
     kind = jax.devices()[0].device_kind  # this process's view; the training subprocess sees the same devices
@@ -83,6 +108,8 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
     flops = training_flops_per_token(parsed.model)
     peak = peak_flops(kind)
     return {"recipe": recipe, "device": kind, "devices": jax.device_count(), "steps": steps,
+            "steps_logged": len(records), "steps_after_compilation": after_compilation,
+            "stopped_on_time": returncode is None, "seconds": round(seconds, 1),
             "batch": parsed.trainer.train_batch_size, "context": parsed.model.max_seq_len,
             "tokens_per_second": tokens, "flops_per_token": flops,
             "mfu": tokens * flops / (peak * jax.device_count()) if peak else None}
@@ -94,12 +121,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="global batch in sequences (default: the recipe's)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--log", default=None, help="write amt train's output here as it runs")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="stop the run after this many seconds and measure the steps logged by then")
     parser.add_argument("overrides", nargs="*", help="more `amt train` overrides (after --)")
     args = parser.parse_args()
-    result = measure(args.recipe, args.steps, args.batch, args.overrides)
+    result = measure(args.recipe, args.steps, args.batch, args.overrides, args.log, args.time_limit)
     mfu = f"MFU {100 * result['mfu']:.1f}% of bf16 peak" if result["mfu"] is not None else \
         f"MFU: no bf16 peak known for {result['device']}"
-    print(f"train {result['recipe']}: batch {result['batch']} x {result['context']}, {result['steps']} steps on "
+    ran = (f"stopped after {result['seconds']:.0f} s with {result['steps_logged']} of {result['steps']} steps logged"
+           if result["stopped_on_time"] else f"{result['steps']} steps in {result['seconds']:.0f} s")
+    print(f"train {result['recipe']}: batch {result['batch']} x {result['context']}, {ran}, on "
           f"{result['devices']} x {result['device']}: {result['tokens_per_second']:,.0f} tokens/s; {mfu}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
