@@ -95,7 +95,8 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
         if returncode not in (0, None):
             raise RuntimeError(f"amt train failed (exit {returncode}):\n{log_path.read_text()[-4000:]}")
         records = [json.loads(line[line.index("{"):]) for log_file in (tmp / "logs").glob("*.log")
-                   for line in log_file.read_text().splitlines() if '"throughput/tokens_per_second"' in line]
+                   for line in log_file.read_text().splitlines()
+                   if '"event": "log"' in line and '"throughput/tokens_per_second"' in line]  # (not the summary)
     if not records:
         raise RuntimeError(f"amt train logged no step in {seconds:.0f} s (see {log_path if log else 'its output'})")
     steady = [r["metrics"]["throughput/tokens_per_second"] for r in records if r.get("step", -1) >= 3]
