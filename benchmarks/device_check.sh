@@ -133,11 +133,11 @@ step() {
     return "$status"
 }
 set +e
-TAIL=3 step train 200 "$PY" benchmarks/train.py --json "$OUT/train.json" --log "$OUT/train-amt.log" --time-limit 170 \
+TAIL=3 step train 280 "$PY" benchmarks/train.py --json "$OUT/train.json" --log "$OUT/train-amt.log" --time-limit 200 \
     "${TRAIN[@]}"
 if grep -qiE "resource_exhausted|out of memory" "$OUT/train.log" "$OUT/train-amt.log" 2>/dev/null; then
     # out of memory (a smaller card): half the sequences a micro-step, twice the micro-steps
-    TAIL=3 step train-pdp16 200 "$PY" benchmarks/train.py --json "$OUT/train.json" --time-limit 170 "${TRAIN[@]}" \
+    TAIL=3 step train-pdp16 240 "$PY" benchmarks/train.py --json "$OUT/train.json" --time-limit 170 "${TRAIN[@]}" \
         -- --trainer.per_device_parallelism 16
 fi
 
