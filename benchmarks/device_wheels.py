@@ -90,10 +90,17 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                     "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "--abi", "abi3",
                     "--abi", "none", *platforms, "-d", str(download), *everything], check=True)
+    from packaging.version import Version
+
+    pins = {norm(r.split("==")[0]): Version(r.split("==")[1]) for r in everything}
+
+    def pinned(wheel: Path) -> bool:  # this very version (the folder keeps earlier downloads)
+        name, version = wheel.name.split("-")[:2]
+        return pins.get(norm(name)) == Version(version)
+
     wanted = {norm(r.split("==")[0]) for r in requirements}
-    pinned = {norm(r.split("==")[0]) for r in everything}
-    requires = requirements_of([w for w in download.glob("*.whl") if norm(w.name.split("-")[0]) in pinned])
-    wheels = sorted((w for w in download.glob("*.whl") if norm(w.name.split("-")[0]) in wanted),
+    requires = requirements_of([w for w in download.glob("*.whl") if pinned(w)])
+    wheels = sorted((w for w in download.glob("*.whl") if pinned(w) and norm(w.name.split("-")[0]) in wanted),
                     key=lambda w: -w.stat().st_size)
     limit = args.batch_mib * 2**20
     batches: list[list[Path]] = []

@@ -91,14 +91,19 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
                     run.kill()
                     run.wait()
                 returncode = None  # stopped on time: the steps logged so far count
+            finally:
+                if run.poll() is None:  # interrupted (Ctrl-C): the run does not outlive us
+                    run.kill()
+                    run.wait()
         seconds = time.monotonic() - begin
         if returncode not in (0, None):
             raise RuntimeError(f"amt train failed (exit {returncode}):\n{log_path.read_text()[-4000:]}")
         records = [json.loads(line[line.index("{"):]) for log_file in (tmp / "logs").glob("*.log")
                    for line in log_file.read_text().splitlines()
                    if '"event": "log"' in line and '"throughput/tokens_per_second"' in line]  # (not the summary)
-    if not records:
-        raise RuntimeError(f"amt train logged no step in {seconds:.0f} s (see {log_path if log else 'its output'})")
+        if not records:
+            raise RuntimeError(f"amt train logged no step in {seconds:.0f} s; its output ends:\n"
+                               f"{log_path.read_text()[-4000:]}")
     steady = [r["metrics"]["throughput/tokens_per_second"] for r in records if r.get("step", -1) >= 3]
     after_compilation = len(steady)
     steady = steady or [r["metrics"]["throughput/tokens_per_second"] for r in records]  # (then compilation counts)
@@ -132,6 +137,8 @@ def main() -> None:
         f"MFU: no bf16 peak known for {result['device']}"
     ran = (f"stopped after {result['seconds']:.0f} s with {result['steps_logged']} of {result['steps']} steps logged"
            if result["stopped_on_time"] else f"{result['steps']} steps in {result['seconds']:.0f} s")
+    if not result["steps_after_compilation"]:
+        ran += " (no step after compilation: the figure includes it)"
     print(f"train {result['recipe']}: batch {result['batch']} x {result['context']}, {ran}, on "
           f"{result['devices']} x {result['device']}: {result['tokens_per_second']:,.0f} tokens/s; {mfu}")
     if args.json:

@@ -107,27 +107,35 @@ def test_gpu_recipes_are_the_tpu_recipes_on_other_hardware(gpu, tpu, accumulatio
 def _with_mpi4py(tmp_path: Path) -> dict:
     """ENV with an importable (empty) mpi4py package, as GPU images often have: JAX's opt-in `Mpi4pyCluster`
     then says it is present."""
-    (tmp_path / "site" / "mpi4py").mkdir(parents=True)
-    (tmp_path / "site" / "mpi4py" / "__init__.py").write_text("")
-    return {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *filter(None, [ENV.get("PYTHONPATH")])])}
+    site = tmp_path / "site"
+    (site / "mpi4py").mkdir(parents=True)
+    (site / "mpi4py" / "__init__.py").write_text("")
+    return {**ENV, "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [ENV.get("PYTHONPATH")])])}
 
 
-def test_an_installed_mpi4py_does_not_make_a_run_distributed(tmp_path, monkeypatch):
+def test_an_installed_mpi4py_does_not_make_a_run_distributed(monkeypatch):
     """Workaround 5: Levanter takes an importable mpi4py for a cluster; we stay one process unless a real cluster
-    environment is present or the recipe names the processes."""
+    environment is present or the recipe names the processes. Which environments are present is set here (the
+    GPU machines have mpi4py installed; this one does not)."""
+    from jax._src import clusters
+
     from amt.train import one_process_unless_a_cluster
 
+    present: set[str] = set()
+    for env in clusters.ClusterEnv._cluster_types:
+        monkeypatch.setattr(env, "is_env_present", classmethod(lambda cls: cls.__name__ in present))
     config = draccus.parse(TrainConfig, config_path=str(RECIPES / "amt-tiny.yaml"), args=[])
     assert one_process_unless_a_cluster(config) is config  # nothing detected: untouched (Levanter does not init)
-    monkeypatch.syspath_prepend(str(_with_mpi4py(tmp_path)["PYTHONPATH"].split(os.pathsep)[0]))
+    present.add("Mpi4pyCluster")
     assert one_process_unless_a_cluster(config).trainer.distributed.initialize_jax_distributed is False
     named = draccus.parse(TrainConfig, config_path=str(RECIPES / "amt-tiny.yaml"),
                           args=["--trainer.distributed.coordinator_address", "10.0.0.1:1234"])
     assert one_process_unless_a_cluster(named) is named  # the recipe's own processes: Levanter's way
-    for name, value in dict(SLURM_JOB_ID="1", SLURM_STEP_NODELIST="a", SLURM_NTASKS="2", SLURM_PROCID="0",
-                            SLURM_LOCALID="0").items():
-        monkeypatch.setenv(name, value)
-    assert one_process_unless_a_cluster(config) is config  # a real cluster: Levanter's way
+    with monkeypatch.context() as iris:
+        iris.setattr("iris.cluster.client.job_info.get_job_info", lambda: object())  # as in an Iris job
+        assert one_process_unless_a_cluster(config) is config  # Levanter starts an Iris job its own way
+    present.add("SlurmCluster")
+    assert one_process_unless_a_cluster(config) is config  # a real cluster as well: Levanter's way
 
 
 @pytest.mark.slow

@@ -26,8 +26,10 @@ fixes; each was re-checked against marin-levanter 0.2.20 and 0.2.227 (the mainta
    environments says it is present, including the opt-in-only `Mpi4pyCluster`, which says so whenever mpi4py
    is importable (JAX itself never auto-detects it). On a machine that merely has mpi4py installed (common on GPU
    images; found on this project's H100 machine) every `amt train` then stopped in `jax.distributed.initialize`
-   with "coordinator_address should be defined". Where nothing but opt-in-only environments is detected and the
-   recipe names no coordinator, processes or devices, the run stays one process, as JAX's own detection would.
+   with "coordinator_address should be defined". Where nothing but opt-in-only environments is detected, the
+   recipe names no coordinator, processes or devices and the run is no Iris job (Levanter starts those its own
+   way), the run stays one process, as JAX's own detection would. (It reads JAX's private cluster registry,
+   `jax._src.clusters`, as Levanter does: re-check it with each jax upgrade.)
 
 Dropped with the move to marin-levanter: `trainer.ray` (Levanter no longer starts a Ray cluster) and
 `model.cross_entropy_block_size` (the 55,028-way loss is now always Levanter's fused, vocabulary-blocked
@@ -366,13 +368,14 @@ def warmup_warning(config: TrainConfig) -> Optional[str]:
 
 def one_process_unless_a_cluster(config: TrainConfig) -> TrainConfig:
     """Workaround 5: keep a run one process where only opt-in-only cluster environments (mpi4py installed) are
-    detected and the recipe names no coordinator, process count, process id or devices."""
+    detected, the recipe names no coordinator, process count, process id or devices, and no Iris job runs it."""
+    from iris.cluster.client.job_info import get_job_info  # what Levanter asks first (levanter.distributed)
     from jax._src import clusters  # where Levanter's own detection looks (levanter.distributed)
 
     distributed = config.trainer.distributed
     named = (distributed.coordinator_address, distributed.num_processes, distributed.process_id,
              distributed.local_device_ids)
-    if not distributed.initialize_jax_distributed or any(value is not None for value in named):
+    if not distributed.initialize_jax_distributed or any(value is not None for value in named) or get_job_info():
         return config
     present = [env for env in clusters.ClusterEnv._cluster_types if env.is_env_present()]
     if not present or any(not env.opt_in_only_method for env in present):
