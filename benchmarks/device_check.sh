@@ -4,6 +4,7 @@
 # a second at Lakh's 20.6 events a second), then the GPU-relevant tests in the time left.
 #
 #   bash benchmarks/device_check.sh            # on the GPU machine: measurements + tests, every output in $OUT
+#   GRAPHS=1 bash benchmarks/device_check.sh   # also Medium's sampling again under XLA's CUDA graphs (~80 s)
 #   bash benchmarks/device_check.sh --dry      # anywhere (CPU): the same steps at tiny shapes, a few steps
 #   bash benchmarks/device_check.sh --install DIR   # install the wheels in DIR (see below) and stop
 #   bash benchmarks/device_check.sh --check-requirements [DIR]   # requirements of our set the machine still breaks
@@ -154,6 +155,13 @@ fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"
 step sample-medium 120 "$PY" benchmarks/sample.py "${MEDIUM[@]}"
+if [[ -n ${GRAPHS:-} ]]; then
+    # opt in (GRAPHS=1): ours again with XLA's CUDA graphs over the whole event (the bisection's WHILE loops
+    # included): is one sample's step bound by kernel launches? (the flags parse on CPU too, and do nothing there)
+    graphs="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+    XLA_FLAGS="$graphs --xla_gpu_graph_min_graph_size=1" \
+        step sample-medium-graphs 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours
+fi
 
 # (pytest and the `amt train` runs it starts share the card, without preallocation: see above)
 TAIL=20 step tests "$BUDGET" "$PY" -m pytest -q -x -p no:cacheprovider --durations=5 "${TESTS[@]}"

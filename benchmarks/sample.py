@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--only-ours", action="store_true",
+                        help="time ours alone (no Hugging Face export or torch): e.g. to compare XLA_FLAGS")
     parser.add_argument("--torch-device", default=None,
                         help="where the Hugging Face models run (default: cuda when torch sees a GPU, else cpu)")
     args = parser.parse_args()
@@ -117,19 +119,19 @@ def main() -> None:
                              scale_attn_by_inverse_layer_idx=True)
     with single_device_mesh():
         model = inference_mode(config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0)), True)
-    with tempfile.TemporaryDirectory() as tmp, single_device_mesh():
-        config.hf_checkpoint_converter().save_pretrained(model, tmp, save_tokenizer=False)
-        torch_device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
-        eager = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager").eval().to(torch_device)
-        sdpa = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").eval().to(torch_device)
+    torch_device = "none" if args.only_ours else args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.only_ours:
+        with tempfile.TemporaryDirectory() as tmp, single_device_mesh():
+            config.hf_checkpoint_converter().save_pretrained(model, tmp, save_tokenizer=False)
+            eager = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager").eval().to(torch_device)
+            sdpa = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").eval().to(torch_device)
     sampler = Paced(model)
     piece = ops.as_triples(midi.midi_to_events(DEMO / "npm_misc" / "the-entertainer.mid"))
     start = ops.times(piece)[339] / vocab.TIME_RESOLUTION  # ~340 events: the prompt fills the context
     load = os.getloadavg()[0]
     print(f"model: {args.layers} layers x {args.width}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"torch on {torch_device} ({torch.get_num_threads()} threads), load average {load:.1f}; "
-          f"prompt {start:.1f} s of The Entertainer "
-          "(a full context)")
+          f"prompt {start:.1f} s of The Entertainer (a full context); XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
 
     def ours(batch: int, events: int) -> float:
         warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch)
@@ -142,6 +144,12 @@ def main() -> None:
 
     ours_one = ours(1, args.events)
     ours_batch = ours(args.batch, max(args.events // 2, 1))
+    lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
+    if args.only_ours:
+        print(f"ours (JAX, KV cache): {ours_one * 1000:.1f} ms an event (batch 1), {ours_batch * 1000:.1f} "
+              f"(batch {args.batch}): {1 / ours_one / lakh_events_per_second:.2f} / "
+              f"{1 / ours_batch / lakh_events_per_second:.2f} seconds of music a second")
+        return
     # the others continue the same prompt: its latest 1,017 tokens, time relative (the reference's window)
     start_bins = int(start * vocab.TIME_RESOLUTION)
     prompt = ops.pad(ops.clip(piece, 0, start_bins, clip_duration=False, seconds=False), start_bins)
@@ -169,7 +177,6 @@ def main() -> None:
           f"batch (it runs samples one at a time)")
     print(f"ours vs Hugging Face's KV cache (eager): {hf_one / ours_one:.2f}x one vs one, "
           f"{hf_batch / ours_batch:.2f}x batch vs batch; vs SDPA {sdpa_one / ours_one:.2f}x one vs one")
-    lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
     print(f"seconds of music a second, at Lakh's density ({lakh_events_per_second:.1f} events a second of music): "
           f"{1 / ours_one / lakh_events_per_second:.2f} (one sample), "
           f"{1 / ours_batch / lakh_events_per_second:.2f} ({args.batch} samples a batch, all of them)")
