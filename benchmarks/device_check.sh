@@ -38,30 +38,8 @@ case "${1:-}" in
   --install)
     DIR=${2:?--install DIR}
     # the distributions this machine lacks, and ours where its version breaks a requirement of our set
-    # (requires.json, written by device_wheels.py); a wheel's name: dist-version-...
-    install=$("$PY" - "$DIR" <<'EOF'
-import importlib.metadata as md, json, pathlib, re, sys
-from packaging.specifiers import SpecifierSet
-norm = lambda s: re.sub(r"[-_.]+", "-", s).lower()
-folder = pathlib.Path(sys.argv[1])
-requires = json.loads((folder / "requires.json").read_text()) if (folder / "requires.json").exists() else {}
-have = {}
-for dist in md.distributions():  # in sys.path order: the first is the one imported
-    have.setdefault(norm(dist.metadata["Name"]), dist.version)
-chosen = []
-for wheel in sorted(folder.glob("*.whl")):
-    name, version = norm(wheel.name.split("-")[0]), wheel.name.split("-")[1]
-    broken = [r for r in requires.get(name, [])
-              if not SpecifierSet(r.split(" (")[0]).contains(have.get(name, "0"), prereleases=True)]
-    if name not in have:
-        chosen.append(wheel)
-    elif broken:
-        chosen.append(wheel)
-        print(f"ours over the machine's: {name} {have[name]} -> {version} (wanted: {'; '.join(broken)})",
-              file=sys.stderr)
-print(" ".join(str(w) for w in chosen))
-EOF
-)
+    # (requires.json, written by device_wheels.py)
+    install=$("$PY" benchmarks/device_wheels.py --choose "$DIR")
     if [[ -n $install ]]; then
         "$PY" -m pip install --quiet --no-deps --no-index --target "$SITE/$(basename "$DIR")" $install
     fi
@@ -69,25 +47,7 @@ EOF
     exit 0 ;;
   --check-requirements)
     # the requirements of our set that the packages seen here still break (reported, not fixed)
-    "$PY" - "${2:-benchmarks/wheels}" <<'EOF'
-import importlib.metadata as md, json, pathlib, re, sys
-from packaging.specifiers import SpecifierSet
-norm = lambda s: re.sub(r"[-_.]+", "-", s).lower()
-requires = {}
-for file in pathlib.Path(sys.argv[1]).glob("*/requires.json"):
-    requires.update(json.loads(file.read_text()))
-have = {}
-for dist in md.distributions():
-    have.setdefault(norm(dist.metadata["Name"]), dist.version)
-unmet = [f"{name} {have[name]} (wanted: {r})" for name, specs in sorted(requires.items()) if name in have
-         for r in specs if not SpecifierSet(r.split(" (")[0]).contains(have[name], prereleases=True)]
-missing = sorted(name for name in requires if name not in have)
-print(f"requirements of our set: {len(requires)} distributions; unmet {len(unmet)}; not installed {len(missing)}")
-for line in unmet:
-    print("  unmet:", line)
-if missing:
-    print("  not installed (fine where nothing imports them):", " ".join(missing))
-EOF
+    "$PY" benchmarks/device_wheels.py --check "${2:-benchmarks/wheels}"
     exit 0 ;;
   --dry|"") ;;
   *) echo "usage: $0 [--dry | --install DIR | --check-requirements [DIR] | --inventory]" >&2; exit 2 ;;

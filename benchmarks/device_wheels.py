@@ -68,13 +68,77 @@ def requirements_of(wheels: list[Path]) -> dict[str, list[str]]:
     return {name: sorted(specs) for name, specs in sorted(wanted.items())}
 
 
+# --- on the device: which wheels to install, and what stays unmet (device_check.sh --install, --check-requirements)
+def installed_versions() -> dict[str, str]:
+    """{distribution: version} as this Python imports them (sys.path order: the first found wins)."""
+    import importlib.metadata
+
+    have: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        have.setdefault(norm(dist.metadata["Name"]), dist.version)
+    return have
+
+
+def broken_by(version: str, wanted: list[str]) -> list[str]:
+    """The requirements of our set (requires.json entries: "<specifier> (<who wants it>)") `version` breaks."""
+    from packaging.specifiers import SpecifierSet
+
+    return [r for r in wanted if not SpecifierSet(r.split(" (")[0]).contains(version, prereleases=True)]
+
+
+def read_requires(folders: list[Path]) -> dict[str, list[str]]:
+    requires: dict[str, list[str]] = {}
+    for folder in folders:
+        if (folder / "requires.json").exists():
+            requires.update(json.loads((folder / "requires.json").read_text()))
+    return requires
+
+
+def choose(folder: Path) -> list[Path]:
+    """The wheels of `folder` to install: those this machine lacks, and ours where its version breaks a
+    requirement of our set (said on stderr)."""
+    requires, have, chosen = read_requires([folder]), installed_versions(), []
+    for wheel in sorted(folder.glob("*.whl")):
+        name, version = norm(wheel.name.split("-")[0]), wheel.name.split("-")[1]
+        if name not in have:
+            chosen.append(wheel)
+        elif broken := broken_by(have[name], requires.get(name, [])):
+            chosen.append(wheel)
+            print(f"ours over the machine's: {name} {have[name]} -> {version} (wanted: {'; '.join(broken)})",
+                  file=sys.stderr)
+    return chosen
+
+
+def check(wheels: Path) -> None:
+    """Report the requirements of our set that the packages seen here still break (not fixed)."""
+    requires, have = read_requires(sorted(p for p in wheels.iterdir() if p.is_dir())), installed_versions()
+    unmet = [f"{name} {have[name]} (wanted: {r})" for name, wanted in sorted(requires.items()) if name in have
+             for r in broken_by(have[name], wanted)]
+    missing = sorted(name for name in requires if name not in have)
+    print(f"requirements of our set: {len(requires)} distributions; unmet {len(unmet)}; not installed {len(missing)}")
+    for line in unmet:
+        print("  unmet:", line)
+    if missing:
+        print("  not installed (fine where nothing imports them):", " ".join(missing))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--choose", metavar="BATCH", default=None,
+                        help="on the device: print the wheels of BATCH to install (device_check.sh --install)")
+    parser.add_argument("--check", metavar="WHEELS", default=None,
+                        help="on the device: report requirements still unmet (device_check.sh --check-requirements)")
     parser.add_argument("--have", default=str(HERE / "device-have.txt"),
                         help="the device's packages, `name==version` lines (not carried); '' for none")
     parser.add_argument("--out", default=str(HERE / "wheels"))
     parser.add_argument("--batch-mib", type=float, default=53.0)
     args = parser.parse_args()
+    if args.choose:
+        print(" ".join(str(wheel) for wheel in choose(Path(args.choose))))
+        return
+    if args.check:
+        check(Path(args.check))
+        return
     requirements = [line.strip() for line in (HERE / "device-requirements.txt").read_text().splitlines()
                     if line.strip() and not line.startswith("#")]
     everything = requirements

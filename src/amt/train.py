@@ -34,8 +34,8 @@ fixes; each was re-checked against marin-levanter 0.2.20 and 0.2.227 (the mainta
 Dropped with the move to marin-levanter: `trainer.ray` (Levanter no longer starts a Ray cluster) and
 `model.cross_entropy_block_size` (the 55,028-way loss is now always Levanter's fused, vocabulary-blocked
 kernel: XLA on CPU and TPU; on GPU its batched XLA variant in 0.2.227, Pallas in 0.2.20; block sizes tuned per
-shape). A second `amt train` of a finished
-run returns at once (`finished_checkpoint`) instead of loading the model to run final hooks again.
+shape). A second `amt train` of a finished run returns at once (`finished_checkpoint`) instead of loading the
+model to run final hooks again.
 """
 
 from __future__ import annotations
