@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# One GPU, one prepared script (under 8 minutes: BUDGET, 470 s): Small's training throughput (tokens/s, MFU against
-# the card's bf16 peak), sampling speed for Small and Medium with our KV-cached decoder (events/s, seconds of music
-# a second at Lakh's 20.6 events a second), then the GPU-relevant tests in the time left.
+# One GPU, one prepared script (each run under 8 minutes: BUDGET, 470 s): Small's training throughput (tokens/s, MFU
+# against the card's bf16 peak), sampling speed for Small and Medium with our KV-cached decoder (events/s, seconds
+# of music a second at Lakh's 20.6 events a second) and where one event's time goes on the card (a profiler
+# trace), then the GPU-relevant tests in the time left.
 #
-#   bash benchmarks/device_check.sh            # on the GPU machine: measurements + tests, every output in $OUT
-#   GRAPHS=1 bash benchmarks/device_check.sh   # also Medium's sampling again under XLA's CUDA graphs (~80 s)
-#   bash benchmarks/device_check.sh --dry      # anywhere (CPU): the same steps at tiny shapes, a few steps
-#   bash benchmarks/device_check.sh --install DIR   # install the wheels in DIR (see below) and stop
+#   bash benchmarks/device_check.sh [STEP...]    # on the GPU machine: the steps named (default: all, in this
+#                                                # order), every output in $OUT
+#   bash benchmarks/device_check.sh --dry [STEP...]   # anywhere (CPU): the same steps at tiny shapes, a few steps
+#   bash benchmarks/device_check.sh --install DIR     # install the wheels in DIR (see below) and stop
 #   bash benchmarks/device_check.sh --check-requirements [DIR]   # requirements of our set the machine still breaks
-#   bash benchmarks/device_check.sh --inventory     # list the machine's packages into $OUT and stop
+#   bash benchmarks/device_check.sh --inventory       # list the machine's packages into $OUT and stop
+#
+# Steps: train (the GPU recipe as written), train-variant (the same with plain dot-product attention and no
+# gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), sample-medium (ours
+# against Hugging Face's KV cache, then a trace of 20 events), sample-small, sample-medium-graphs (ours again
+# under XLA's CUDA graphs over the whole event, while loops included: is one sample's step bound by launches?),
+# tests. A device session's 15 minutes hold two runs after the install: e.g.
+#   bash benchmarks/device_check.sh train train-variant sample-medium
+#   bash benchmarks/device_check.sh sample-small sample-medium-graphs tests
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
 # src/ (PYTHONPATH); what else it imports comes as wheels, installed with --no-deps --no-index into folders
@@ -49,15 +58,25 @@ case "${1:-}" in
     # the requirements of our set that the packages seen here still break (reported, not fixed)
     "$PY" benchmarks/device_wheels.py --check "${2:-benchmarks/wheels}"
     exit 0 ;;
-  --dry|"") ;;
-  *) echo "usage: $0 [--dry | --install DIR | --check-requirements [DIR] | --inventory]" >&2; exit 2 ;;
 esac
 
-DRY=${1:-}
+DRY=
+if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
+ALL_STEPS=(train train-variant sample-medium sample-small sample-medium-graphs tests)
+STEPS=("$@")
+(( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
+for name in "${STEPS[@]}"; do
+    if [[ " ${ALL_STEPS[*]} " != *" $name "* ]]; then
+        echo "usage: $0 [--dry] [STEP...] | --install DIR | --check-requirements [DIR] | --inventory" >&2
+        echo "unknown step '$name'; the steps: ${ALL_STEPS[*]}" >&2
+        exit 2
+    fi
+done
+wanted() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/device-check.log"; }
 begin=$SECONDS
 {
-    echo "# device check $(date -u +%FT%TZ) ${DRY:-(full)}"
+    echo "# device check $(date -u +%FT%TZ) ${DRY:-(full)}: ${STEPS[*]}"
     "$PY" -m pip show marin-levanter marin-haliax jax 2>/dev/null | grep -E "^(Name|Version)"
     "$PY" -c "import jax; print('devices:', jax.devices())"
     if command -v nvidia-smi >/dev/null; then
@@ -71,6 +90,7 @@ if [[ -n $DRY ]]; then
     TRAIN=(--recipe recipes/amt-tiny.yaml --batch 2 --steps 4 -- --model.max_seq_len 256 --model.hidden_dim 32 --model.num_heads 2)
     SMALL=(--layers 2 --width 32 --heads 2 --events 4 --batch 2 --reference-tokens 1 --hf-tokens 2)
     MEDIUM=("${SMALL[@]}")
+    TRACE_EVENTS=4
 else
     # the tests whose numbers a GPU can change: the KV-cached decoder against the full forward pass, sampling's
     # constraints, training (loss falls, checkpoint, resume after kill -9, HF export and back)
@@ -78,7 +98,12 @@ else
     TRAIN=(--recipe recipes/amt-small-gpu.yaml --steps 10)
     SMALL=(--layers 12 --width 768 --heads 12)
     MEDIUM=(--layers 24 --width 1024 --heads 16)
+    TRACE_EVENTS=20
 fi
+# the variant: Levanter's plain dot-product attention (without Transformer Engine its GPU default falls back to
+# its own JAX flash attention) and no activation recomputation (GPT-2 Small at 32 sequences of 1,024 a micro-step
+# fits an 80 GB card without it, by estimate)
+VARIANT=(--model.attn_backend vanilla --model.gradient_checkpointing false)
 
 # the figures first (they are what a short lease is for), the tests in the time left of BUDGET seconds (the whole
 # check stays within BUDGET: leave a device call's 600 s room for the install before it)
@@ -102,30 +127,45 @@ step() {
     return "$status"
 }
 set +e
-TAIL=3 step train 260 "$PY" benchmarks/train.py --json "$OUT/train.json" --log "$OUT/train-amt.log" --time-limit 190 \
-    "${TRAIN[@]}"
-train_status=$?
-if (( train_status != 0 )) && [[ -z $DRY ]] && grep -qiE "resource_exhausted|out of memory" "$OUT/train.log"; then
-    # it ran out of memory (a smaller card): half the sequences a micro-step, twice the micro-steps
-    TAIL=3 step train-pdp16 200 "$PY" benchmarks/train.py --json "$OUT/train-pdp16.json" \
-        --log "$OUT/train-pdp16-amt.log" --time-limit 140 "${TRAIN[@]}" -- --trainer.per_device_parallelism 16
+if wanted train; then
+    TAIL=3 step train 200 "$PY" benchmarks/train.py --json "$OUT/train.json" --log "$OUT/train-amt.log" \
+        --time-limit 150 "${TRAIN[@]}"
+    train_status=$?
+    if (( train_status != 0 )) && [[ -z $DRY ]] && grep -qiE "resource_exhausted|out of memory" "$OUT/train.log"; then
+        # it ran out of memory (a smaller card): half the sequences a micro-step, twice the micro-steps
+        TAIL=3 step train-pdp16 170 "$PY" benchmarks/train.py --json "$OUT/train-pdp16.json" \
+            --log "$OUT/train-pdp16-amt.log" --time-limit 120 "${TRAIN[@]}" -- --trainer.per_device_parallelism 16
+    fi
+fi
+if wanted train-variant; then
+    [[ ${TRAIN[*]} == *" -- "* ]] && sep=() || sep=(--)
+    TAIL=3 step train-variant 170 "$PY" benchmarks/train.py --json "$OUT/train-variant.json" \
+        --log "$OUT/train-variant-amt.log" --time-limit 120 "${TRAIN[@]}" "${sep[@]}" "${VARIANT[@]}"
 fi
 
 # JAX and torch share the card here: JAX takes memory as it needs it instead of 75% up front
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
-step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"
-step sample-medium 120 "$PY" benchmarks/sample.py "${MEDIUM[@]}"
-if [[ -n ${GRAPHS:-} ]]; then
-    # opt in (GRAPHS=1): ours again with XLA's CUDA graphs over the whole event (the bisection's WHILE loops
-    # included): is one sample's step bound by kernel launches? (the flags parse on CPU too, and do nothing there)
+if wanted sample-medium; then
+    TAIL=30 step sample-medium 130 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --trace "$OUT/trace-medium" \
+        --trace-events "$TRACE_EVENTS"
+    # what comes back: the summary (in the log) and the Perfetto JSON (benchmarks/trace_summary.py reads it again)
+    find "$OUT/trace-medium" \( -name "*.xplane.pb" -o -name "*.trace.json.gz" \) -delete 2>/dev/null
+fi
+wanted sample-small && step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"
+if wanted sample-medium-graphs; then
+    # ours again with XLA's CUDA graphs over the whole event (while loops included, and graphs of any size): is
+    # one sample's step bound by kernel launches? (the flags parse on CPU too, and do nothing there)
     graphs="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
     XLA_FLAGS="$graphs --xla_gpu_graph_min_graph_size=1" \
         step sample-medium-graphs 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours
 fi
 
-# (pytest and the `amt train` runs it starts share the card, without preallocation: see above)
-TAIL=20 step tests "$BUDGET" "$PY" -m pytest -q -x -p no:cacheprovider --durations=5 "${TESTS[@]}"
-tests_status=$?
+tests_status=0
+if wanted tests; then
+    # (pytest and the `amt train` runs it starts share the card, without preallocation: see above)
+    TAIL=20 step tests "$BUDGET" "$PY" -m pytest -q -x -p no:cacheprovider --durations=5 "${TESTS[@]}"
+    tests_status=$?
+fi
 log "done in $((SECONDS - begin)) s; tests exit $tests_status"
 # 124 would read as the device call's own time-out: tests cut short by the budget exit 3, as skipped ones do
 (( tests_status == 124 )) && tests_status=3

@@ -18,7 +18,7 @@ XLA's and moves the ratios by a third). The measured figures, with the machine, 
 section.
 
 Usage: python benchmarks/sample.py [--events 150] [--batch 8] [--reference-tokens 3] [--hf-tokens 30]
-       [--layers 12 --width 768 --heads 12]
+       [--layers 12 --width 768 --heads 12] [--only-ours] [--trace DIR [--trace-events 20]]
 """
 
 from __future__ import annotations
@@ -103,6 +103,10 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--only-ours", action="store_true",
                         help="time ours alone (no Hugging Face export or torch): e.g. to compare XLA_FLAGS")
+    parser.add_argument("--trace", default=None, metavar="DIR",
+                        help="then trace --trace-events events of ours at batch 1 into DIR (a JAX profiler trace) "
+                             "and say where a call's time goes (benchmarks/trace_summary.py)")
+    parser.add_argument("--trace-events", type=int, default=20)
     parser.add_argument("--torch-device", default=None,
                         help="where the Hugging Face models run (default: cuda when torch sees a GPU, else cpu)")
     args = parser.parse_args()
@@ -146,6 +150,14 @@ def main() -> None:
     ours_batch = ours(args.batch, max(args.events // 2, 1))
     lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
     music_one, music_batch = (1 / t / lakh_events_per_second for t in (ours_one, ours_batch))  # seconds a second
+    if args.trace:  # the same run as ours_one's, shorter, compiled already
+        from trace_summary import summarize
+
+        options = sampling.SamplingOptions(seed=0, max_events=args.trace_events, num_samples=1)
+        with jax.profiler.trace(args.trace, create_perfetto_trace=True):
+            sampling.continuation(sampler, piece, start, start + 1000, options)
+        print(f"trace of {args.trace_events} events at batch 1 (the prompt's prefill before them), in {args.trace}:")
+        print("\n".join(summarize(args.trace, "_event")))
     if args.only_ours:
         print(f"ours (JAX, KV cache): {ours_one * 1000:.1f} ms an event (batch 1), {ours_batch * 1000:.1f} "
               f"(batch {args.batch}): {music_one:.2f} / {music_batch:.2f} seconds of music a second")

@@ -113,7 +113,13 @@ def _nucleus(probabilities, top_p: float):
     largest value t with mass(p >= t) > top_p, found by bisection on the bits of t (non-negative floats
     order as their bits do), 31 masked sums instead of a sort of up to 16,513 entries (a sort per token was
     a third of a step at batch 1). Ties at the threshold are all kept, and the sums are not a cumsum's
-    rounding: equal to the sorted cumsum's choice but at exact ties and last-ulp sums."""
+    rounding: equal to the sorted cumsum's choice but at exact ties and last-ulp sums.
+
+    The 31 steps are unrolled (a Python loop, not a fori_loop): XLA's GPU command buffers (CUDA graphs) do
+    not take while loops by default, so a loop's body runs outside the graph that holds the rest of the
+    event, kernel by kernel, 31 times, and each loop cuts that graph (three loops an event; what it costs
+    there is for benchmarks/device_check.sh's trace to say). On CPU unrolling measured the same (GPT-2
+    Small, batch 1 and 8, the same samples); it compiles ~1 s longer."""
     def mass_above(bits):  # (batch,) int32 bits of thresholds -> mass(p >= threshold) > top_p
         threshold = jax.lax.bitcast_convert_type(bits, probabilities.dtype)[:, None]
         return jnp.where(probabilities >= threshold, probabilities, 0).sum(-1) > top_p
@@ -125,8 +131,10 @@ def _nucleus(probabilities, top_p: float):
         return jnp.where(above, middle, low), jnp.where(above, high, middle)
 
     batch = probabilities.shape[0]
-    start = (jnp.zeros(batch, jnp.int32), jnp.full(batch, 0x7F800000, jnp.int32))  # 0 .. +inf
-    low, _ = jax.lax.fori_loop(0, 31, bisect, start)
+    bounds = (jnp.zeros(batch, jnp.int32), jnp.full(batch, 0x7F800000, jnp.int32))  # 0 .. +inf
+    for step in range(31):  # unrolled: see above
+        bounds = bisect(step, bounds)
+    low, _ = bounds
     return probabilities >= jax.lax.bitcast_convert_type(low, probabilities.dtype)[:, None]
 
 

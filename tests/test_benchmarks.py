@@ -1,0 +1,56 @@
+"""The benchmarks' own arithmetic: what they report must follow from what they measured."""
+
+import gzip
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import trace_summary  # noqa: E402
+
+
+def write_trace(path: Path, calls: int, kernels_per_call: int, kernel_us: float, call_us: float) -> None:
+    """A trace as a GPU run writes it: nested PjitFunction events on the host, kernels on a device stream,
+    and an 'XLA Ops' line beside it."""
+    events = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "pid": 2, "tid": 7, "name": "thread_name", "args": {"name": "Stream #7(Compute)"}},
+        {"ph": "M", "pid": 2, "tid": 9, "name": "thread_name", "args": {"name": "XLA Ops"}},
+    ]
+    for call in range(calls):
+        t = 1000.0 + call * call_us
+        events.append({"ph": "X", "pid": 1, "tid": 1, "name": "PjitFunction(_event)", "ts": t, "dur": 50.0})
+        events.append({"ph": "X", "pid": 1, "tid": 1, "name": "PjitFunction(_event)", "ts": t + 1, "dur": 40.0})
+        for k in range(kernels_per_call):
+            start = t + 60 + k * (kernel_us + 1)
+            name = "gemv" if k % 2 else f"loop_fusion_{k}"
+            events.append({"ph": "X", "pid": 2, "tid": 7, "name": name, "ts": start, "dur": kernel_us})
+            events.append({"ph": "X", "pid": 2, "tid": 9, "name": name, "ts": start, "dur": kernel_us})
+        events.append({"ph": "X", "pid": 2, "tid": 7, "name": "MemcpyD2H", "ts": t + 900, "dur": 2.0})
+    with gzip.open(path / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+
+
+def test_trace_summary_counts_kernels_and_busy_time_per_call(tmp_path):
+    write_trace(tmp_path, calls=5, kernels_per_call=40, kernel_us=10.0, call_us=2000.0)
+    lines = trace_summary.summarize(tmp_path, "_event")
+    assert lines[0].startswith("4 calls of _event: 2.00 ms a call"), lines[0]
+    assert "0.05 ms in each call's dispatch" in lines[0]
+    stream = next(line for line in lines if "Stream #7" in line)
+    # 40 kernels + 1 copy a call, 402 us busy of 2,000
+    assert "41 a call, busy 0.40 ms (20% of the wall time)" in stream, stream
+    assert any("XLA Ops: 40 a call" in line for line in lines)
+    top = lines[lines.index(next(line for line in lines if line.startswith("top of Stream #7"))) + 1]
+    assert "0.200 ms a call   20.0x  gemv" in top, top
+
+
+def test_trace_summary_says_when_there_are_no_device_events(tmp_path):
+    write_trace(tmp_path, calls=3, kernels_per_call=0, kernel_us=1.0, call_us=100.0)
+    events = json.load(gzip.open(tmp_path / "perfetto_trace.json.gz", "rt"))["traceEvents"]
+    events = [e for e in events if e.get("pid") != 2]
+    with gzip.open(tmp_path / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    lines = trace_summary.summarize(tmp_path)
+    assert len(lines) == 2 and "no device events" in lines[1]
