@@ -2,7 +2,9 @@
 
 Runs `amt train` for a few steps on a synthetic cache (random tokens: speed does not depend on the data) and
 reads Levanter's own throughput log (tokens/s per step). The first steps (compilation) are left out: Levanter
-logs from step 2, and the median is taken over the rest. MFU (model FLOPs utilization) is ours, not Levanter's:
+logs from step 2, and the median is taken over the rest. Levanter's watch hook (parameter and gradient norms every
+10th step) is switched off: it compiles a second train step (one compilation instead of two; measured on CPU, a
+tiny 4-step run took 18 s instead of 31). MFU (model FLOPs utilization) is ours, not Levanter's:
 tokens/s x training FLOPs a token (`amt.train.training_flops_per_token`: 6 x parameters + attention,
 6 x layers x context x width) / the card's dense bf16 peak (H100 and H200 SXM: 989 TFLOP/s).
 
@@ -54,6 +56,19 @@ def synthetic_cache(out: Path, rows: int) -> None:
                     field_counts={}, metadata=CacheMetadata({}))._serialize_and_commit(str(out / split))
 
 
+def throughput_records(logs: Path) -> list[dict]:
+    """The per-step throughput records Levanter's json_logger has written so far (not its summary)."""
+    records = []
+    for log_file in logs.glob("*.log"):
+        for line in log_file.read_text().splitlines():
+            if '"event": "log"' in line and '"throughput/tokens_per_second"' in line:
+                try:
+                    records.append(json.loads(line[line.index("{"):]))
+                except json.JSONDecodeError:  # a line being written
+                    pass
+    return records
+
+
 def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[str] = (), log: str | None = None,
             time_limit: float | None = None) -> dict:
     """Train `steps` steps of `recipe` on random tokens; tokens/s (median of the steps after compilation), MFU."""
@@ -67,7 +82,10 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
         args = ["--data.cache_dir", str(tmp / "cache"), "--trainer.num_train_steps", str(steps),
                 "--trainer.steps_per_eval", str(10 * steps), "--optimizer.warmup", "0.1",
                 "--trainer.checkpointer.base_path", str(tmp / "ckpt"), "--trainer.checkpointer.save_interval", "1000h",
-                "--trainer.log_dir", str(tmp / "logs"), "--trainer.id", "bench"]
+                "--trainer.log_dir", str(tmp / "logs"), "--trainer.id", "bench",
+                # no parameter/gradient norms: their steps (every 10th) are a second compiled train step, which
+                # would double the compilation a short run waits for (the other steps run the same either way)
+                "--trainer.watch.interval", "0"]
         if batch is not None:
             args += ["--trainer.train_batch_size", str(batch), "--trainer.per_device_parallelism", "-1"]
         args += list(overrides)
@@ -81,16 +99,24 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
             run = subprocess.Popen([sys.executable, "-m", "amt.cli", "train", *verbose, "--config_path",
                                     str(tmp / "recipe.yaml"), *args], env=env, stdout=out, stderr=subprocess.STDOUT,
                                    text=True)
+            # stopped once the last step's throughput is logged (what follows, the final evaluation with its own
+            # compilation and the checkpoint, is not measured), or on time (the steps logged so far count)
+            returncode = None
             try:
-                returncode = run.wait(timeout=time_limit)
-            except subprocess.TimeoutExpired:
-                run.terminate()
-                try:
-                    run.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    run.kill()
-                    run.wait()
-                returncode = None  # stopped on time: the steps logged so far count
+                while returncode is None and not (time_limit and time.monotonic() - begin > time_limit):
+                    if any(r.get("step", -1) >= steps - 1 for r in throughput_records(tmp / "logs")):
+                        break
+                    try:
+                        returncode = run.wait(timeout=1)
+                    except subprocess.TimeoutExpired:
+                        pass
+                if returncode is None:
+                    run.terminate()
+                    try:
+                        run.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        run.kill()
+                        run.wait()
             finally:
                 if run.poll() is None:  # interrupted (Ctrl-C): the run does not outlive us
                     run.kill()
@@ -98,9 +124,7 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
         seconds = time.monotonic() - begin
         if returncode not in (0, None):
             raise RuntimeError(f"amt train failed (exit {returncode}):\n{log_path.read_text()[-4000:]}")
-        records = [json.loads(line[line.index("{"):]) for log_file in (tmp / "logs").glob("*.log")
-                   for line in log_file.read_text().splitlines()
-                   if '"event": "log"' in line and '"throughput/tokens_per_second"' in line]  # (not the summary)
+        records = throughput_records(tmp / "logs")
         if not records:
             raise RuntimeError(f"amt train logged no step in {seconds:.0f} s; its output ends:\n"
                                f"{log_path.read_text()[-4000:]}")
@@ -115,7 +139,7 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
     peak = peak_flops(kind)
     return {"recipe": recipe, "device": kind, "devices": jax.device_count(), "steps": steps,
             "steps_logged": len(records), "steps_after_compilation": after_compilation,
-            "stopped_on_time": returncode is None, "seconds": round(seconds, 1),
+            "stopped_on_time": not any(r.get("step", -1) >= steps - 1 for r in records), "seconds": round(seconds, 1),
             "batch": parsed.trainer.train_batch_size, "context": parsed.model.max_seq_len,
             "tokens_per_second": tokens, "flops_per_token": flops,
             "mfu": tokens * flops / (peak * jax.device_count()) if peak else None}

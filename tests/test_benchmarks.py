@@ -54,3 +54,25 @@ def test_trace_summary_says_when_there_are_no_device_events(tmp_path):
         json.dump({"traceEvents": events}, f)
     lines = trace_summary.summarize(tmp_path)
     assert len(lines) == 2 and "no device events" in lines[1]
+
+
+def test_train_benchmark_measures_the_steps_and_stops_before_the_final_evaluation(tmp_path):
+    """benchmarks/train.py: a tiny recipe for 6 steps; the figure comes from Levanter's per-step throughput after
+    compilation, and the run is stopped once the last step is logged (no final evaluation or checkpoint)."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    log, result = tmp_path / "amt-train.log", tmp_path / "train.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline"}
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "train.py"), "--recipe",
+                          str(root / "recipes" / "amt-tiny.yaml"), "--batch", "2", "--steps", "6", "--log", str(log),
+                          "--json", str(result), "--", "--model.max_seq_len", "128", "--model.hidden_dim", "32",
+                          "--model.num_heads", "2"], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
+    measured = json.loads(result.read_text())
+    assert measured["steps_logged"] >= 4 and measured["steps_after_compilation"] >= 3, measured  # (from step 2)
+    assert not measured["stopped_on_time"] and measured["tokens_per_second"] > 0
+    assert "6 steps in" in out.stdout, out.stdout
+    text = log.read_text()
+    assert "step    6/6" in text and "validation loss" not in text and "Saving checkpoint" not in text
+    assert text.count("Tracing train_step") == 1  # one compiled step: the watch hook's second one is off
