@@ -4,8 +4,8 @@
 # of music a second at Lakh's 20.6 events a second) and where one event's time goes on the card (a profiler
 # trace), then the GPU-relevant tests in the time left.
 #
-#   bash benchmarks/device_check.sh [STEP...]    # on the GPU machine: the steps named (default: all, in this
-#                                                # order), every output in $OUT
+#   bash benchmarks/device_check.sh [STEP...]    # on the GPU machine: the steps named, in that order (default:
+#                                                # all, in the order below), every output in $OUT
 #   bash benchmarks/device_check.sh --dry [STEP...]   # anywhere (CPU): the same steps at tiny shapes, a few steps
 #   bash benchmarks/device_check.sh --install DIR     # install the wheels in DIR (see below) and stop
 #   bash benchmarks/device_check.sh --check-requirements [DIR]   # requirements of our set the machine still breaks
@@ -15,9 +15,9 @@
 # gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), sample-medium (ours
 # against Hugging Face's KV cache, then a trace of 20 events), sample-small, sample-medium-graphs (ours again
 # under XLA's CUDA graphs over the whole event, while loops included: is one sample's step bound by launches?),
-# tests. A device session's 15 minutes hold two runs after the install: e.g.
-#   bash benchmarks/device_check.sh train train-variant sample-medium
-#   bash benchmarks/device_check.sh sample-small sample-medium-graphs tests
+# tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps: e.g.
+#   BUDGET=470 bash benchmarks/device_check.sh train sample-medium sample-medium-graphs train-variant
+#   BUDGET=<what is left> bash benchmarks/device_check.sh tests sample-small
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
 # src/ (PYTHONPATH); what else it imports comes as wheels, installed with --no-deps --no-index into folders
@@ -72,7 +72,6 @@ for name in "${STEPS[@]}"; do
         exit 2
     fi
 done
-wanted() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/device-check.log"; }
 begin=$SECONDS
 {
@@ -126,46 +125,54 @@ step() {
     (( status == 0 )) || log "$name failed (exit $status)"
     return "$status"
 }
-set +e
-if wanted train; then
-    TAIL=3 step train 200 "$PY" benchmarks/train.py --json "$OUT/train.json" --log "$OUT/train-amt.log" \
-        --time-limit 150 "${TRAIN[@]}"
-    train_status=$?
-    if (( train_status != 0 )) && [[ -z $DRY ]] && grep -qiE "resource_exhausted|out of memory" "$OUT/train.log"; then
+# the steps, each a function (run_<name>), run in the order named
+run_train() {
+    TAIL=3 step train 180 "$PY" benchmarks/train.py --json "$OUT/train.json" --log "$OUT/train-amt.log" \
+        --time-limit 130 "${TRAIN[@]}"
+    local status=$?
+    if (( status != 0 )) && [[ -z $DRY ]] && grep -qiE "resource_exhausted|out of memory" "$OUT/train.log"; then
         # it ran out of memory (a smaller card): half the sequences a micro-step, twice the micro-steps
-        TAIL=3 step train-pdp16 170 "$PY" benchmarks/train.py --json "$OUT/train-pdp16.json" \
-            --log "$OUT/train-pdp16-amt.log" --time-limit 120 "${TRAIN[@]}" -- --trainer.per_device_parallelism 16
+        TAIL=3 step train-pdp16 150 "$PY" benchmarks/train.py --json "$OUT/train-pdp16.json" \
+            --log "$OUT/train-pdp16-amt.log" --time-limit 100 "${TRAIN[@]}" -- --trainer.per_device_parallelism 16
     fi
-fi
-if wanted train-variant; then
-    [[ ${TRAIN[*]} == *" -- "* ]] && sep=() || sep=(--)
-    TAIL=3 step train-variant 170 "$PY" benchmarks/train.py --json "$OUT/train-variant.json" \
-        --log "$OUT/train-variant-amt.log" --time-limit 120 "${TRAIN[@]}" "${sep[@]}" "${VARIANT[@]}"
-fi
-
-# JAX and torch share the card here: JAX takes memory as it needs it instead of 75% up front
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-if wanted sample-medium; then
-    TAIL=30 step sample-medium 130 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --trace "$OUT/trace-medium" \
-        --trace-events "$TRACE_EVENTS"
+}
+run_train-variant() {
+    local sep=(--)
+    [[ " ${TRAIN[*]} " == *" -- "* ]] && sep=()
+    TAIL=3 step train-variant 150 "$PY" benchmarks/train.py --json "$OUT/train-variant.json" \
+        --log "$OUT/train-variant-amt.log" --time-limit 100 "${TRAIN[@]}" "${sep[@]}" "${VARIANT[@]}"
+}
+# (sampling and the tests: JAX and torch share the card, so JAX takes memory as it needs it, not 75% up front)
+run_sample-medium() {
+    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step sample-medium 130 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
+        --trace "$OUT/trace-medium" --trace-events "$TRACE_EVENTS"
+    local status=$?
     # what comes back: the summary (in the log) and the Perfetto JSON (benchmarks/trace_summary.py reads it again)
     find "$OUT/trace-medium" \( -name "*.xplane.pb" -o -name "*.trace.json.gz" \) -delete 2>/dev/null
-fi
-wanted sample-small && step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"
-if wanted sample-medium-graphs; then
+    return "$status"
+}
+run_sample-small() {
+    XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"
+}
+run_sample-medium-graphs() {
     # ours again with XLA's CUDA graphs over the whole event (while loops included, and graphs of any size): is
     # one sample's step bound by kernel launches? (the flags parse on CPU too, and do nothing there)
-    graphs="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
-    XLA_FLAGS="$graphs --xla_gpu_graph_min_graph_size=1" \
+    local graphs="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+    XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_FLAGS="$graphs --xla_gpu_graph_min_graph_size=1" \
         step sample-medium-graphs 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours
-fi
+}
+run_tests() {
+    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=20 step tests "$BUDGET" "$PY" -m pytest -q -x -p no:cacheprovider \
+        --durations=5 "${TESTS[@]}"
+}
 
+set +e
 tests_status=0
-if wanted tests; then
-    # (pytest and the `amt train` runs it starts share the card, without preallocation: see above)
-    TAIL=20 step tests "$BUDGET" "$PY" -m pytest -q -x -p no:cacheprovider --durations=5 "${TESTS[@]}"
-    tests_status=$?
-fi
+for name in "${STEPS[@]}"; do
+    "run_$name"
+    status=$?
+    [[ $name == tests ]] && tests_status=$status
+done
 log "done in $((SECONDS - begin)) s; tests exit $tests_status"
 # 124 would read as the device call's own time-out: tests cut short by the budget exit 3, as skipped ones do
 (( tests_status == 124 )) && tests_status=3
