@@ -47,47 +47,72 @@ def _busy(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def _is_copy(event: dict) -> bool:
+    return event.get("name", "").startswith(("Memcpy", "Memset"))
+
+
 def summarize(path: str | Path, function: str = "_event", top: int = 12) -> list[str]:
-    """Lines that say, per call of the jitted `function` (from the first call's dispatch to the last one's),
-    the events and busy time of each line of the device (its streams: kernels and copies; XLA's own lines
-    of modules and ops), against the wall time; then the kernels that take the most device time."""
+    """Lines that say, per call of the jitted `function`: the wall time from one call's dispatch to the next,
+    its kernels on the device and how long the device is busy with them; then the kernels that take the most
+    time, and the device time of the other jitted functions.
+
+    A GPU trace (CUPTI's, as jax writes it) has a process per device ('/device:GPU:0') with a line per CUDA
+    stream ('Stream #13(Compute)'), one event per kernel, memcpy or memset, each kernel tagged with its XLA
+    module ('hlo_module': 'jit_<function>'). Kernels are given to the function by that tag, over the whole
+    trace (the device runs behind the host, so a time window would mix calls); a trace without tags falls back
+    to the kernels between the first call's dispatch and the last one's."""
     events, processes, line_names = load_events(path)
     calls = []
-    for e in sorted((e for e in events if e.get("name") == f"PjitFunction({function})"), key=lambda e: e["ts"]):
-        if not calls or e["ts"] >= calls[-1]["ts"] + calls[-1]["dur"]:  # (a call's nested events of that name)
+    for e in sorted((e for e in events if e.get("name") == f"PjitFunction({function})"),
+                    key=lambda e: (e["ts"], -e["dur"])):
+        if not calls or e["ts"] >= calls[-1]["ts"] + calls[-1]["dur"]:  # (each call's inner event of that name)
             calls.append(e)
     if len(calls) < 2:
         return [f"{path}: {len(calls)} call(s) of {function} in the trace; two or more are needed"]
-    # from the first call's dispatch to the last one's: n - 1 calls, whatever ran between them included
-    begin, end = calls[0]["ts"], calls[-1]["ts"]
-    n = len(calls) - 1
-    wall = (end - begin) / n
-    dispatch = sum(e["dur"] for e in calls[:n]) / n
-    out = [f"{n} calls of {function}: {wall / 1000:.2f} ms a call from dispatch to dispatch; the host spends "
-           f"{dispatch / 1000:.2f} ms in each call's dispatch"]
+    first, last = calls[0]["ts"], calls[-1]["ts"]
+    wall = (last - first) / (len(calls) - 1)
+    dispatch = sum(e["dur"] for e in calls) / len(calls)
+    out = [f"{len(calls)} calls of {function}: {wall / 1000:.2f} ms a call from dispatch to dispatch; the host "
+           f"spends {dispatch / 1000:.2f} ms in each call's dispatch"]
     device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
-    on_device = [e for e in events if e["pid"] in device_pids and begin <= e["ts"] < end]
+    on_device = [e for e in events if e["pid"] in device_pids]
     if not on_device:
         return out + [f"no device events (processes: {', '.join(sorted(set(processes.values())))}): on a CPU, or "
                       "the profiler found no CUPTI"]
-    by_line: dict[tuple[int, int], list[dict]] = {}
-    for e in on_device:
-        by_line.setdefault((e["pid"], e.get("tid")), []).append(e)
-    for key, line in sorted(by_line.items(), key=lambda item: -len(item[1])):
-        busy = _busy([(e["ts"], e["ts"] + e["dur"]) for e in line])
-        out.append(f"  {processes.get(key[0], key[0])} {line_names.get(key, key[1])}: {len(line) / n:.0f} a call, "
-                   f"busy {busy / n / 1000:.2f} ms ({100 * busy / (end - begin):.0f}% of the wall time), "
-                   f"{busy / len(line):.1f} us each")
-    # the kernels: the busiest line named as a stream (CUPTI's), else the line with the most events
-    streams = [key for key in by_line if "stream" in str(line_names.get(key, "")).lower()]
-    kernels = max(streams or by_line, key=lambda key: len(by_line[key]))
+    kernels = [e for e in on_device if not _is_copy(e)]
+    copies = [e for e in on_device if _is_copy(e)]
+
+    def module(e: dict) -> str | None:
+        return (e.get("args") or {}).get("hlo_module")
+
+    if any(module(e) for e in kernels):
+        by_module: dict[str, list[dict]] = {}
+        for e in kernels:
+            by_module.setdefault(str(module(e)).split(".")[0], []).append(e)
+        mine = by_module.pop(f"jit_{function}", [])
+        n = len(calls)
+        how = f"tagged jit_{function}"
+    else:  # untagged: what ran on the device between the first dispatch and the last
+        mine = [e for e in kernels if first <= e["ts"] < last]
+        by_module, n = {}, len(calls) - 1
+        how = "in the window of the calls (no module tags)"
+    if not mine:
+        return out + [f"no kernels {how} among {len(kernels)} on the device"]
+    busy = _busy([(e["ts"], e["ts"] + e["dur"]) for e in mine])
+    lines = Counter(line_names.get((e["pid"], e.get("tid")), str(e.get("tid"))) for e in mine)
+    out.append(f"device: {len(mine) / n:.0f} kernels a call ({how}; on {', '.join(sorted(lines))}), busy "
+               f"{busy / n / 1000:.2f} ms a call ({100 * busy / n / wall:.0f}% of the wall time), "
+               f"{busy / len(mine):.1f} us a kernel; {len(copies) / n:.1f} memcpy/memset a call, all functions")
     time_by_name, count_by_name = Counter(), Counter()
-    for e in by_line[kernels]:
+    for e in mine:
         time_by_name[e["name"]] += e["dur"]
         count_by_name[e["name"]] += 1
-    out.append(f"top of {line_names.get(kernels, kernels[1])} by time ({len(time_by_name)} distinct names):")
+    out.append(f"its kernels by time ({len(time_by_name)} distinct names):")
     for name, spent in time_by_name.most_common(top):
         out.append(f"  {spent / n / 1000:7.3f} ms a call {count_by_name[name] / n:6.1f}x  {name[:90]}")
+    for name, others in sorted(by_module.items(), key=lambda item: -sum(e["dur"] for e in item[1]))[:4]:
+        out.append(f"other module {name}: {len(others) / n:.0f} kernels, "
+                   f"{sum(e['dur'] for e in others) / n / 1000:.2f} ms a call of {function}")
     return out
 
 

@@ -10,48 +10,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import trace_summary  # noqa: E402
 
 
-def write_trace(path: Path, calls: int, kernels_per_call: int, kernel_us: float, call_us: float) -> None:
-    """A trace as a GPU run writes it: nested PjitFunction events on the host, kernels on a device stream,
-    and an 'XLA Ops' line beside it."""
+def write_trace(path: Path, calls: int, kernels_per_call: int, kernel_us: float, call_us: float, tags=True,
+                device=True) -> None:
+    """A trace as jax writes one on a GPU: two nested PjitFunction events a call on the host; on the device, a
+    stream line of kernels tagged with their XLA module, running 300 us behind the host, another module's
+    kernels between them, and a busier line of copies."""
     events = [
         {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
         {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
         {"ph": "M", "pid": 2, "tid": 7, "name": "thread_name", "args": {"name": "Stream #7(Compute)"}},
-        {"ph": "M", "pid": 2, "tid": 9, "name": "thread_name", "args": {"name": "XLA Ops"}},
+        {"ph": "M", "pid": 2, "tid": 8, "name": "thread_name", "args": {"name": "Stream #8(MemcpyH2D)"}},
     ]
     for call in range(calls):
         t = 1000.0 + call * call_us
         events.append({"ph": "X", "pid": 1, "tid": 1, "name": "PjitFunction(_event)", "ts": t, "dur": 50.0})
         events.append({"ph": "X", "pid": 1, "tid": 1, "name": "PjitFunction(_event)", "ts": t + 1, "dur": 40.0})
+        if not device:
+            continue
         for k in range(kernels_per_call):
-            start = t + 60 + k * (kernel_us + 1)
+            start = t + 300 + k * (kernel_us + 1)
             name = "gemv" if k % 2 else f"loop_fusion_{k}"
-            events.append({"ph": "X", "pid": 2, "tid": 7, "name": name, "ts": start, "dur": kernel_us})
-            events.append({"ph": "X", "pid": 2, "tid": 9, "name": name, "ts": start, "dur": kernel_us})
-        events.append({"ph": "X", "pid": 2, "tid": 7, "name": "MemcpyD2H", "ts": t + 900, "dur": 2.0})
+            events.append({"ph": "X", "pid": 2, "tid": 7, "name": name, "ts": start, "dur": kernel_us,
+                           "args": {"hlo_module": "jit__event"} if tags else {}})
+        events.append({"ph": "X", "pid": 2, "tid": 7, "name": "write_fusion", "ts": t + 250, "dur": 5.0,
+                       "args": {"hlo_module": "jit__write"} if tags else {}})
+        for k in range(kernels_per_call + 10):
+            events.append({"ph": "X", "pid": 2, "tid": 8, "name": "MemcpyH2D", "ts": t + 2 + k, "dur": 0.5})
     with gzip.open(path / "perfetto_trace.json.gz", "wt") as f:
-        json.dump({"traceEvents": events}, f)
+        json.dump({"traceEvents": events + [{}]}, f)
 
 
-def test_trace_summary_counts_kernels_and_busy_time_per_call(tmp_path):
+def test_trace_summary_counts_a_calls_kernels_and_busy_time(tmp_path):
     write_trace(tmp_path, calls=5, kernels_per_call=40, kernel_us=10.0, call_us=2000.0)
     lines = trace_summary.summarize(tmp_path, "_event")
-    assert lines[0].startswith("4 calls of _event: 2.00 ms a call"), lines[0]
+    assert lines[0].startswith("5 calls of _event: 2.00 ms a call"), lines[0]
     assert "0.05 ms in each call's dispatch" in lines[0]
-    stream = next(line for line in lines if "Stream #7" in line)
-    # 40 kernels + 1 copy a call, 402 us busy of 2,000
-    assert "41 a call, busy 0.40 ms (20% of the wall time)" in stream, stream
-    assert any("XLA Ops: 40 a call" in line for line in lines)
-    top = lines[lines.index(next(line for line in lines if line.startswith("top of Stream #7"))) + 1]
-    assert "0.200 ms a call   20.0x  gemv" in top, top
+    # 40 kernels of 10 us a call (the copies and the other module's kernel apart): 400 us busy of 2,000
+    assert lines[1].startswith("device: 40 kernels a call (tagged jit__event; on Stream #7(Compute)), busy 0.40 ms "
+                               "a call (20% of the wall time), 10.0 us a kernel; 50.0 memcpy/memset"), lines[1]
+    assert "0.200 ms a call   20.0x  gemv" in lines[3], lines[3]
+    assert lines[-1] == "other module jit__write: 1 kernels, 0.01 ms a call of _event", lines[-1]
+
+
+def test_trace_summary_without_module_tags_takes_the_kernels_between_the_calls(tmp_path):
+    write_trace(tmp_path, calls=5, kernels_per_call=40, kernel_us=10.0, call_us=2000.0, tags=False)
+    lines = trace_summary.summarize(tmp_path, "_event")
+    # 4 calls' worth of window: 41 kernels each (the write's among them), 405 us busy
+    assert lines[1].startswith("device: 41 kernels a call (in the window of the calls (no module tags)"), lines[1]
+    assert "busy 0.41 ms a call (20% of the wall time)" in lines[1], lines[1]
 
 
 def test_trace_summary_says_when_there_are_no_device_events(tmp_path):
-    write_trace(tmp_path, calls=3, kernels_per_call=0, kernel_us=1.0, call_us=100.0)
-    events = json.load(gzip.open(tmp_path / "perfetto_trace.json.gz", "rt"))["traceEvents"]
-    events = [e for e in events if e.get("pid") != 2]
-    with gzip.open(tmp_path / "perfetto_trace.json.gz", "wt") as f:
-        json.dump({"traceEvents": events}, f)
+    write_trace(tmp_path, calls=3, kernels_per_call=0, kernel_us=1.0, call_us=100.0, device=False)
     lines = trace_summary.summarize(tmp_path)
     assert len(lines) == 2 and "no device events" in lines[1]
 
