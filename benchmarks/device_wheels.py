@@ -19,7 +19,7 @@ of about 6 MiB included): on 2026-11-26, 63 wheels, 104 MiB, 2 batches, so 2 dev
          bash benchmarks/device_check.sh --check-requirements benchmarks/wheels;
          bash benchmarks/device_check.sh train sample-medium sample-medium-graphs train-variant
                                                                                  carry [benchmarks/wheels/batch-2]
-    run: BUDGET=<the device time left, less a minute> bash benchmarks/device_check.sh tests sample-small
+    run: BUDGET=<the device time left, less a minute> bash benchmarks/device_check.sh sample-small tests
 (.device-site stays on the warm machine between calls: each next call must come within its 30 s.)
 """
 

@@ -79,6 +79,11 @@ def summarize(path: str | Path, function: str = "_event", top: int = 12) -> list
     if not on_device:
         return out + [f"no device events (processes: {', '.join(sorted(set(processes.values())))}): on a CPU, or "
                       "the profiler found no CUPTI"]
+    # CUPTI's lines are the streams; an export that adds lines of its own (XLA Ops, XLA Modules: the same kernels
+    # again) must not count them twice
+    streams = {key for key, name in line_names.items() if key[0] in device_pids and str(name).startswith("Stream")}
+    if streams:
+        on_device = [e for e in on_device if (e["pid"], e.get("tid")) in streams]
     kernels = [e for e in on_device if not _is_copy(e)]
     copies = [e for e in on_device if _is_copy(e)]
 

@@ -60,7 +60,7 @@ def throughput_records(logs: Path) -> list[dict]:
     """The per-step throughput records Levanter's json_logger has written so far (not its summary)."""
     records = []
     for log_file in logs.glob("*.log"):
-        for line in log_file.read_text().splitlines():
+        for line in log_file.read_text(errors="replace").splitlines():  # (its last line may be half written)
             if '"event": "log"' in line and '"throughput/tokens_per_second"' in line:
                 try:
                     records.append(json.loads(line[line.index("{"):]))
