@@ -91,6 +91,7 @@ if [[ -n $DRY ]]; then
     SMALL=(--layers 2 --width 32 --heads 2 --events 4 --batch 2 --reference-tokens 1 --hf-tokens 2)
     MEDIUM=("${SMALL[@]}")
     TRACE_EVENTS=4
+    TEST_PLATFORMS=cpu
 else
     # the tests whose numbers a GPU can change: the KV-cached decoder against the full forward pass, sampling's
     # constraints, training (loss falls, checkpoint, resume after kill -9, HF export and back)
@@ -99,6 +100,7 @@ else
     SMALL=(--layers 12 --width 768 --heads 12)
     MEDIUM=(--layers 24 --width 1024 --heads 16)
     TRACE_EVENTS=20
+    TEST_PLATFORMS=cuda
 fi
 # the variant: Levanter's plain dot-product attention (without Transformer Engine its GPU default falls back to
 # its own JAX flash attention) and no activation recomputation (GPT-2 Small at 32 sequences of 1,024 a micro-step
@@ -173,8 +175,10 @@ run_sample-medium-graphs() {
         step sample-medium-graphs 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours
 }
 run_tests() {
-    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=20 step tests "$BUDGET" "$PY" -m pytest -q -x -p no:cacheprovider \
-        --durations=5 "${TESTS[@]}"
+    # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS; on CPU
+    # by default); every test reports, none stops the rest
+    AMT_TEST_JAX_PLATFORMS=$TEST_PLATFORMS XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=20 \
+        step tests "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider --durations=5 "${TESTS[@]}"
 }
 
 set +e

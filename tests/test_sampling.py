@@ -20,6 +20,10 @@ from amt import augment, checkpoints, decoder, midi, ops, reference, sampling, s
 REPO = Path(__file__).resolve().parents[1]
 # src/ and the device check's wheels (.device-site) where they are on the path, not installed
 PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+# where `amt generate` runs in these tests: the CPU, unless AMT_TEST_JAX_PLATFORMS names another (the device check:
+# cuda)
+CLI_ENV = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": os.environ.get("AMT_TEST_JAX_PLATFORMS", "cpu"),
+           "PATH": "/usr/bin:/bin", **PYTHONPATH}
 DEMO = REPO / "demo" / "midi"
 
 
@@ -345,7 +349,7 @@ def test_generate_command_writes_midi_and_pianoroll(tmp_path, tiny_model):
     subprocess.run([sys.executable, "-m", "amt.cli", "generate", "--checkpoint", str(tmp_path / "hf"), "--prompt",
                     str(DEMO / "miditok_multitrack" / "Funkytown.mid"), "--accompany", "87", "--start", "2",
                     "--end", "8", "--num-samples", "2", "-o", str(out)], check=True, capture_output=True,
-                   env={"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", **PYTHONPATH})
+                   env=CLI_ENV)
     lead = {tuple(r) for r in ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid")).tolist()
             if (r[2] - vocab.NOTE_OFFSET) // vocab.MAX_PITCH == 87 and r[0] < 800}
     for path in (out, out.with_name("acc-2.mid")):
@@ -355,7 +359,7 @@ def test_generate_command_writes_midi_and_pianoroll(tmp_path, tiny_model):
     absent = subprocess.run([sys.executable, "-m", "amt.cli", "generate", "--checkpoint", str(tmp_path / "hf"),
                              "--prompt", str(DEMO / "miditok_multitrack" / "Funkytown.mid"), "--accompany", "33",
                              "-o", str(out)], check=False, capture_output=True, text=True,
-                            env={"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", **PYTHONPATH})
+                            env=CLI_ENV)
     assert absent.returncode == 2 and "instrument(s) [33] do not play" in absent.stderr
 
 

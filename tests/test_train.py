@@ -18,7 +18,10 @@ from amt.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "JAX_PLATFORMS": "cpu"}
+# where the `amt train` runs of these tests compute: the CPU, unless AMT_TEST_JAX_PLATFORMS names another (the device
+# check sets it to cuda, so that training, resuming and export are tested on the GPU itself)
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+       "JAX_PLATFORMS": os.environ.get("AMT_TEST_JAX_PLATFORMS", "cpu")}
 TINY = ["--model.hidden_dim", "32", "--model.num_heads", "2", "--model.max_seq_len", "256",
         "--trainer.train_batch_size", "2", "--trainer.num_train_steps", "9", "--optimizer.warmup", "2",
         "--trainer.steps_per_eval", "4", "--trainer.max_eval_batches", "1",
