@@ -168,9 +168,10 @@ run_sample-small() {
     XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"
 }
 run_sample-medium-graphs() {
-    # ours again with XLA's CUDA graphs over the whole event (while loops included, and graphs of any size): is
-    # one sample's step bound by kernel launches? (the flags parse on CPU too, and do nothing there)
-    local graphs="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+    # ours again with XLA's CUDA graphs over the whole event (while loops and conditionals added to the defaults of
+    # this XLA, and graphs of any size): is one sample's step bound by kernel launches? (the flags parse on CPU too,
+    # where they do nothing; a name XLA does not know stops the process)
+    local graphs="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
     XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_FLAGS="$graphs --xla_gpu_graph_min_graph_size=1" \
         step sample-medium-graphs 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours
 }
