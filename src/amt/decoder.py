@@ -191,7 +191,7 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
     return _layer_norm(x, weights.lnf_w, weights.lnf_b, weights.eps), KVCache(tuple(keys), tuple(values))
 
 
-def _write(cache: KVCache, recent: KVCache, start) -> KVCache:
+def write_into(cache: KVCache, recent: KVCache, start) -> KVCache:
     """`recent` written into the cache at positions start.. (`start`: one per row, or one for all)."""
     batch = cache.keys[0].shape[0]
     start = jnp.broadcast_to(jnp.asarray(start), (batch,))
@@ -202,7 +202,7 @@ def _write(cache: KVCache, recent: KVCache, start) -> KVCache:
 
 
 # the cache with `recent` written at positions start.. (in place: the cache is donated; 0.3 ms)
-write = jax.jit(_write, donate_argnums=0)
+write = jax.jit(write_into, donate_argnums=0)
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -221,7 +221,7 @@ def prefill(weights: DecoderWeights, tokens: jax.Array, length: jax.Array):
     batch, T = tokens.shape
     hidden, recent = forward(weights, None, empty_cache(weights, batch, T), tokens, 0, 0)
     length = jnp.broadcast_to(jnp.asarray(length), (batch,))
-    return hidden[jnp.arange(batch), length - 1], _write(empty_cache(weights, batch, weights.shape[3]), recent, 0)
+    return hidden[jnp.arange(batch), length - 1], write_into(empty_cache(weights, batch, weights.shape[3]), recent, 0)
 
 
 @jax.jit

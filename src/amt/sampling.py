@@ -138,21 +138,32 @@ def _nucleus(probabilities, top_p: float):
     return probabilities >= jax.lax.bitcast_convert_type(low, probabilities.dtype)[:, None]
 
 
+# what the host tells the device about each row for its next event, packed into one int32 array (batch, ROW_INPUTS):
+# one host-to-device copy an event instead of six (each a dispatch: ~0.5 ms an event on CPU, and the device waits)
+POSITION, GIVEN, GIVEN_AT, MIN_ONSET, FORCED, ALLOWED = 0, 1, 4, 5, 6, 7  # GIVEN: 3 columns, ALLOWED: MAX_INSTR
+ROW_INPUTS = ALLOWED + vocab.MAX_INSTR
+
+
 @functools.partial(jax.jit, static_argnames="top_p")
-def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, position, key, given, given_at,
-           min_onset, instrument_allowed, forced, *, top_p: float, temperature):
-    """One event per row, row r at its own positions position[r]..position[r] + 2, in one call and one round
-    trip (not one a token): the onset, duration and note are sampled under the constraints, each fed to the
-    model before the next. A row plays its `given` triple (time relative to the window) instead when its
-    sampled onset reaches `given_at`: 0 for a control due now, the given note's time for Algorithm 2's
-    backfill, otherwise never (MAX_TIME). `forced` (batch,): an onset (relative) that replaces the sampled
-    one, or -1 (a hook for tests that must steer a random model in time).
+def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, rows, key, *, top_p: float,
+           temperature):
+    """One event per row, row r at its own positions rows[r, POSITION]..+2, in one call and one round trip (not
+    one a token): the onset, duration and note are sampled under the constraints, each fed to the model before
+    the next. A row plays its given triple (rows[r, GIVEN:GIVEN + 3], time relative to the window) instead when
+    its sampled onset reaches rows[r, GIVEN_AT]: 0 for a control due now, the given note's time for Algorithm 2's
+    backfill, otherwise never (MAX_TIME). rows[r, MIN_ONSET]: the earliest onset (relative); rows[r, FORCED]: an
+    onset (relative) that replaces the sampled one, or -1 (a hook for tests that must steer a random model in
+    time); rows[r, ALLOWED:]: the instruments a note may have (1 or 0).
 
     `hidden` (batch, embed) is the state that predicts the onset; `unembed` the unembedding's block for
-    each slot (half the vocabulary is never sampled: controls and specials). Returns the sampled triples
-    (batch, 3), the hidden state after the event and its keys and values (for `decoder.write`)."""
+    each slot (half the vocabulary is never sampled: controls and specials); `key` the generator's state, split
+    here (on the device, as the host split it before: the same samples). Returns the sampled triples (batch, 3),
+    the hidden state after the event, its keys and values (for `_write`) and the next key."""
+    position, given, given_at = rows[:, POSITION], rows[:, GIVEN:GIVEN + 3], rows[:, GIVEN_AT]
+    min_onset, forced, instrument_allowed = rows[:, MIN_ONSET], rows[:, FORCED], rows[:, ALLOWED:] > 0
     recent = decoder.empty_cache(weights, hidden.shape[0], 3)
-    keys = jax.random.split(key, 3)
+    key, subkey = jax.random.split(key)
+    keys = jax.random.split(subkey, 3)
     sampled, plays_given = [], None
     for phase in range(3):
         token = constrained_sample(hidden @ unembed[phase], keys[phase], phase=phase, min_onset=min_onset,
@@ -166,7 +177,13 @@ def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hid
         hidden, recent = decoder.forward(weights, cache, recent, jnp.where(plays_given, given[:, phase], token)[:, None],
                                          position, phase)
         hidden = hidden[:, 0]
-    return jnp.stack(sampled, axis=1), hidden, recent
+    return jnp.stack(sampled, axis=1), hidden, recent, key
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _write(cache: decoder.KVCache, recent: decoder.KVCache, rows) -> decoder.KVCache:
+    """`decoder.write` at each row's position, read from the rows' packed inputs already on the device."""
+    return decoder.write_into(cache, recent, rows[:, POSITION])
 
 
 def instruments_in(triples) -> set[int]:
@@ -365,11 +382,8 @@ class Sampler:
             active = [i for i, s in enumerate(samples) if not s.done]
             if not active:
                 return
-            min_onset = np.zeros(n, dtype=np.int32)
-            allowed = np.ones((n, vocab.MAX_INSTR), dtype=bool)
-            given = np.zeros((n, 3), dtype=np.int32)
-            given_at = np.full(n, never, dtype=np.int32)
-            forced = np.full(n, -1, dtype=np.int32)
+            inputs = np.zeros((n, ROW_INPUTS), dtype=np.int32)
+            inputs[:, GIVEN_AT], inputs[:, FORCED], inputs[:, ALLOWED:] = never, -1, 1
             for i in active:
                 s = samples[i]
                 while s.controls and s.current_time >= s.controls[0][0] - condition_offset - delta:
@@ -380,23 +394,21 @@ class Sampler:
                     row_hidden, row_cache = self._prefill([self._window(s, flag, first, now)])
                     hidden = hidden.at[i].set(row_hidden[0])
                     cache = decoder.set_row(cache, row_cache, i)
-                min_onset[i], allowed[i] = self._constraints(s, now)
+                inputs[i, MIN_ONSET], inputs[i, ALLOWED:] = self._constraints(s, now)
                 if s.pending or (not anticipatory and s.controls):  # Algorithm 2: backfill if the onset passes it
-                    given[i] = s.pending[0] if s.pending else s.controls[0]
-                    given[i, 0] -= s.offset
-                    given_at[i] = 0 if s.pending else given[i, 0] - vocab.TIME_OFFSET
+                    inputs[i, GIVEN:GIVEN + 3] = s.pending[0] if s.pending else s.controls[0]
+                    inputs[i, GIVEN] -= s.offset
+                    inputs[i, GIVEN_AT] = 0 if s.pending else inputs[i, GIVEN] - vocab.TIME_OFFSET
                 onset = self.forced_onset(s)
                 if onset is not None and not s.pending:
-                    forced[i] = min(max(onset - s.offset, 0), vocab.MAX_TIME - 1)
+                    inputs[i, FORCED] = min(max(onset - s.offset, 0), vocab.MAX_TIME - 1)
                 if self.record_inputs and not s.pending:
                     self.last_inputs[i].append((len(s.tokens), list(s.fed)))
-            positions = np.array([s.position for s in samples], dtype=np.int32)
-            key, subkey = jax.random.split(key)
-            sampled, hidden, recent = _event(
-                self.weights, self.unembed, cache, hidden, jnp.asarray(positions), subkey, jnp.asarray(given),
-                jnp.asarray(given_at), jnp.asarray(min_onset), jnp.asarray(allowed), jnp.asarray(forced),
-                top_p=float(options.top_p), temperature=options.temperature)
-            cache = decoder.write(cache, recent, jnp.asarray(positions))
+            inputs[:, POSITION] = [s.position for s in samples]
+            rows = jnp.asarray(inputs)  # one copy to the device
+            sampled, hidden, recent, key = _event(self.weights, self.unembed, cache, hidden, rows, key,
+                                                  top_p=float(options.top_p), temperature=options.temperature)
+            cache = _write(cache, recent, rows)
             sampled = np.asarray(sampled)
             for i in active:
                 s = samples[i]
@@ -405,7 +417,7 @@ class Sampler:
                     if onset >= end:
                         s.done, s.stop = True, "end"
                         continue
-                    if onset - s.offset < given_at[i]:  # (sampled onsets are below `never`)
+                    if onset - s.offset < inputs[i, GIVEN_AT]:  # (sampled onsets are below `never`)
                         triple = [vocab.TIME_OFFSET + onset, int(sampled[i, 1]), int(sampled[i, 2])]
                         s.append(triple)
                         s.generated.append(triple)
