@@ -90,3 +90,42 @@ def test_train_benchmark_measures_the_steps_and_stops_before_the_final_evaluatio
     text = log.read_text()
     assert "step    6/6" in text and "validation loss" not in text and "Saving checkpoint" not in text
     assert text.count("Tracing train_step") == 1  # one compiled step: the watch hook's second one is off
+
+
+HLO = """HloModule jit__event, entry_computation_layout={(f32[4]{0})->(f32[4]{0}, s32[])}
+
+%fused_add (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %add.1 = f32[4]{0} add(%p, %p)
+}
+
+%body (state: (f32[4], s32[])) -> (f32[4], s32[]) {
+  %state = (f32[4]{0}, s32[]) parameter(0)
+  ROOT %t = (f32[4]{0}, s32[]) tuple(%a, %b)
+}
+
+ENTRY %main.7 (x.1: f32[4]) -> (f32[4], s32[]) {
+  %x.1 = f32[4]{0} parameter(0)
+  %c = s32[] constant(0)
+  %loop_add_fusion.3 = f32[4]{0} fusion(%x.1), kind=kLoop, calls=%fused_add.12, metadata={op_name="jit(_event)/add"}
+  %gemm = (f32[4]{0}, s8[64]{0}) custom-call(%x.1, %x.1), custom_call_target="__cublas$gemm"
+  %gte = f32[4]{0} get-tuple-element(%gemm), index=0
+  %b = f32[2,2]{1,0} bitcast(%gte)
+  %w = (f32[4]{0}, s32[]) while(%t0), condition=%cond, body=%body
+  %triton = (f32[4]{0}, u32[2]{0}) fusion(%gte), kind=kCustom, calls=%gemm_fusion_dot.579_computation.2
+  ROOT %out = (f32[4]{0}, s32[]) tuple(%loop_add_fusion.3, %c)
+}
+"""
+
+
+def test_gpu_kernels_counts_the_entry_computations_launches():
+    """What runs is the entry computation's fusions, library calls and loops, in order; parameters, constants,
+    tuples and bitcasts are no kernels, and the other computations (fusion bodies, a loop's body) are not the
+    entry's."""
+    import gpu_kernels
+
+    launches = gpu_kernels.entry_launches(HLO)
+    assert launches == [("fusion", "kLoop fused_add"), ("custom-call", "__cublas$gemm"), ("while", "while"),
+                        ("fusion", "kCustom gemm_fusion_dot_computation")]
+    total, host_loops, by_what = gpu_kernels.summary(launches)
+    assert (total, host_loops, by_what["kLoop fused_add"]) == (4, 1, 1)
