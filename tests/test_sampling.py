@@ -88,12 +88,12 @@ def test_cached_logits_equal_the_full_forward_pass_at_every_position(tiny_model)
                                expected, atol=1e-4)
     hidden, cache = decoder.prefill(weights, jnp.asarray(decoder.pad_window(tokens[None, :40], 1024)), 40)
     np.testing.assert_allclose(np.asarray(hidden @ weights.lm_head)[0], expected[39], atol=1e-4)
-    step = jax.jit(decoder.forward, static_argnames="first")
+    step = jax.jit(decoder.forward)
     for start in range(40, 256, 3):  # as the sampler: three tokens (an event) at a time, then into the cache
-        recent = decoder.empty_cache(weights, 1, 3)
-        for first, position in enumerate(range(start, min(start + 3, 256))):
+        recent = decoder.empty_cache(weights, 1, 0)
+        for position in range(start, min(start + 3, 256)):
             hidden, recent = step(weights, cache, recent, jnp.asarray(tokens[None, position:position + 1], jnp.int32),
-                                  jnp.asarray(start), first=first)
+                                  jnp.asarray(start))
             if position < 255:
                 np.testing.assert_allclose(np.asarray(hidden @ weights.lm_head)[0, 0], expected[position], atol=1e-4,
                                            err_msg=str(position))
@@ -102,9 +102,8 @@ def test_cached_logits_equal_the_full_forward_pass_at_every_position(tiny_model)
     rows = np.stack([tokens[:128], np.concatenate([tokens[:40], np.zeros(88, np.int64)])])
     hidden, cache = decoder.prefill(weights, jnp.asarray(rows, jnp.int32), jnp.asarray([100, 40]))
     np.testing.assert_allclose(np.asarray(hidden @ weights.lm_head), expected[[99, 39]], atol=1e-4)
-    recent = decoder.empty_cache(weights, 2, 3)
-    hidden, _ = step(weights, cache, recent, jnp.asarray(tokens[[100, 40]][:, None], jnp.int32), jnp.asarray([100, 40]),
-                     first=0)
+    recent = decoder.empty_cache(weights, 2, 0)
+    hidden, _ = step(weights, cache, recent, jnp.asarray(tokens[[100, 40]][:, None], jnp.int32), jnp.asarray([100, 40]))
     np.testing.assert_allclose(np.asarray(hidden @ weights.lm_head)[:, 0], expected[[100, 40]], atol=1e-4)
 
 
@@ -186,7 +185,8 @@ def test_empty_prompt_gets_the_references_relative_time(tiny_model):
 
 
 def test_top_p_keeps_the_references_nucleus():
-    """Bisection top-p keeps what the reference's sorted-cumsum nucleus keeps (no exact ties here)."""
+    """Top-p by a search on the threshold's bits keeps what the reference's sorted-cumsum nucleus keeps (no
+    exact ties here)."""
     rng = np.random.default_rng(0)
     differ = 0
     for scale, top_p in [(1.0, 0.9), (3.0, 0.98), (0.3, 0.5), (8.0, 0.95)]:

@@ -33,19 +33,24 @@ import numpy as np
 @dataclass(frozen=True)
 class LayerWeights:
     """One block's weights as plain matrices (per layer, not stacked: XLA's CPU matrix-vector products on
-    slices of a stacked array ran about 6x slower)."""
+    slices of a stacked array ran about 6x slower). The two output projections are stored transposed,
+    (embed, in), and contracted along their rows: for one token XLA's GPU compiler turns a matrix-vector
+    product into a multiply and a sum, and summed down the columns of an (in, embed) matrix it wrote out the
+    whole product (4,096 x 1,024 floats for Medium's MLP) and summed it in a second kernel; along rows it is
+    one kernel (benchmarks/gpu_kernels.py: 119 fewer launches an event for Medium at batch 1, 32 at batch 8).
+    On CPU the same at batch 1, ~10% slower at batch 8 (GPT-2 Small)."""
 
     ln1_w: jax.Array  # (embed,)
     ln1_b: jax.Array
     attn_w: jax.Array  # (embed, 3 * heads * head): q, k, v
     attn_b: jax.Array  # (3 * heads * head,)
-    attn_proj_w: jax.Array  # (heads * head, embed)
+    attn_proj_w: jax.Array  # (embed, heads * head): transposed
     attn_proj_b: jax.Array  # (embed,)
     ln2_w: jax.Array
     ln2_b: jax.Array
     fc_w: jax.Array  # (embed, mlp)
     fc_b: jax.Array
-    proj_w: jax.Array  # (mlp, embed)
+    proj_w: jax.Array  # (embed, mlp): transposed
     proj_b: jax.Array
 
 
@@ -86,11 +91,11 @@ def decoder_weights(model, dtype=jnp.float32) -> DecoderWeights:
         "ln1_w": arr(blocks.ln_1.weight, "layers", "embed"), "ln1_b": arr(blocks.ln_1.bias, "layers", "embed"),
         "attn_w": arr(blocks.attn.c_attn.weight, "layers", "embed", "qkv", "heads", "head_size"),
         "attn_b": arr(blocks.attn.c_attn.bias, "layers", "qkv", "heads", "head_size"),
-        "attn_proj_w": arr(blocks.attn.c_proj.weight, "layers", "heads", "head_size", "embed"),
+        "attn_proj_w": arr(blocks.attn.c_proj.weight, "layers", "embed", "heads", "head_size"),
         "attn_proj_b": arr(blocks.attn.c_proj.bias, "layers", "embed"),
         "ln2_w": arr(blocks.ln_2.weight, "layers", "embed"), "ln2_b": arr(blocks.ln_2.bias, "layers", "embed"),
         "fc_w": arr(blocks.mlp.c_fc.weight, "layers", "embed", "mlp"), "fc_b": arr(blocks.mlp.c_fc.bias, "layers", "mlp"),
-        "proj_w": arr(blocks.mlp.c_proj.weight, "layers", "mlp", "embed"),
+        "proj_w": arr(blocks.mlp.c_proj.weight, "layers", "embed", "mlp"),
         "proj_b": arr(blocks.mlp.c_proj.bias, "layers", "embed"),
     }
     embed = config.hidden_dim
@@ -99,7 +104,7 @@ def decoder_weights(model, dtype=jnp.float32) -> DecoderWeights:
         weights = {name: value[i] for name, value in stacked.items()}
         weights["attn_w"] = weights["attn_w"].reshape(embed, -1)
         weights["attn_b"] = weights["attn_b"].reshape(-1)
-        weights["attn_proj_w"] = weights["attn_proj_w"].reshape(-1, embed)
+        weights["attn_proj_w"] = weights["attn_proj_w"].reshape(embed, -1)
         return LayerWeights(**{name: jnp.asarray(value, dtype=dtype) for name, value in weights.items()})
 
     wte = arr(model.embeddings.token_embeddings.weight, "vocab", "embed")
@@ -115,8 +120,19 @@ def decoder_weights(model, dtype=jnp.float32) -> DecoderWeights:
 
 
 def _layer_norm(x, w, b, eps):
+    """LayerNorm over the last axis. For a single row (one token of one sample: decoding at batch 1) the mean
+    and the mean square are summed in one pass (var = E[x^2] - E[x]^2): XLA's GPU compiler makes that one
+    kernel, and the usual two passes (the mean, then the squares about it) two kernels and a third to
+    normalize; for more rows it makes the two-pass form one kernel (a Triton normalization fusion) and the
+    one-pass form two. Per event of Medium (benchmarks/gpu_kernels.py): batch 1, 1,318 -> 1,171 launches;
+    batch 8 stays at 1,098 (the one-pass form everywhere: 1,314). The cancellation the one-pass form risks
+    needs |mean| >> spread, which a residual stream does not have: the cached logits stay within 1e-4 of
+    Levanter's LayerNorm (tests/test_sampling.py), as close as the two-pass form on trained models."""
     mean = x.mean(-1, keepdims=True)
-    var = x.var(-1, keepdims=True)
+    if x.size == x.shape[-1]:
+        var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0)
+    else:
+        var = x.var(-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + eps) * w + b
 
 
@@ -148,24 +164,29 @@ def _weighted(probabilities, values):
     return jnp.einsum("bhts,bhsk->bhtk", probabilities, values)
 
 
-def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tokens: jax.Array, start, first):
+def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tokens: jax.Array, start):
     """Hidden states (batch, T, embed), after the final LayerNorm, of `tokens` (batch, T) at positions
-    start + first .. start + first + T - 1, where `start` is one position per row (batch,) or one for all:
-    each row of a batch is its own sequence, at its own length. They attend to the cache's positions before
-    the row's `start` (read only; none if `cache` is None) and to `recent`: the keys and values of positions
-    start, start + 1, .. (a few), into which theirs are written at first .. first + T - 1. Returns the hidden
-    states and `recent`.
+    start + R .. start + R + T - 1, where `start` is one position per row (batch,) or one for all (each row of
+    a batch is its own sequence, at its own length) and R the positions in `recent`: the keys and values of
+    positions start .. start + R - 1 (a few, or none), not yet in the cache. They attend to the cache's
+    positions before the row's `start` (read only; none if `cache` is None), to `recent` and to each other
+    (causally). Returns the hidden states and `recent` with the tokens' keys and values appended (R + T).
 
     The cache is only read: the new keys and values go to the small `recent`, and `write` puts them into the
     cache in place (donated) once per event; a step that returned an updated cache copied all of it (the
-    whole cache, at every call: 75 MB a sample at GPT-2 Small size). The layers are unrolled: a scan over
-    layers, or one stacked array, copied more still."""
+    whole cache, at every call: 75 MB a sample at GPT-2 Small size). `recent` grows by concatenation (its
+    length is static: each of an event's tokens compiles its own shapes), not by writes into a buffer of the
+    event's three slots: on a GPU the writes were two kernels a layer and token; the concatenations are as
+    many at batch 1 and fewer at batch 8 (Medium: 24 fewer launches an event, benchmarks/gpu_kernels.py),
+    and the first token's attention to `recent` needs no mask. The layers are unrolled: a scan over layers,
+    or one stacked array, copied more still."""
     _, heads, head, context = weights.shape
     batch, T = tokens.shape
-    own = first + jnp.arange(T)  # the tokens' indices in `recent`
+    R = recent.keys[0].shape[2]
+    own = R + jnp.arange(T)  # the tokens' positions, from `start`
     start = jnp.broadcast_to(jnp.asarray(start), (batch,))
     x = weights.wte[tokens] + weights.wpe[start[:, None] + own[None]]
-    sees_recent = jnp.arange(recent.keys[0].shape[2])[None, :] <= own[:, None]  # (T, recent): causal
+    sees_recent = jnp.arange(R + T)[None, :] <= own[:, None]  # (T, R + T): causal
     sees_cache = (jnp.arange(context)[None] < start[:, None])[:, None, None]  # (batch, 1, 1, context)
     keys, values = list(recent.keys), list(recent.values)
     for index, w in enumerate(weights.layers):
@@ -173,8 +194,8 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
         qkv = h @ w.attn_w + w.attn_b
         q, k, v = jnp.moveaxis(qkv.reshape(batch, T, 3, heads, head), (2, 3), (0, 2))  # each (batch, heads, T, head)
         q = q / (np.sqrt(head) * (index + 1.0 if weights.scale_by_layer else 1.0))
-        keys[index] = jax.lax.dynamic_update_slice(keys[index], k, (0, 0, first, 0))
-        values[index] = jax.lax.dynamic_update_slice(values[index], v, (0, 0, first, 0))
+        keys[index] = jnp.concatenate([keys[index], k], axis=2)
+        values[index] = jnp.concatenate([values[index], v], axis=2)
         # one softmax over the scores against the cache, then against `recent`
         sources = [(keys[index], values[index], sees_recent[None, None])]
         if cache is not None:
@@ -184,10 +205,11 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
         probabilities = jnp.split(jax.nn.softmax(scores, axis=-1), np.cumsum([k_.shape[2] for k_, _, _ in sources[:-1]]),
                                   axis=-1)
         attention = sum(_weighted(p, v_) for p, (_, v_, _) in zip(probabilities, sources))
-        x = x + jnp.moveaxis(attention, 1, 2).reshape(batch, T, heads * head) @ w.attn_proj_w + w.attn_proj_b
+        attention = jnp.moveaxis(attention, 1, 2).reshape(batch, T, heads * head)
+        x = x + jnp.einsum("btm,em->bte", attention, w.attn_proj_w) + w.attn_proj_b  # transposed: see LayerWeights
         h = _layer_norm(x, w.ln2_w, w.ln2_b, weights.eps)
         h = jax.nn.gelu(h @ w.fc_w + w.fc_b, approximate=True)
-        x = x + h @ w.proj_w + w.proj_b
+        x = x + jnp.einsum("btm,em->bte", h, w.proj_w) + w.proj_b
     return _layer_norm(x, weights.lnf_w, weights.lnf_b, weights.eps), KVCache(tuple(keys), tuple(values))
 
 
@@ -219,7 +241,7 @@ def prefill(weights: DecoderWeights, tokens: jax.Array, length: jax.Array):
     computed: T is the window's length rounded up (`pad_window`), and the unembedding (55,028 wide) of
     every position was a third of a full window's cost."""
     batch, T = tokens.shape
-    hidden, recent = forward(weights, None, empty_cache(weights, batch, T), tokens, 0, 0)
+    hidden, recent = forward(weights, None, empty_cache(weights, batch, 0), tokens, 0)
     length = jnp.broadcast_to(jnp.asarray(length), (batch,))
     return hidden[jnp.arange(batch), length - 1], write_into(empty_cache(weights, batch, weights.shape[3]), recent, 0)
 
@@ -228,7 +250,7 @@ def prefill(weights: DecoderWeights, tokens: jax.Array, length: jax.Array):
 def full_logits(weights: DecoderWeights, tokens: jax.Array) -> jax.Array:
     """Logits at every position of (batch, T) tokens, without a cache (the reference's way to sample: the
     whole context again for every token)."""
-    hidden, _ = forward(weights, None, empty_cache(weights, tokens.shape[0], tokens.shape[1]), tokens, 0, 0)
+    hidden, _ = forward(weights, None, empty_cache(weights, tokens.shape[0], 0), tokens, 0)
     return hidden @ weights.lm_head
 
 

@@ -89,8 +89,8 @@ def _token(weights: decoder.DecoderWeights, cache: decoder.KVCache, hidden, posi
     if top_p < 1.0:
         logits = jnp.where(_nucleus(jax.nn.softmax(logits, axis=-1), top_p), logits, -jnp.inf)
     token = jax.random.categorical(key, logits, axis=-1)
-    recent = decoder.empty_cache(weights, hidden.shape[0], 1)
-    hidden, recent = decoder.forward(weights, cache, recent, token[:, None], position, 0)
+    hidden, recent = decoder.forward(weights, cache, decoder.empty_cache(weights, hidden.shape[0], 0), token[:, None],
+                                     position)
     return token, hidden[:, 0], recent
 
 

@@ -29,8 +29,9 @@ notes, `last_stops` why each sample stopped ("end", or "max_events", which is al
 
 Differences from the reference, on purpose:
 - N samples of one request run as one batch (one jitted call per event for all of them).
-- Top-p keeps the tokens at least as probable as a threshold found by bisection (`_nucleus`), not a sorted
-  cumsum: the same tokens except at exact ties and last-ulp rounding of the cumulative sum.
+- Top-p keeps the tokens at least as probable as a threshold found by a search on its bits, 4 at a time
+  (`_nucleus`), not a sorted cumsum: the same tokens except at exact ties and last-ulp rounding of the
+  cumulative sum.
 - REST may only be sampled in the note slot, after a zero duration (as in the training data). REST lies
   outside the reference's onset, duration and note blocks, so its masks leave it allowed in every slot,
   which can make an unreadable triple.
@@ -66,6 +67,7 @@ import numpy as np
 from amt import augment, decoder, ops, vocab
 
 MAX_SAMPLED_INSTRUMENTS = 15  # the 16th MIDI channel stays free for drums (the reference's rule)
+NUCLEUS_DIGIT_BITS = 4  # top-p's threshold is found 4 bits a step (see _nucleus)
 REST_INSTRUMENT = vocab.MAX_INSTR  # where the reference's get_instruments counts REST (129): it uses up a slot
 WINDOW_TIME_LIMIT = vocab.MAX_TIME - 10 * vocab.TIME_RESOLUTION  # relative time (bins) at which a window moves
 WINDOW_TIME_KEEP = vocab.MAX_TIME // 2  # after such a move, the window holds the latest 50 s (at most)
@@ -110,32 +112,31 @@ def constrained_sample(logits, key, *, phase: int, min_onset, instrument_allowed
 def _nucleus(probabilities, top_p: float):
     """Which tokens top-p keeps, per row: the most probable ones, in order, up to the first whose cumulative
     probability passes top_p (at least one). That is the tokens at least as probable as a threshold: the
-    largest value t with mass(p >= t) > top_p, found by bisection on the bits of t (non-negative floats
-    order as their bits do), 31 masked sums instead of a sort of up to 16,513 entries (a sort per token was
-    a third of a step at batch 1). Ties at the threshold are all kept, and the sums are not a cumsum's
-    rounding: equal to the sorted cumsum's choice but at exact ties and last-ulp sums.
+    largest value t with mass(p >= t) > top_p. Non-negative floats order as their bits do, so t's bits are
+    found from the top, NUCLEUS_DIGIT_BITS at a time: of the 2^k - 1 candidates that extend the bits found so
+    far by one digit, the number that pass is the digit (passing is monotone in t). Masked sums instead of a
+    sort of up to 16,513 entries (a sort per token was a third of a step at batch 1); ties at the threshold
+    are all kept, and the sums are not a cumsum's rounding: equal to the sorted cumsum's choice but at exact
+    ties and last-ulp sums.
 
-    The 31 steps are unrolled (a Python loop, not a fori_loop): XLA's GPU command buffers (CUDA graphs) do
-    not take while loops by default, so a loop's body runs outside the graph that holds the rest of the
-    event, kernel by kernel, 31 times, and each loop cuts that graph (three loops an event; what it costs
-    there is for benchmarks/device_check.sh's trace to say). On CPU unrolling measured the same (GPT-2
-    Small, batch 1 and 8, the same samples); it compiles ~1 s longer."""
-    def mass_above(bits):  # (batch,) int32 bits of thresholds -> mass(p >= threshold) > top_p
-        threshold = jax.lax.bitcast_convert_type(bits, probabilities.dtype)[:, None]
-        return jnp.where(probabilities >= threshold, probabilities, 0).sum(-1) > top_p
+    Why digits and not single bits: each step is two kernels on a GPU, whatever its width; 8 four-bit steps
+    instead of 31 one-bit ones are ~120 fewer kernel launches an event (benchmarks/gpu_kernels.py: 1,292 ->
+    1,171 for Medium at batch 1), for more arithmetic (15 masked sums a step; on CPU +0.2-0.4 ms an event at
+    batch 1). The steps are a Python loop (unrolled): XLA's GPU command buffers (CUDA graphs) take no while
+    loops by default."""
+    def passing(candidates):  # (batch, c) int32 bits of thresholds -> (batch,) how many have mass > top_p
+        thresholds = jax.lax.bitcast_convert_type(candidates, probabilities.dtype)[:, :, None]
+        p = probabilities[:, None, :]
+        return (jnp.where(p >= thresholds, p, 0).sum(-1) > top_p).sum(-1, dtype=jnp.int32)
 
-    def bisect(_, bounds):  # invariant: mass_above(low), not mass_above(high)
-        low, high = bounds
-        middle = low + (high - low) // 2
-        above = mass_above(middle)
-        return jnp.where(above, middle, low), jnp.where(above, high, middle)
-
-    batch = probabilities.shape[0]
-    bounds = (jnp.zeros(batch, jnp.int32), jnp.full(batch, 0x7F800000, jnp.int32))  # 0 .. +inf
-    for step in range(31):  # unrolled: see above
-        bounds = bisect(step, bounds)
-    low, _ = bounds
-    return probabilities >= jax.lax.bitcast_convert_type(low, probabilities.dtype)[:, None]
+    found = jnp.zeros(probabilities.shape[0], jnp.int32)  # bits of t known so far (t >= 0 always passes)
+    low_bit = 31  # bits 30..0: a non-negative float's (bit 31, the sign, is 0)
+    while low_bit > 0:
+        width = min(NUCLEUS_DIGIT_BITS, low_bit)
+        low_bit -= width
+        digits = jnp.arange(1, 2 ** width, dtype=jnp.int32) << low_bit
+        found = found + (passing(found[:, None] | digits[None]) << low_bit)
+    return probabilities >= jax.lax.bitcast_convert_type(found, probabilities.dtype)[:, None]
 
 
 # what the host tells the device about each row for its next event, packed into one int32 array (batch, ROW_INPUTS):
@@ -161,7 +162,7 @@ def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hid
     the hidden state after the event, its keys and values (for `_write`) and the next key."""
     position, given, given_at = rows[:, POSITION], rows[:, GIVEN:GIVEN + 3], rows[:, GIVEN_AT]
     min_onset, forced, instrument_allowed = rows[:, MIN_ONSET], rows[:, FORCED], rows[:, ALLOWED:] > 0
-    recent = decoder.empty_cache(weights, hidden.shape[0], 3)
+    recent = decoder.empty_cache(weights, hidden.shape[0], 0)  # grows by a position a token
     key, subkey = jax.random.split(key)
     keys = jax.random.split(subkey, 3)
     sampled, plays_given = [], None
@@ -175,7 +176,7 @@ def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hid
             plays_given = token - vocab.TIME_OFFSET >= given_at
         sampled.append(token)
         hidden, recent = decoder.forward(weights, cache, recent, jnp.where(plays_given, given[:, phase], token)[:, None],
-                                         position, phase)
+                                         position)
         hidden = hidden[:, 0]
     return jnp.stack(sampled, axis=1), hidden, recent, key
 
