@@ -118,14 +118,14 @@ ENTRY %main.7 (x.1: f32[4]) -> (f32[4], s32[]) {
 """
 
 
-def test_gpu_kernels_counts_the_entry_computations_launches():
+def test_gpu_compile_counts_the_entry_computations_launches():
     """What runs is the entry computation's fusions, library calls and loops, in order; parameters, constants,
     tuples and bitcasts are no kernels, and the other computations (fusion bodies, a loop's body) are not the
     entry's."""
-    import gpu_kernels
+    import gpu_compile
 
-    launches = gpu_kernels.entry_launches(HLO)
+    launches = gpu_compile.entry_launches(HLO)
     assert launches == [("fusion", "kLoop fused_add"), ("custom-call", "__cublas$gemm"), ("while", "while"),
                         ("fusion", "kCustom gemm_fusion_dot_computation")]
-    total, host_loops, by_what = gpu_kernels.summary(launches)
+    total, host_loops, by_what = gpu_compile.summary(launches)
     assert (total, host_loops, by_what["kLoop fused_add"]) == (4, 1, 1)

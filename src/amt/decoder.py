@@ -37,7 +37,7 @@ class LayerWeights:
     (embed, in), and contracted along their rows: for one token XLA's GPU compiler turns a matrix-vector
     product into a multiply and a sum, and summed down the columns of an (in, embed) matrix it wrote out the
     whole product (4,096 x 1,024 floats for Medium's MLP) and summed it in a second kernel; along rows it is
-    one kernel (benchmarks/gpu_kernels.py: 119 fewer launches an event for Medium at batch 1, 32 at batch 8).
+    one kernel (benchmarks/gpu_compile.py: 119 fewer launches an event for Medium at batch 1, 32 at batch 8).
     On CPU the same at batch 1, ~10% slower at batch 8 (GPT-2 Small)."""
 
     ln1_w: jax.Array  # (embed,)
@@ -124,7 +124,7 @@ def _layer_norm(x, w, b, eps):
     and the mean square are summed in one pass (var = E[x^2] - E[x]^2): XLA's GPU compiler makes that one
     kernel, and the usual two passes (the mean, then the squares about it) two kernels and a third to
     normalize; for more rows it makes the two-pass form one kernel (a Triton normalization fusion) and the
-    one-pass form two. Per event of Medium (benchmarks/gpu_kernels.py): batch 1, 1,318 -> 1,171 launches;
+    one-pass form two. Per event of Medium (benchmarks/gpu_compile.py): batch 1, 1,318 -> 1,171 launches;
     batch 8 stays at 1,098 (the one-pass form everywhere: 1,314). The cancellation the one-pass form risks
     needs |mean| >> spread, which a residual stream does not have: the cached logits stay within 1e-4 of
     Levanter's LayerNorm (tests/test_sampling.py), as close as the two-pass form on trained models."""
@@ -177,7 +177,7 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
     whole cache, at every call: 75 MB a sample at GPT-2 Small size). `recent` grows by concatenation (its
     length is static: each of an event's tokens compiles its own shapes), not by writes into a buffer of the
     event's three slots: on a GPU the writes were two kernels a layer and token; the concatenations are as
-    many at batch 1 and fewer at batch 8 (Medium: 24 fewer launches an event, benchmarks/gpu_kernels.py),
+    many at batch 1 and fewer at batch 8 (Medium: 24 fewer launches an event, benchmarks/gpu_compile.py),
     and the first token's attention to `recent` needs no mask. The layers are unrolled: a scan over layers,
     or one stacked array, copied more still."""
     _, heads, head, context = weights.shape

@@ -120,7 +120,7 @@ def _nucleus(probabilities, top_p: float):
     ties and last-ulp sums.
 
     Why digits and not single bits: each step is two kernels on a GPU, whatever its width; 8 four-bit steps
-    instead of 31 one-bit ones are ~120 fewer kernel launches an event (benchmarks/gpu_kernels.py: 1,292 ->
+    instead of 31 one-bit ones are ~120 fewer kernel launches an event (benchmarks/gpu_compile.py: 1,292 ->
     1,171 for Medium at batch 1), for more arithmetic (15 masked sums a step; on CPU +0.2-0.4 ms an event at
     batch 1). The steps are a Python loop (unrolled): XLA's GPU command buffers (CUDA graphs) take no while
     loops by default."""

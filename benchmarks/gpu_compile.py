@@ -1,0 +1,238 @@
+"""What our programs become on a GPU, found on a machine that has none: kernel launches and memory.
+
+JAX compiles for a GPU it does not have when the CUDA plugin is installed: ahead-of-time ("deviceless")
+compilation for a topology made from a target description, the card's properties as XLA's GPU compiler
+reads them (`gpu_targets/h100.txtpb`). Nothing runs and nothing is autotuned, so no figure here is a time;
+what it does give, before a short visit to a GPU:
+
+- `sample`: the kernel launches of one sampled event: `amt.sampling._event` (three tokens through the model,
+  each sampled under the constraints) and `_write` (its keys and values into the cache), on random weights of
+  the size asked for. The optimized program's entry computation lists what runs, in order: each fusion, library
+  call or copy is a launch (a while loop or a conditional holds more, run from the host). At batch 1 an event
+  is bound by its launches, not by arithmetic (on this project's H100 a step of 8 samples cost what a step of 1
+  did), so the count is the figure to bring down between visits to a GPU.
+- `train`: a recipe's train step compiled for the card: whether it compiles, how long that takes (without
+  autotuning, which the card adds), and XLA's own memory figure for it (parameters and optimizer state, and the
+  step's temporaries) against the card's memory. The step is Levanter's, rebuilt from its parts as
+  `Trainer._train_step` puts them together: the loss under the recipe's mixed precision, its gradient
+  accumulated over micro-steps of `per_device_parallelism` (`levanter.grad_accum.microbatched`), the recipe's
+  optimizer update; no hooks or metrics.
+
+Usage: pip install "jax[cuda13]==<this venv's jax>"   (about 3 GB; a second venv is fine)
+       python benchmarks/gpu_compile.py sample [--layers 24 --width 1024 --heads 16] [--batch 1 8] [--by-name]
+       python benchmarks/gpu_compile.py train [--recipe recipes/amt-small-gpu.yaml] [-- recipe overrides...]
+       (both: [--target benchmarks/gpu_targets/h100.txtpb] [--dump DIR])
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import time
+from pathlib import Path
+
+TARGETS = Path(__file__).resolve().parent / "gpu_targets"
+NOT_LAUNCHES = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "partition-id",
+                "replica-id"}  # entry instructions that are no kernel of their own
+HOST_DRIVEN = {"while", "conditional", "call"}  # run their bodies kernel by kernel, from the host
+
+
+def entry_launches(hlo_text: str) -> list[tuple[str, str]]:
+    """(opcode, what it runs) of each kernel launch in an optimized HLO module's entry computation, in order:
+    for a fusion its kind and computation ("kLoop fused_add"), for a custom call its target, else the opcode."""
+    start = hlo_text.index("\nENTRY ")
+    body = hlo_text[start: hlo_text.index("\n}", start)]
+    launches = []
+    for line in body.splitlines()[1:]:
+        match = re.match(r"\s*(?:ROOT\s+)?%\S+\s*=\s*.*?\s([a-z][a-z0-9\-]*)\(", line)
+        if not match or match.group(1) in NOT_LAUNCHES:
+            continue
+        opcode = match.group(1)
+        if opcode == "fusion":
+            kind = re.search(r"kind=(\w+)", line)
+            calls = re.search(r"calls=%([\w.\-]+)", line)
+            computation = re.sub(r"\.[0-9]+", "", calls.group(1)) if calls else "?"  # numbering dropped
+            what = f"{kind.group(1) if kind else '?'} {computation}"
+        elif opcode == "custom-call":
+            target = re.search(r'custom_call_target="([^"]+)"', line)
+            what = target.group(1) if target else "?"
+        else:
+            what = opcode
+        launches.append((opcode, what))
+    return launches
+
+
+def summary(launches: list[tuple[str, str]]) -> tuple[int, int, collections.Counter]:
+    """(kernel launches, host-driven loops and conditionals, launches by what they run)."""
+    return (len(launches), sum(opcode in HOST_DRIVEN for opcode, _ in launches),
+            collections.Counter(what for _, what in launches))
+
+
+def gpu_device(target: Path):
+    """A device of a one-GPU topology described by `target`, for compilation only; a clear exit without the plugin."""
+    import jax
+    from jax.experimental import topologies
+
+    try:
+        topology = topologies.get_topology_desc("deviceless", "cuda", target_config=target.read_text(),
+                                                topology="1x1x1")
+    except Exception as error:  # no CUDA plugin: jax names the platform it could not find
+        sys.exit(f"gpu_compile: no deviceless CUDA compiler ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                 f"install the plugin: pip install 'jax[cuda13]=={jax.__version__}'")
+    return topology.devices[0]
+
+
+def card_memory(target: Path) -> int:
+    """The card's memory in bytes, from its description."""
+    return int(re.search(r"device_memory_size:\s*(\d+)", target.read_text()).group(1))
+
+
+def dump(directory: Path | None, name: str, text: str) -> None:
+    if directory:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{name}.hlo.txt").write_text(text)
+
+
+def sample(args, device) -> None:
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+
+    from amt import decoder, sampling, vocab
+    from amt.checkpoints import single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    config = MusicGpt2Config(num_layers=args.layers, hidden_dim=args.width, num_heads=args.heads,
+                             scale_attn_by_inverse_layer_idx=True)
+    with single_device_mesh():
+        sampler = sampling.Sampler(config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0)))
+    on_gpu = jax.sharding.SingleDeviceSharding(device)
+
+    def abstract(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_gpu), tree)
+
+    weights, unembed = abstract(sampler.weights), abstract(sampler.unembed)
+    print(f"kernel launches a sampled event, compiled for {device.device_kind} without one (jax {jax.__version__}); "
+          f"{args.layers} layers x {args.width}, {args.heads} heads, f32 weights")
+    print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'an event':>9} {'host loops':>11}")
+    for batch in args.batch:
+        cache = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, sampler.context)))
+        event_args = (weights, unembed, cache, abstract(jax.ShapeDtypeStruct((batch, args.width), jnp.float32)),
+                      abstract(jax.ShapeDtypeStruct((batch, sampling.ROW_INPUTS), jnp.int32)),
+                      abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)))
+        temperature = abstract(jax.ShapeDtypeStruct((), jnp.float32))
+        event = sampling._event.lower(*event_args, top_p=0.98, temperature=temperature).compile().as_text()
+        _, _, recent, _ = jax.eval_shape(lambda *a: sampling._event(*a, top_p=0.98, temperature=1.0), *event_args)
+        write = sampling._write.lower(cache, abstract(recent), event_args[4]).compile().as_text()
+        dump(args.dump, f"event-batch{batch}", event)
+        dump(args.dump, f"write-batch{batch}", write)
+        (event_n, event_loops, event_by), (write_n, write_loops, _) = summary(entry_launches(event)), summary(
+            entry_launches(write))
+        print(f"{batch:>5} {event_n:>7} {write_n:>7} {event_n + write_n:>9} {event_loops + write_loops:>11}")
+        if args.by_name:
+            for what, n in event_by.most_common():
+                print(f"{'':>8}{n:>6}  {what}")
+
+
+def train(args, device) -> None:
+    import draccus
+    import equinox as eqx
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from levanter.grad_accum import microbatched
+    from levanter.layers.attention import AttentionMask
+    from levanter.models.lm_model import LmExample
+
+    from amt import vocab
+    from amt.train import TrainConfig, parameter_count
+
+    config = draccus.parse(TrainConfig, config_path=args.recipe, args=args.overrides)
+    model_config, trainer = config.model, config.trainer
+    Batch = hax.Axis(trainer.batch_axis_name or "batch", trainer.train_batch_size)
+    Pos = model_config.max_Pos
+    micro = trainer.per_device_parallelism if trainer.per_device_parallelism > 0 else Batch.size
+    optimizer = config.optimizer.build(trainer.num_train_steps)
+    model = eqx.filter_eval_shape(lambda key: model_config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=key),
+                                  jax.random.PRNGKey(0))
+    opt_state = eqx.filter_eval_shape(lambda m: optimizer.init(eqx.filter(m, eqx.is_inexact_array)), model)
+
+    def loss(model, example, key=None):  # Levanter's WrappedLossFunction: the loss in compute precision
+        return trainer.mp.cast_to_compute(model).compute_next_token_loss(example, key=key).scalar(), {}
+
+    def step(model, opt_state, tokens, key):  # Trainer._train_step without hooks and metrics
+        weight = hax.broadcast_to((hax.arange(Pos) < Pos.size - 1).astype(jnp.float32), (Batch, Pos))
+        example = LmExample(tokens=tokens, loss_weight=weight, attn_mask=AttentionMask.causal())
+        grad = microbatched(lambda ex, key=None: eqx.filter_value_and_grad(loss, has_aux=True)(model, ex, key=key),
+                            Batch, micro, trainer.parameter_axis_mapping, trainer.compute_axis_mapping)
+        (value, _), grads = grad(example, key=key)
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+        return eqx.apply_updates(model, updates), opt_state, value
+
+    on_gpu = jax.sharding.SingleDeviceSharding(device)
+    is_abstract = lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct)  # noqa: E731
+    params, model_static = eqx.partition(model, is_abstract)
+    state, state_static = eqx.partition(opt_state, is_abstract)
+
+    def pure(params, state, tokens, key):
+        new_model, new_state, value = step(eqx.combine(params, model_static), eqx.combine(state, state_static),
+                                           tokens, key)
+        return eqx.filter(new_model, eqx.is_array), eqx.filter(new_state, eqx.is_array), value
+
+    def abstract(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_gpu), tree)
+
+    tokens = hax.NamedArray(jax.ShapeDtypeStruct((Batch.size, Pos.size), jnp.int32, sharding=on_gpu), (Batch, Pos))
+    # the recipe's mesh axes, all of size 1 on one card (microbatched asks for the batch axis's mapping)
+    mesh = jax.sharding.Mesh(np.array([device]).reshape(1, 1, 1, 1), ("replica_dcn", "data", "replica", "model"))
+    print(f"{args.recipe} {' '.join(args.overrides)}: GPT-2 {parameter_count(model_config) / 1e6:.0f}M, batch "
+          f"{Batch.size} x {Pos.size} in micro-steps of {micro}, {trainer.mp}, attention "
+          f"{model_config.attn_backend or 'default'}, recomputation {model_config.gradient_checkpointing}; "
+          f"compiled for {device.device_kind} without one (jax {jax.__version__})")
+    begin = time.monotonic()
+    with hax.partitioning.set_mesh(mesh), hax.axis_mapping(trainer.compute_axis_mapping):
+        lowered = jax.jit(pure, donate_argnums=(0, 1)).lower(abstract(params), abstract(state), tokens,
+                                                             abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)))
+        compiled = lowered.compile()
+    seconds = time.monotonic() - begin
+    text = compiled.as_text()
+    dump(args.dump, "train-step", text)
+    memory = compiled.memory_analysis()
+    held = memory.argument_size_in_bytes  # parameters and optimizer state (the step's outputs reuse them: donated)
+    total = held + memory.temp_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+    card = card_memory(args.target)
+    launches, loops, _ = summary(entry_launches(text))
+    print(f"compiled in {seconds:.0f} s on this machine (no autotuning); memory: {held / 2**30:.1f} GiB of "
+          f"parameters and optimizer state + {memory.temp_size_in_bytes / 2**30:.1f} GiB of temporaries = "
+          f"{total / 2**30:.1f} GiB, {100 * total / card:.0f}% of the card's {card / 2**30:.0f} GiB; "
+          f"{launches} launches in the step's entry ({loops} of them loops run from the host)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", type=Path, default=TARGETS / "h100.txtpb")
+    parser.add_argument("--dump", type=Path, help="write the optimized HLO here")
+    modes = parser.add_subparsers(dest="mode", required=True)
+    sampling = modes.add_parser("sample", help="kernel launches of one sampled event")
+    sampling.add_argument("--layers", type=int, default=24)
+    sampling.add_argument("--width", type=int, default=1024)
+    sampling.add_argument("--heads", type=int, default=16)
+    sampling.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    sampling.add_argument("--by-name", action="store_true", help="also list an event's launches by what they run")
+    training = modes.add_parser("train", help="a recipe's train step: compile time and memory")
+    training.add_argument("--recipe", default="recipes/amt-small-gpu.yaml")
+    training.add_argument("overrides", nargs="*", help="recipe overrides, after --")
+    args = parser.parse_args()
+    if not args.target.is_file():
+        sys.exit(f"gpu_compile: no target description at {args.target}")
+    if args.mode == "train" and not Path(args.recipe).is_file():
+        sys.exit(f"gpu_compile: no recipe at {args.recipe}")
+    device = gpu_device(args.target)
+    (sample if args.mode == "sample" else train)(args, device)
+
+
+if __name__ == "__main__":
+    main()
