@@ -13,10 +13,10 @@
 #
 # Steps: train (the GPU recipe as written), train-variant (the same with plain dot-product attention and no
 # gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), sample-medium (ours
-# against Hugging Face's KV cache, then a trace of 20 events), sample-small, sample-medium-graphs (ours again
-# under XLA's CUDA graphs over the whole event, while loops included: is one sample's step bound by launches?),
-# tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps: e.g.
-#   BUDGET=470 bash benchmarks/device_check.sh train sample-medium sample-medium-graphs train-variant
+# against Hugging Face's KV cache, then a trace of 20 events), sample-small, sample-medium-nographs (ours again
+# with XLA's CUDA graphs switched off: an event is one graph by default, benchmarks/gpu_compile.py; what the
+# graph saves is what host launches would cost), tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps: e.g.
+#   BUDGET=470 bash benchmarks/device_check.sh train sample-medium sample-medium-nographs train-variant
 #   BUDGET=<what is left> bash benchmarks/device_check.sh sample-small tests
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
@@ -63,7 +63,7 @@ esac
 
 DRY=
 if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
-ALL_STEPS=(train train-variant sample-medium sample-small sample-medium-graphs tests)
+ALL_STEPS=(train train-variant sample-medium sample-small sample-medium-nographs tests)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
 for name in "${STEPS[@]}"; do
@@ -167,13 +167,12 @@ run_sample-medium() {
 run_sample-small() {
     XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"
 }
-run_sample-medium-graphs() {
-    # ours again with XLA's CUDA graphs over the whole event (while loops and conditionals added to the defaults of
-    # this XLA, and graphs of any size): is one sample's step bound by kernel launches? (the flags parse on CPU too,
-    # where they do nothing; a name XLA does not know stops the process)
-    local graphs="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
-    XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_FLAGS="$graphs --xla_gpu_graph_min_graph_size=1" \
-        step sample-medium-graphs 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours
+run_sample-medium-nographs() {
+    # ours again without XLA's CUDA graphs (command buffers: none; an event is one graph by default, counted by
+    # benchmarks/gpu_compile.py): the difference is what launching each kernel from the host would cost, i.e. how
+    # launch-bound one sample's step is (the flag parses on CPU too, where it does nothing)
+    XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_FLAGS="--xla_gpu_enable_command_buffer=" \
+        step sample-medium-nographs 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours
 }
 run_tests() {
     # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS; on CPU

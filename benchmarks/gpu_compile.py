@@ -10,7 +10,10 @@ what it does give, before a short visit to a GPU:
   the size asked for. The optimized program's entry computation lists what runs, in order: each fusion, library
   call or copy is a launch (a while loop or a conditional holds more, run from the host). At batch 1 an event
   is bound by its launches, not by arithmetic (on this project's H100 a step of 8 samples cost what a step of 1
-  did), so the count is the figure to bring down between visits to a GPU.
+  did), so the count is the figure to bring down between visits to a GPU. How XLA will run them is read from
+  its thunk sequence (dumped for these two programs): the top-level thunks, where `kCommandBuffer` is a CUDA
+  graph (its kernels launched by the card, one after another, not by the host one at a time) and `kWhile` a
+  loop whose body the host runs, iteration by iteration.
 - `train`: a recipe's train step compiled for the card: whether it compiles, how long that takes (without
   autotuning, which the card adds), and XLA's own memory figure for it (parameters and optimizer state, and the
   step's temporaries) against the card's memory. The step is Levanter's, rebuilt from its parts as
@@ -28,8 +31,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +74,27 @@ def summary(launches: list[tuple[str, str]]) -> tuple[int, int, collections.Coun
     """(kernel launches, host-driven loops and conditionals, launches by what they run)."""
     return (len(launches), sum(opcode in HOST_DRIVEN for opcode, _ in launches),
             collections.Counter(what for _, what in launches))
+
+
+def top_level_thunks(thunk_sequence: str) -> collections.Counter:
+    """The kinds of an XLA GPU thunk sequence's top-level thunks (nested ones, a command buffer's kernels or a
+    loop's body, are indented): {"kCommandBuffer": 1} is one CUDA graph for the whole program."""
+    return collections.Counter(re.findall(r"^\d+: (k\w+)", thunk_sequence, flags=re.MULTILINE))
+
+
+def newest_thunk_sequence(directory: Path, module: str) -> str:
+    """The thunk sequence XLA dumped last for `module` (jit__event, ...): after its thunk passes, or as emitted
+    where no pass ran (with command buffers switched off XLA writes only that)."""
+    files = list(directory.glob(f"module_*.{module}.thunk_sequence*.txt"))
+    if not files:
+        return ""
+    number = max(files, key=lambda path: path.stat().st_mtime_ns).name.split(".")[0]
+    after_passes = directory / f"{number}.{module}.thunk_sequence_after_thunk_passes.txt"
+    return (after_passes if after_passes.exists() else directory / f"{number}.{module}.thunk_sequence.txt").read_text()
+
+
+def described(thunks: collections.Counter) -> str:
+    return ", ".join(f"{n} {kind[1:]}" for kind, n in thunks.most_common()) or "?"
 
 
 def gpu_device(target: Path):
@@ -116,7 +143,8 @@ def sample(args, device) -> None:
     weights, unembed = abstract(sampler.weights), abstract(sampler.unembed)
     print(f"kernel launches a sampled event, compiled for {device.device_kind} without one (jax {jax.__version__}); "
           f"{args.layers} layers x {args.width}, {args.heads} heads, f32 weights")
-    print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'an event':>9} {'host loops':>11}")
+    print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'an event':>9} {'host loops':>11}   how XLA runs _event / _write "
+          f"(top-level thunks; CommandBuffer: a CUDA graph)")
     for batch in args.batch:
         cache = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, sampler.context)))
         event_args = (weights, unembed, cache, abstract(jax.ShapeDtypeStruct((batch, args.width), jnp.float32)),
@@ -130,7 +158,9 @@ def sample(args, device) -> None:
         dump(args.dump, f"write-batch{batch}", write)
         (event_n, event_loops, event_by), (write_n, write_loops, _) = summary(entry_launches(event)), summary(
             entry_launches(write))
-        print(f"{batch:>5} {event_n:>7} {write_n:>7} {event_n + write_n:>9} {event_loops + write_loops:>11}")
+        graphs = " / ".join(described(top_level_thunks(newest_thunk_sequence(args.thunks, module)))
+                            for module in ("jit__event", "jit__write"))
+        print(f"{batch:>5} {event_n:>7} {write_n:>7} {event_n + write_n:>9} {event_loops + write_loops:>11}   {graphs}")
         if args.by_name:
             for what, n in event_by.most_common():
                 print(f"{'':>8}{n:>6}  {what}")
@@ -230,8 +260,16 @@ def main() -> None:
         sys.exit(f"gpu_compile: no target description at {args.target}")
     if args.mode == "train" and not Path(args.recipe).is_file():
         sys.exit(f"gpu_compile: no recipe at {args.recipe}")
-    device = gpu_device(args.target)
-    (sample if args.mode == "sample" else train)(args, device)
+    if args.mode == "sample":  # XLA's thunk sequences of the two programs, read back (set before jax starts)
+        args.thunks = Path(tempfile.mkdtemp(prefix="gpu_compile-"))
+        os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={args.thunks} "
+                                   "--xla_dump_hlo_module_re=^jit__(event|write)$").strip()
+    try:
+        device = gpu_device(args.target)
+        (sample if args.mode == "sample" else train)(args, device)
+    finally:
+        if args.mode == "sample":
+            shutil.rmtree(args.thunks, ignore_errors=True)
 
 
 if __name__ == "__main__":

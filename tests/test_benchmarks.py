@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -129,3 +130,35 @@ def test_gpu_compile_counts_the_entry_computations_launches():
                         ("fusion", "kCustom gemm_fusion_dot_computation")]
     total, host_loops, by_what = gpu_compile.summary(launches)
     assert (total, host_loops, by_what["kLoop fused_add"]) == (4, 1, 1)
+
+
+THUNKS = """000: kCommandBuffer [source | sink]
+    001: kCustomKernel [source       | next=002 (1)] input_reduce_fusion_55 grid: [157, 1, 1]
+    002: kCustomKernel [prev=001 (1) | sink] fusion_879 grid: [79, 1, 1]
+001: kWhile         [prev=000 (1) | next=002 (1)]
+    000: kCommandBuffer [source | sink]
+        001: kCustomKernel [source | sink] loop_select_fusion grid: [1172, 1, 1]
+002: kCommandBuffer [prev=001 (1) | sink]
+    003: kCustomKernel [source | sink] loop_add_fusion grid: [1, 1, 1]
+"""
+
+
+def test_gpu_compile_reads_how_xla_runs_a_program_from_its_thunk_sequence(tmp_path):
+    """Only top-level thunks count (a graph's kernels and a loop's body are nested); the newest dump is read."""
+    import gpu_compile
+
+    assert gpu_compile.top_level_thunks(THUNKS) == {"kCommandBuffer": 2, "kWhile": 1}
+    assert gpu_compile.described(gpu_compile.top_level_thunks(THUNKS)) == "2 CommandBuffer, 1 While"
+    old = tmp_path / "module_0001.jit__event.thunk_sequence_after_thunk_passes.txt"
+    new = tmp_path / "module_0042.jit__event.thunk_sequence_after_thunk_passes.txt"
+    old.write_text(THUNKS)
+    (tmp_path / "module_0042.jit__event.thunk_sequence.txt").write_text("000: kKernel\n001: kKernel\n")
+    new.write_text("000: kCommandBuffer [source | sink]\n")
+    for path in tmp_path.iterdir():
+        os.utime(path, ns=(1, 1) if path == old else (2, 2))
+    assert gpu_compile.top_level_thunks(gpu_compile.newest_thunk_sequence(tmp_path, "jit__event")) == {
+        "kCommandBuffer": 1}
+    # with command buffers off, XLA writes only the sequence as emitted
+    new.unlink()
+    assert gpu_compile.top_level_thunks(gpu_compile.newest_thunk_sequence(tmp_path, "jit__event")) == {"kKernel": 2}
+    assert gpu_compile.newest_thunk_sequence(tmp_path, "jit__write") == ""
