@@ -107,7 +107,8 @@ def gpu_device(target: Path):
                                                 topology="1x1x1")
     except Exception as error:  # no CUDA plugin: jax names the platform it could not find
         sys.exit(f"gpu_compile: no deviceless CUDA compiler ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                 f"install the plugin: pip install 'jax[cuda13]=={jax.__version__}'")
+                 f"install the plugin (pip install 'jax[cuda13]=={jax.__version__}') and leave JAX_PLATFORMS=cpu "
+                 f"(now {os.environ.get('JAX_PLATFORMS')!r})")
     return topology.devices[0]
 
 
@@ -260,6 +261,9 @@ def main() -> None:
         sys.exit(f"gpu_compile: no target description at {args.target}")
     if args.mode == "train" and not Path(args.recipe).is_file():
         sys.exit(f"gpu_compile: no recipe at {args.recipe}")
+    # the host side (random weights, shapes) on the CPU: with the CUDA plugin but no card, starting jax's CUDA
+    # backend fails, and with it the plugin's compiler (the topology call says 'not implemented for cuda')
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.mode == "sample":  # XLA's thunk sequences of the two programs, read back (set before jax starts)
         args.thunks = Path(tempfile.mkdtemp(prefix="gpu_compile-"))
         os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={args.thunks} "
