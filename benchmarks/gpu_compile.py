@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import os
 import re
 import shutil
@@ -112,6 +113,14 @@ def gpu_device(target: Path):
     return topology.devices[0]
 
 
+def on_device(tree, device):
+    """The arrays (or shapes) of `tree` as abstract arrays placed on `device`: what `.lower` compiles for."""
+    import jax
+
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
+
+
 def card_memory(target: Path) -> int:
     """The card's memory in bytes, from its description."""
     return int(re.search(r"device_memory_size:\s*(\d+)", target.read_text()).group(1))
@@ -136,11 +145,7 @@ def sample(args, device) -> None:
                              scale_attn_by_inverse_layer_idx=True)
     with single_device_mesh():
         sampler = sampling.Sampler(config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0)))
-    on_gpu = jax.sharding.SingleDeviceSharding(device)
-
-    def abstract(tree):
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_gpu), tree)
-
+    abstract = functools.partial(on_device, device=device)
     weights, unembed = abstract(sampler.weights), abstract(sampler.unembed)
     print(f"kernel launches a sampled event, compiled for {device.device_kind} without one (jax {jax.__version__}); "
           f"{args.layers} layers x {args.width}, {args.heads} heads, f32 weights")
@@ -203,7 +208,7 @@ def train(args, device) -> None:
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
         return eqx.apply_updates(model, updates), opt_state, value
 
-    on_gpu = jax.sharding.SingleDeviceSharding(device)
+    abstract = functools.partial(on_device, device=device)
     is_abstract = lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct)  # noqa: E731
     params, model_static = eqx.partition(model, is_abstract)
     state, state_static = eqx.partition(opt_state, is_abstract)
@@ -213,10 +218,7 @@ def train(args, device) -> None:
                                            tokens, key)
         return eqx.filter(new_model, eqx.is_array), eqx.filter(new_state, eqx.is_array), value
 
-    def abstract(tree):
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_gpu), tree)
-
-    tokens = hax.NamedArray(jax.ShapeDtypeStruct((Batch.size, Pos.size), jnp.int32, sharding=on_gpu), (Batch, Pos))
+    tokens = hax.NamedArray(abstract(jax.ShapeDtypeStruct((Batch.size, Pos.size), jnp.int32)), (Batch, Pos))
     # the recipe's mesh axes, all of size 1 on one card (microbatched asks for the batch axis's mapping)
     mesh = jax.sharding.Mesh(np.array([device]).reshape(1, 1, 1, 1), ("replica_dcn", "data", "replica", "model"))
     print(f"{args.recipe} {' '.join(args.overrides)}: GPT-2 {parameter_count(model_config) / 1e6:.0f}M, batch "
