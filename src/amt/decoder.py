@@ -15,9 +15,19 @@ and the unembedding pre-transposed each cut the step time severalfold. Attention
 too: on jax 0.7.2 elementwise products were faster, on jax 0.10 they took ~9 ms a layer against ~0.3 (one
 step ~120 -> ~25 ms under load). Steps only read the cache (`forward`; `write` puts an event's keys and
 values in place), and a prefill runs only the real tokens and one position's unembedding: with the sampler
-unembedding only the sampled slot's block, and ~2.5 -> ~1.5 s for a 640-token window. bfloat16 weights are
-not offered: XLA's CPU matrix-vector products measured 3.5-12x slower in bfloat16 on jax 0.10 (8x on 0.7.2),
-on a CPU with AVX512_BF16.
+unembedding only the sampled slot's block, and ~2.5 -> ~1.5 s for a 640-token window.
+
+Precision: float32 by default. `decoder_weights(model, jnp.bfloat16)` keeps the matrices, the embeddings and
+the cache in bfloat16 for an accelerator, where a step reads all the weights for a few tokens and is
+memory-bound: half the bytes. Only the matrix products' inputs are bfloat16 (accumulated and returned in
+float32: XLA's `preferred_element_type`); the residual stream, LayerNorms, softmax and logits stay float32,
+more precise than the bf16 compute it was trained under (`mp: p=f32,c=bfloat16`): on a trained model's
+11,253 tokens of real MIDI the mean loss moved 3.96468 -> 3.96447 nats, logits by at most 0.11 (spread ~2.6).
+Medium on an H100 (benchmarks/gpu_compile.py): an event reads at least 4.34 -> 2.17 GB at batch 1 (1.30 ->
+0.65 ms at the card's bandwidth), in 1,171 -> 1,123 launches; at batch 8 1,098 -> 1,194 (the activations'
+casts before the products: upcasting the weights inside them instead made batch 1 1,195). Not on CPU: XLA's
+CPU matrix-vector products measured 3.5-12x slower in bfloat16 on jax 0.10 (8x on 0.7.2), on a CPU with
+AVX512_BF16. With float32 weights every cast is a no-op: the same program and samples as before it existed.
 """
 
 from __future__ import annotations
@@ -80,7 +90,12 @@ jax.tree_util.register_dataclass(
 
 
 def decoder_weights(model, dtype=jnp.float32) -> DecoderWeights:
-    """The weights of a Levanter `Gpt2LMHeadModel`, as per-layer matrices."""
+    """The weights of a Levanter `Gpt2LMHeadModel`, as per-layer matrices: the matrices and embeddings in
+    `dtype` (float32 or bfloat16), the LayerNorms' and biases' few numbers in float32."""
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.float32, jnp.bfloat16):
+        raise ValueError(f"decoder weights: dtype {dtype} is not float32 or bfloat16")
+    matrices = {"attn_w", "attn_proj_w", "fc_w", "proj_w"}
     blocks = model.transformer.blocks.stacked
     config = model.config
 
@@ -105,15 +120,16 @@ def decoder_weights(model, dtype=jnp.float32) -> DecoderWeights:
         weights["attn_w"] = weights["attn_w"].reshape(embed, -1)
         weights["attn_b"] = weights["attn_b"].reshape(-1)
         weights["attn_proj_w"] = weights["attn_proj_w"].reshape(embed, -1)
-        return LayerWeights(**{name: jnp.asarray(value, dtype=dtype) for name, value in weights.items()})
+        return LayerWeights(**{name: jnp.asarray(value, dtype=dtype if name in matrices else jnp.float32)
+                               for name, value in weights.items()})
 
     wte = arr(model.embeddings.token_embeddings.weight, "vocab", "embed")
     return DecoderWeights(
         wte=jnp.asarray(wte, dtype), lm_head=jnp.asarray(np.ascontiguousarray(wte.T), dtype),
         wpe=jnp.asarray(arr(model.embeddings.position_embeddings.weight, "position", "embed"), dtype),
         layers=tuple(layer(i) for i in range(config.num_layers)),
-        lnf_w=jnp.asarray(arr(model.transformer.ln_f.weight, "embed"), dtype),
-        lnf_b=jnp.asarray(arr(model.transformer.ln_f.bias, "embed"), dtype),
+        lnf_w=jnp.asarray(arr(model.transformer.ln_f.weight, "embed"), jnp.float32),
+        lnf_b=jnp.asarray(arr(model.transformer.ln_f.bias, "embed"), jnp.float32),
         heads=config.num_heads, eps=float(config.layer_norm_epsilon),
         scale_by_layer=bool(config.scale_attn_by_inverse_layer_idx),
     )
@@ -152,16 +168,33 @@ def empty_cache(weights: DecoderWeights, batch: int, positions: int) -> KVCache:
                    tuple(jnp.zeros(shape, weights.wte.dtype) for _ in range(layers)))
 
 
+def _dot(x, w):
+    """x (..., in) @ w (in, out): x in w's dtype, accumulated and returned in float32 (see the module's note on
+    precision; with float32 weights the plain product)."""
+    return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
+def _dot_transposed(x, w):
+    """x (batch, T, in) @ w.T for w stored transposed, (out, in) (see LayerWeights), like `_dot`."""
+    return jnp.einsum("btm,em->bte", x.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
+def unembed(hidden, lm_head):
+    """Logits (float32) of hidden states (..., embed) against the unembedding `lm_head` or a block of it."""
+    return _dot(hidden, lm_head)
+
+
 def _scores(q, keys):
     """(batch, heads, T, S) from q (batch, heads, T, head) and keys (batch, heads, S, head). An einsum for one
     token too: on jax 0.7.2 elementwise products beat XLA CPU's batched matrix-vector products, on jax 0.10
     (marin-levanter's) they are 20-60x slower than the einsum (3.2 against 0.14 ms a layer at Small size)."""
-    return jnp.einsum("bhtk,bhsk->bhts", q, keys)
+    return jnp.einsum("bhtk,bhsk->bhts", q.astype(keys.dtype), keys, preferred_element_type=jnp.float32)
 
 
 def _weighted(probabilities, values):
     """(batch, heads, T, head): the values (batch, heads, S, head) weighted by probabilities (batch, heads, T, S)."""
-    return jnp.einsum("bhts,bhsk->bhtk", probabilities, values)
+    return jnp.einsum("bhts,bhsk->bhtk", probabilities.astype(values.dtype), values,
+                      preferred_element_type=jnp.float32)
 
 
 def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tokens: jax.Array, start):
@@ -185,17 +218,17 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
     R = recent.keys[0].shape[2]
     own = R + jnp.arange(T)  # the tokens' positions, from `start`
     start = jnp.broadcast_to(jnp.asarray(start), (batch,))
-    x = weights.wte[tokens] + weights.wpe[start[:, None] + own[None]]
+    x = weights.wte[tokens].astype(jnp.float32) + weights.wpe[start[:, None] + own[None]].astype(jnp.float32)
     sees_recent = jnp.arange(R + T)[None, :] <= own[:, None]  # (T, R + T): causal
     sees_cache = (jnp.arange(context)[None] < start[:, None])[:, None, None]  # (batch, 1, 1, context)
     keys, values = list(recent.keys), list(recent.values)
     for index, w in enumerate(weights.layers):
         h = _layer_norm(x, w.ln1_w, w.ln1_b, weights.eps)
-        qkv = h @ w.attn_w + w.attn_b
+        qkv = _dot(h, w.attn_w) + w.attn_b
         q, k, v = jnp.moveaxis(qkv.reshape(batch, T, 3, heads, head), (2, 3), (0, 2))  # each (batch, heads, T, head)
         q = q / (np.sqrt(head) * (index + 1.0 if weights.scale_by_layer else 1.0))
-        keys[index] = jnp.concatenate([keys[index], k], axis=2)
-        values[index] = jnp.concatenate([values[index], v], axis=2)
+        keys[index] = jnp.concatenate([keys[index], k.astype(keys[index].dtype)], axis=2)
+        values[index] = jnp.concatenate([values[index], v.astype(values[index].dtype)], axis=2)
         # one softmax over the scores against the cache, then against `recent`
         sources = [(keys[index], values[index], sees_recent[None, None])]
         if cache is not None:
@@ -206,10 +239,10 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
                                   axis=-1)
         attention = sum(_weighted(p, v_) for p, (_, v_, _) in zip(probabilities, sources))
         attention = jnp.moveaxis(attention, 1, 2).reshape(batch, T, heads * head)
-        x = x + jnp.einsum("btm,em->bte", attention, w.attn_proj_w) + w.attn_proj_b  # transposed: see LayerWeights
+        x = x + _dot_transposed(attention, w.attn_proj_w) + w.attn_proj_b
         h = _layer_norm(x, w.ln2_w, w.ln2_b, weights.eps)
-        h = jax.nn.gelu(h @ w.fc_w + w.fc_b, approximate=True)
-        x = x + jnp.einsum("btm,em->bte", h, w.proj_w) + w.proj_b
+        h = jax.nn.gelu(_dot(h, w.fc_w) + w.fc_b, approximate=True)
+        x = x + _dot_transposed(h, w.proj_w) + w.proj_b
     return _layer_norm(x, weights.lnf_w, weights.lnf_b, weights.eps), KVCache(tuple(keys), tuple(values))
 
 
@@ -236,10 +269,11 @@ def set_row(cache: KVCache, row: KVCache, index) -> KVCache:
 @jax.jit
 def prefill(weights: DecoderWeights, tokens: jax.Array, length: jax.Array):
     """Run a window (batch, T) of tokens, of which the first `length` are real (one length per row, or one
-    for all); returns the hidden state of position length - 1 (the next token's logits are `hidden @ weights.lm_head`, or a block of it) and the
-    cache, holding positions 0..T-1 of its `context`. Only the real tokens and one position's logits are
-    computed: T is the window's length rounded up (`pad_window`), and the unembedding (55,028 wide) of
-    every position was a third of a full window's cost."""
+    for all); returns the hidden state of position length - 1 (the next token's logits are
+    `unembed(hidden, weights.lm_head)`, or a block of it) and the cache, holding positions 0..T-1 of its
+    `context`. Only the real tokens and one position's logits are computed: T is the window's length rounded
+    up (`pad_window`), and the unembedding (55,028 wide) of every position was a third of a full window's
+    cost."""
     batch, T = tokens.shape
     hidden, recent = forward(weights, None, empty_cache(weights, batch, 0), tokens, 0)
     length = jnp.broadcast_to(jnp.asarray(length), (batch,))
@@ -251,7 +285,7 @@ def full_logits(weights: DecoderWeights, tokens: jax.Array) -> jax.Array:
     """Logits at every position of (batch, T) tokens, without a cache (the reference's way to sample: the
     whole context again for every token)."""
     hidden, _ = forward(weights, None, empty_cache(weights, tokens.shape[0], 0), tokens, 0)
-    return hidden @ weights.lm_head
+    return unembed(hidden, weights.lm_head)
 
 
 def pad_window(tokens: np.ndarray, context: int, multiple: int = 128) -> np.ndarray:

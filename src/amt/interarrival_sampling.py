@@ -79,7 +79,7 @@ def _token(weights: decoder.DecoderWeights, cache: decoder.KVCache, hidden, posi
            top_p: float, temperature):
     """One token per row, sampled under the constraints and fed to the model: returns the tokens, the next
     hidden state and the keys and values of the new position (for `decoder.write`)."""
-    logits = hidden @ weights.lm_head
+    logits = decoder.unembed(hidden, weights.lm_head)
     v = jnp.arange(vocab.MIDI_VOCAB_SIZE)
     instrument = jnp.clip((v - vocab.MIDI_START_OFFSET) // vocab.MAX_PITCH, 0, vocab.MAX_INSTR - 1)
     is_on = (v >= vocab.MIDI_START_OFFSET) & (v < vocab.MIDI_END_OFFSET)
@@ -97,10 +97,10 @@ def _token(weights: decoder.DecoderWeights, cache: decoder.KVCache, hidden, posi
 class InterarrivalSampler:
     """Samples continuations from a trained interarrival model (Levanter `Gpt2LMHeadModel`, vocab 34,025)."""
 
-    def __init__(self, model):
+    def __init__(self, model, dtype="float32"):
         if not is_interarrival_model(model):
             raise ValueError(f"not an interarrival model: vocabulary {model.Vocab.size}, expected {vocab.MIDI_VOCAB_SIZE}")
-        self.weights = decoder.decoder_weights(model)
+        self.weights = decoder.decoder_weights(model, dtype)  # float32 or bfloat16: see amt.decoder
         self.context = self.weights.shape[3]
 
     def continue_tokens(self, prompt: np.ndarray, prompt_seconds: float, end_seconds: float,

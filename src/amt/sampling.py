@@ -167,7 +167,7 @@ def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hid
     keys = jax.random.split(subkey, 3)
     sampled, plays_given = [], None
     for phase in range(3):
-        token = constrained_sample(hidden @ unembed[phase], keys[phase], phase=phase, min_onset=min_onset,
+        token = constrained_sample(decoder.unembed(hidden, unembed[phase]), keys[phase], phase=phase, min_onset=min_onset,
                                    instrument_allowed=instrument_allowed,
                                    rest_allowed=sampled[1] == vocab.DUR_OFFSET if phase == 2 else None,
                                    top_p=top_p, temperature=temperature)
@@ -270,8 +270,10 @@ class Sampler:
 
     record_inputs = False
 
-    def __init__(self, model):
-        self.weights = decoder.decoder_weights(model)
+    def __init__(self, model, dtype="float32"):
+        """`dtype`: the weights' and cache's, float32 or bfloat16 (half the bytes a step reads, for an
+        accelerator; see amt.decoder on precision)."""
+        self.weights = decoder.decoder_weights(model, dtype)
         self.context = self.weights.shape[3]
         # contiguous copies: a dot with a column slice of the whole unembedding copied the slice every time
         self.unembed = tuple(self.weights.lm_head[:, low:high] for low, high in SLOTS)
