@@ -13,10 +13,11 @@
 #
 # Steps: train (the GPU recipe as written), train-variant (the same with plain dot-product attention and no
 # gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), sample-medium (ours
-# against Hugging Face's KV cache, then a trace of 20 events), sample-small, sample-medium-nographs (ours again
-# with XLA's CUDA graphs switched off: an event is one graph by default, benchmarks/gpu_compile.py; what the
-# graph saves is what host launches would cost), tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps: e.g.
-#   BUDGET=470 bash benchmarks/device_check.sh train sample-medium sample-medium-nographs train-variant
+# against Hugging Face's KV cache, ours in float32 and in bfloat16, then a trace of 20 events), sample-small (the
+# same, no trace), sample-medium-nographs (ours again with XLA's CUDA graphs switched off: an event is one graph
+# by default, benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), tests. A device
+# session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most wanted first: e.g.
+#   BUDGET=470 bash benchmarks/device_check.sh train sample-medium train-variant sample-medium-nographs
 #   BUDGET=<what is left> bash benchmarks/device_check.sh sample-small tests
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
@@ -88,7 +89,8 @@ if [[ -n $DRY ]]; then
     export JAX_PLATFORMS=cpu
     TESTS=(tests/test_train.py::test_dry_run_prints_the_parameter_count "tests/test_sampling.py::test_cached_logits_equal_the_full_forward_pass_at_every_position")
     TRAIN=(--recipe recipes/amt-tiny.yaml --batch 2 --steps 4 -- --model.max_seq_len 256 --model.hidden_dim 32 --model.num_heads 2)
-    SMALL=(--layers 2 --width 32 --heads 2 --events 4 --batch 2 --reference-tokens 1 --hf-tokens 2)
+    SMALL=(--layers 2 --width 32 --heads 2 --events 4 --batch 2 --reference-tokens 1 --hf-tokens 2
+           --dtypes float32,bfloat16)
     MEDIUM=("${SMALL[@]}")
     TRACE_EVENTS=4
     TEST_PLATFORMS=cpu
@@ -97,8 +99,9 @@ else
     # constraints, training (loss falls, checkpoint, resume after kill -9, HF export and back)
     TESTS=(tests/test_sampling.py tests/test_train.py)
     TRAIN=(--recipe recipes/amt-small-gpu.yaml --steps 10)
-    SMALL=(--layers 12 --width 768 --heads 12)
-    MEDIUM=(--layers 24 --width 1024 --heads 16)
+    # ours in float32 (the others' precision) and with bfloat16 weights and cache (amt generate --dtype bfloat16)
+    SMALL=(--layers 12 --width 768 --heads 12 --dtypes float32,bfloat16)
+    MEDIUM=(--layers 24 --width 1024 --heads 16 --dtypes float32,bfloat16)
     TRACE_EVENTS=20
     TEST_PLATFORMS=cuda
 fi
@@ -157,7 +160,7 @@ run_train-variant() {
 }
 # (sampling and the tests: JAX and torch share the card, so JAX takes memory as it needs it, not 75% up front)
 run_sample-medium() {
-    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step sample-medium 130 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
+    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step sample-medium 150 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
         --trace "$OUT/trace-medium" --trace-events "$TRACE_EVENTS"
     local status=$?
     # what comes back: the summary (in the log) and the Perfetto JSON (benchmarks/trace_summary.py reads it again)

@@ -13,7 +13,10 @@ what it does give, before a short visit to a GPU:
   did), so the count is the figure to bring down between visits to a GPU. How XLA will run them is read from
   its thunk sequence (dumped for these two programs): the top-level thunks, where `kCommandBuffer` is a CUDA
   graph (its kernels launched by the card, one after another, not by the host one at a time) and `kWhile` a
-  loop whose body the host runs, iteration by iteration.
+  loop whose body the host runs, iteration by iteration. With them, the bytes an event must read (each of
+  its three tokens reads every layer's matrices and the whole cache, each slot's unembedding block is read
+  once) and the time that takes at the card's memory bandwidth: the floor under an event's time, which
+  `--dtype bfloat16` (the sampler's weights and cache) halves.
 - `train`: a recipe's train step compiled for the card: whether it compiles, how long that takes (without
   autotuning, which the card adds), and XLA's own memory figure for it (parameters and optimizer state, and the
   step's temporaries) against the card's memory. The step is Levanter's, rebuilt from its parts as
@@ -23,6 +26,7 @@ what it does give, before a short visit to a GPU:
 
 Usage: pip install "jax[cuda13]==<this venv's jax>"   (about 3 GB; a second venv is fine)
        python benchmarks/gpu_compile.py sample [--layers 24 --width 1024 --heads 16] [--batch 1 8] [--by-name]
+                                               [--dtype float32|bfloat16]
        python benchmarks/gpu_compile.py train [--recipe recipes/amt-small-gpu.yaml] [-- recipe overrides...]
        (both: [--target benchmarks/gpu_targets/h100.txtpb] [--dump DIR])
 """
@@ -126,6 +130,19 @@ def card_memory(target: Path) -> int:
     return int(re.search(r"device_memory_size:\s*(\d+)", target.read_text()).group(1))
 
 
+def card_bandwidth(target: Path) -> int:
+    """The card's memory bandwidth in bytes a second, from its description."""
+    return int(re.search(r"memory_bandwidth:\s*(\d+)", target.read_text()).group(1))
+
+
+def nbytes(tree) -> int:
+    """Bytes of a pytree's arrays (concrete or abstract)."""
+    import jax
+    import numpy as np
+
+    return sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
 def dump(directory: Path | None, name: str, text: str) -> None:
     if directory:
         directory.mkdir(parents=True, exist_ok=True)
@@ -144,13 +161,15 @@ def sample(args, device) -> None:
     config = MusicGpt2Config(num_layers=args.layers, hidden_dim=args.width, num_heads=args.heads,
                              scale_attn_by_inverse_layer_idx=True)
     with single_device_mesh():
-        sampler = sampling.Sampler(config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0)))
+        sampler = sampling.Sampler(config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0)),
+                                   dtype=args.dtype)
     abstract = functools.partial(on_device, device=device)
     weights, unembed = abstract(sampler.weights), abstract(sampler.unembed)
     print(f"kernel launches a sampled event, compiled for {device.device_kind} without one (jax {jax.__version__}); "
-          f"{args.layers} layers x {args.width}, {args.heads} heads, f32 weights")
-    print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'an event':>9} {'host loops':>11}   how XLA runs _event / _write "
-          f"(top-level thunks; CommandBuffer: a CUDA graph)")
+          f"{args.layers} layers x {args.width}, {args.heads} heads, {args.dtype} weights and cache")
+    bandwidth = card_bandwidth(args.target)
+    print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'an event':>9} {'host loops':>11} {'GB read':>8} {'ms':>5}   "
+          f"how XLA runs _event / _write (top-level thunks; CommandBuffer: a CUDA graph)")
     for batch in args.batch:
         cache = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, sampler.context)))
         event_args = (weights, unembed, cache, abstract(jax.ShapeDtypeStruct((batch, args.width), jnp.float32)),
@@ -158,6 +177,9 @@ def sample(args, device) -> None:
                       abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)))
         temperature = abstract(jax.ShapeDtypeStruct((), jnp.float32))
         event = sampling._event.lower(*event_args, top_p=0.98, temperature=temperature).compile().as_text()
+        # what an event must read at least (XLA gives no cost analysis without a card): each of its three
+        # tokens every layer's matrices and the whole cache, and each slot's unembedding block once
+        moved = 3 * (nbytes(sampler.weights.layers) + nbytes(cache)) + nbytes(sampler.unembed)
         _, _, recent, _ = jax.eval_shape(lambda *a: sampling._event(*a, top_p=0.98, temperature=1.0), *event_args)
         write = sampling._write.lower(cache, abstract(recent), event_args[4]).compile().as_text()
         dump(args.dump, f"event-batch{batch}", event)
@@ -166,7 +188,8 @@ def sample(args, device) -> None:
             entry_launches(write))
         graphs = " / ".join(described(top_level_thunks(newest_thunk_sequence(args.thunks, module)))
                             for module in ("jit__event", "jit__write"))
-        print(f"{batch:>5} {event_n:>7} {write_n:>7} {event_n + write_n:>9} {event_loops + write_loops:>11}   {graphs}")
+        print(f"{batch:>5} {event_n:>7} {write_n:>7} {event_n + write_n:>9} {event_loops + write_loops:>11} "
+              f"{moved / 1e9:>8.2f} {1000 * moved / bandwidth:>5.2f}   {graphs}")
         if args.by_name:
             for what, n in event_by.most_common():
                 print(f"{'':>8}{n:>6}  {what}")
@@ -255,6 +278,8 @@ def main() -> None:
     sampling.add_argument("--heads", type=int, default=16)
     sampling.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     sampling.add_argument("--by-name", action="store_true", help="also list an event's launches by what they run")
+    sampling.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                          help="the sampler's weights and cache (amt generate --dtype)")
     training = modes.add_parser("train", help="a recipe's train step: compile time and memory")
     training.add_argument("--recipe", default="recipes/amt-small-gpu.yaml")
     training.add_argument("overrides", nargs="*", help="recipe overrides, after --")

@@ -11,14 +11,16 @@ tokens) of one sample, after a real prompt that fills the context:
   prefill of the context, at batch 1 and batch B.
 - ours: `amt.sampling.Sampler` (JAX, KV cache, one jitted call per event, each row's window moved and
   prefilled again when its context fills), at batch 1 and batch B; its time includes the prompt's prefill and
-  the window moves.
+  the window moves. In float32 (the default, and the others' precision) and, with `--dtypes float32,bfloat16`,
+  again with bfloat16 weights and cache (`amt generate --dtype bfloat16`: for a GPU; slower on CPU).
 
 Ratios are the point: publish them from one run, on an idle machine (load hurts torch's threads more than
 XLA's and moves the ratios by a third). The measured figures, with the machine, are in the README's Sampling
 section.
 
 Usage: python benchmarks/sample.py [--events 150] [--batch 8] [--reference-tokens 3] [--hf-tokens 30]
-       [--layers 12 --width 768 --heads 12] [--only-ours] [--trace DIR [--trace-events 20]]
+       [--layers 12 --width 768 --heads 12] [--dtypes float32[,bfloat16]] [--only-ours]
+       [--trace DIR [--trace-events 20]]
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--dtypes", default="float32",
+                        help="ours in each of these precisions, comma-separated: float32, bfloat16")
     parser.add_argument("--only-ours", action="store_true",
                         help="time ours alone (no Hugging Face export or torch): e.g. to compare XLA_FLAGS")
     parser.add_argument("--trace", default=None, metavar="DIR",
@@ -110,6 +114,9 @@ def main() -> None:
     parser.add_argument("--torch-device", default=None,
                         help="where the Hugging Face models run (default: cuda when torch sees a GPU, else cpu)")
     args = parser.parse_args()
+    dtypes = args.dtypes.split(",")
+    if not dtypes or any(d not in ("float32", "bfloat16") for d in dtypes):
+        parser.error(f"--dtypes {args.dtypes!r}: a comma-separated list of float32, bfloat16")
     logging.getLogger("amt.sampling").setLevel(logging.ERROR)  # (max_events ends every timed run, on purpose)
 
     import haliax as hax
@@ -129,7 +136,8 @@ def main() -> None:
             config.hf_checkpoint_converter().save_pretrained(model, tmp, save_tokenizer=False)
             eager = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager").eval().to(torch_device)
             sdpa = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="sdpa").eval().to(torch_device)
-    sampler = Paced(model)
+    samplers = {dtype: Paced(model, dtype=dtype) for dtype in dtypes}
+    sampler = samplers[dtypes[0]]  # (the trace's)
     piece = ops.as_triples(midi.midi_to_events(DEMO / "npm_misc" / "the-entertainer.mid"))
     start = ops.times(piece)[339] / vocab.TIME_RESOLUTION  # ~340 events: the prompt fills the context
     load = os.getloadavg()[0]
@@ -137,7 +145,7 @@ def main() -> None:
           f"torch on {torch_device} ({torch.get_num_threads()} threads), load average {load:.1f}; "
           f"prompt {start:.1f} s of The Entertainer (a full context); XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
 
-    def ours(batch: int, events: int) -> float:
+    def ours(sampler, batch: int, events: int) -> float:
         warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch)
         sampling.continuation(sampler, piece, start, start + 1000, warm)  # compile
         options = sampling.SamplingOptions(seed=0, max_events=events, num_samples=batch)
@@ -146,17 +154,19 @@ def main() -> None:
         assert all(len(g) == events for g in sampler.last_generated), [len(g) for g in sampler.last_generated]
         return (time.perf_counter() - begin) / (batch * events)
 
-    ours_one = ours(1, args.events)
-    ours_batch = ours(args.batch, max(args.events // 2, 1))
+    timed = {dtype: (ours(s, 1, args.events), ours(s, args.batch, max(args.events // 2, 1)))
+             for dtype, s in samplers.items()}
     lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
-    music_one, music_batch = (1 / t / lakh_events_per_second for t in (ours_one, ours_batch))  # seconds a second
+
+    def music(seconds_an_event: float) -> float:  # seconds of music a second
+        return 1 / seconds_an_event / lakh_events_per_second
 
     def trace() -> None:  # after the figures (a profiler that fails or runs long costs none of them)
         from trace_summary import summarize
 
         options = sampling.SamplingOptions(seed=0, max_events=args.trace_events, num_samples=1)
         try:
-            with jax.profiler.trace(args.trace, create_perfetto_trace=True):  # ours_one's run, shorter, compiled
+            with jax.profiler.trace(args.trace, create_perfetto_trace=True):  # the first dtype's batch-1 run, shorter
                 sampling.continuation(sampler, piece, start, start + 1000, options)
             lines = summarize(args.trace, "_event")
         except Exception as error:  # noqa: BLE001 (reported: the figures above stand)
@@ -165,8 +175,10 @@ def main() -> None:
         print("\n".join(lines), flush=True)
 
     if args.only_ours:
-        print(f"ours (JAX, KV cache): {ours_one * 1000:.1f} ms an event (batch 1), {ours_batch * 1000:.1f} "
-              f"(batch {args.batch}): {music_one:.2f} / {music_batch:.2f} seconds of music a second", flush=True)
+        for dtype, (one, batched) in timed.items():
+            print(f"ours (JAX, KV cache, {dtype}): {one * 1000:.1f} ms an event (batch 1), {batched * 1000:.1f} "
+                  f"(batch {args.batch}): {music(one):.2f} / {music(batched):.2f} seconds of music a second",
+                  flush=True)
         if args.trace:
             trace()
         return
@@ -188,17 +200,20 @@ def main() -> None:
 
     rows = [("the reference's method (HF torch, whole window per token)", ref, ref),
             ("Hugging Face KV cache (eager)", hf_one, hf_batch),
-            ("Hugging Face KV cache (SDPA: wrong scaling, speed bound only)", sdpa_one, None),
-            ("ours (JAX, KV cache)", ours_one, ours_batch)]
+            ("Hugging Face KV cache (SDPA: wrong scaling, speed bound only)", sdpa_one, None)]
+    rows += [(f"ours (JAX, KV cache, {dtype})", one, batched) for dtype, (one, batched) in timed.items()]
+    ours_one, ours_batch = timed[dtypes[0]]  # the ratios: ours in the first precision named (float32 by default)
     print(f"{'ms an event of one sample':<66}{'batch 1':>10}{f'batch {args.batch}':>10}")
     for name, one, batched in rows:
         print(f"{name:<66}{one * 1000:>10.1f}{(batched * 1000 if batched else float('nan')):>10.1f}")
-    print(f"ours vs the reference's method: {ref / ours_one:.0f}x one vs one, {ref / ours_batch:.0f}x batch vs "
-          f"batch (it runs samples one at a time)")
-    print(f"ours vs Hugging Face's KV cache (eager): {hf_one / ours_one:.2f}x one vs one, "
+    print(f"ours ({dtypes[0]}) vs the reference's method: {ref / ours_one:.0f}x one vs one, {ref / ours_batch:.0f}x "
+          "batch vs batch (it runs samples one at a time)")
+    print(f"ours ({dtypes[0]}) vs Hugging Face's KV cache (eager): {hf_one / ours_one:.2f}x one vs one, "
           f"{hf_batch / ours_batch:.2f}x batch vs batch; vs SDPA {sdpa_one / ours_one:.2f}x one vs one")
-    print(f"seconds of music a second, at Lakh's density ({lakh_events_per_second:.1f} events a second of music): "
-          f"{music_one:.2f} (one sample), {music_batch:.2f} ({args.batch} samples a batch, all of them)", flush=True)
+    for dtype, (one, batched) in timed.items():
+        print(f"seconds of music a second, ours in {dtype}, at Lakh's density ({lakh_events_per_second:.1f} events a "
+              f"second of music): {music(one):.2f} (one sample), {music(batched):.2f} ({args.batch} samples a batch, "
+              "all of them)", flush=True)
     if args.trace:
         trace()
 
