@@ -22,12 +22,19 @@ what it does give, before a short visit to a GPU:
   step's temporaries) against the card's memory. The step is Levanter's, rebuilt from its parts as
   `Trainer._train_step` puts them together: the loss under the recipe's mixed precision, its gradient
   accumulated over micro-steps of `per_device_parallelism` (`levanter.grad_accum.microbatched`), the recipe's
-  optimizer update; no hooks or metrics.
+  optimizer update; no hooks or metrics. The loss is Levanter's XLA kernel, as `amt train` runs it on a GPU
+  (workaround 6 in `amt.train`).
+- `loss`: the 55,028-way loss alone (forward and backward, bf16 activations and weights, a micro-step's
+  positions) in one of Levanter's fused cross-entropy implementations: `xla` (what `amt train` uses) or
+  `batched_xla` (Levanter's own first choice on a GPU, with the block sizes it infers for the card): how long it
+  takes to trace and compile, its launches and the size of its program. GPT-2 Small's micro-step: `xla` 3-4 s,
+  13 launches; `batched_xla` 236-249 s, 1,824 launches, 27 MB of HLO (860 unrolled vocabulary blocks).
 
 Usage: pip install "jax[cuda13]==<this venv's jax>"   (about 3 GB; a second venv is fine)
        python benchmarks/gpu_compile.py sample [--layers 24 --width 1024 --heads 16] [--batch 1 8] [--by-name]
                                                [--dtype float32|bfloat16]
        python benchmarks/gpu_compile.py train [--recipe recipes/amt-small-gpu.yaml] [-- recipe overrides...]
+       python benchmarks/gpu_compile.py loss [--implementation xla|batched_xla] [--positions 32768 --width 768]
        (both: [--target benchmarks/gpu_targets/h100.txtpb] [--dump DIR])
 """
 
@@ -207,7 +214,7 @@ def train(args, device) -> None:
     from levanter.models.lm_model import LmExample
 
     from amt import vocab
-    from amt.train import TrainConfig, parameter_count
+    from amt.train import TrainConfig, parameter_count, xla_loss_on_gpus
 
     config = draccus.parse(TrainConfig, config_path=args.recipe, args=args.overrides)
     model_config, trainer = config.model, config.trainer
@@ -246,10 +253,10 @@ def train(args, device) -> None:
     mesh = jax.sharding.Mesh(np.array([device]).reshape(1, 1, 1, 1), ("replica_dcn", "data", "replica", "model"))
     print(f"{args.recipe} {' '.join(args.overrides)}: GPT-2 {parameter_count(model_config) / 1e6:.0f}M, batch "
           f"{Batch.size} x {Pos.size} in micro-steps of {micro}, {trainer.mp}, attention "
-          f"{model_config.attn_backend or 'default'}, recomputation {model_config.gradient_checkpointing}; "
-          f"compiled for {device.device_kind} without one (jax {jax.__version__})")
+          f"{model_config.attn_backend or 'default'}, recomputation {model_config.gradient_checkpointing}, "
+          f"the loss in Levanter's XLA kernel; compiled for {device.device_kind} without one (jax {jax.__version__})")
     begin = time.monotonic()
-    with hax.partitioning.set_mesh(mesh), hax.axis_mapping(trainer.compute_axis_mapping):
+    with hax.partitioning.set_mesh(mesh), hax.axis_mapping(trainer.compute_axis_mapping), xla_loss_on_gpus():
         lowered = jax.jit(pure, donate_argnums=(0, 1)).lower(abstract(params), abstract(state), tokens,
                                                              abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)))
         compiled = lowered.compile()
@@ -265,6 +272,54 @@ def train(args, device) -> None:
           f"parameters and optimizer state + {memory.temp_size_in_bytes / 2**30:.1f} GiB of temporaries = "
           f"{total / 2**30:.1f} GiB, {100 * total / card:.0f}% of the card's {card / 2**30:.0f} GiB; "
           f"{launches} launches in the step's entry ({loops} of them loops run from the host)")
+
+
+def loss(args, device) -> None:
+    import types
+
+    import jax
+    import jax.numpy as jnp
+    from levanter.kernels.pallas.fused_cross_entropy_loss import api, tuned_block_sizes
+
+    from amt import vocab
+
+    positions, width = args.positions, args.width
+    block_sizes = None  # the XLA kernel: Levanter passes none (the kernel picks its vocabulary blocks)
+    if args.implementation == "batched_xla":
+        from levanter.kernels.pallas.fused_cross_entropy_loss import batched_xla
+
+        # what Levanter would pick on the card: the tuned table, else its inference (its autotune, while tracing
+        # a train step, takes the first candidate that compiles: this one)
+        block_sizes, tuned = tuned_block_sizes.infer_block_sizes_with_tuned_match(
+            positions, width, vocab.VOCAB_SIZE, dtype=jnp.float32, x_dtype=jnp.bfloat16, w_dtype=jnp.bfloat16,
+            device_kind=device.device_kind)
+        # it refuses to trace unless jax's default backend is a GPU; the host here is a CPU
+        gpu_view = types.SimpleNamespace(**{name: getattr(jax, name) for name in dir(jax) if not name.startswith("__")})
+        gpu_view.default_backend = lambda: "gpu"
+        batched_xla.jax = gpu_view
+        batched_xla._device_kind = lambda: device.device_kind.lower()
+        print(f"block sizes {block_sizes} ({'tuned' if tuned else 'inferred: no tuned entry'} for "
+              f"{device.device_kind})")
+    kernel = api.IMPLEMENTATIONS[args.implementation]
+
+    def mean_loss(x, labels, w):
+        extra = {} if block_sizes is None else {"block_sizes": block_sizes}
+        return kernel(x, labels, w, dtype=jnp.float32, **extra)[0].mean()
+
+    inputs = on_device((jax.ShapeDtypeStruct((positions, width), jnp.bfloat16),
+                        jax.ShapeDtypeStruct((positions,), jnp.int32),
+                        jax.ShapeDtypeStruct((width, vocab.VOCAB_SIZE), jnp.bfloat16)), device)
+    begin = time.monotonic()
+    lowered = jax.jit(jax.value_and_grad(mean_loss, argnums=(0, 2))).lower(*inputs)
+    traced = time.monotonic()
+    text = lowered.compile().as_text()
+    compiled = time.monotonic()
+    dump(args.dump, f"loss-{args.implementation}", text)
+    launches, loops, _ = summary(entry_launches(text))
+    print(f"loss of {positions:,} positions x {width} -> {vocab.VOCAB_SIZE:,} classes (bf16, forward and backward) in "
+          f"Levanter's {args.implementation!r} kernel, for {device.device_kind} (jax {jax.__version__}): traced in "
+          f"{traced - begin:.1f} s, compiled in {compiled - traced:.1f} s on this machine (no autotuning); "
+          f"{launches:,} launches ({loops} loops run from the host), {len(text) / 1e6:.1f} MB of optimized HLO")
 
 
 def main() -> None:
@@ -283,6 +338,11 @@ def main() -> None:
     training = modes.add_parser("train", help="a recipe's train step: compile time and memory")
     training.add_argument("--recipe", default="recipes/amt-small-gpu.yaml")
     training.add_argument("overrides", nargs="*", help="recipe overrides, after --")
+    losses = modes.add_parser("loss", help="the 55,028-way loss alone in one of Levanter's kernels: compile time")
+    losses.add_argument("--implementation", choices=("xla", "batched_xla"), default="xla")
+    losses.add_argument("--positions", type=int, default=32 * 1024,
+                        help="a micro-step's (Small's GPU recipe: 32 x 1,024)")
+    losses.add_argument("--width", type=int, default=768)
     args = parser.parse_args()
     if not args.target.is_file():
         sys.exit(f"gpu_compile: no target description at {args.target}")
@@ -297,7 +357,7 @@ def main() -> None:
                                    "--xla_dump_hlo_module_re=^jit__(event|write)$").strip()
     try:
         device = gpu_device(args.target)
-        (sample if args.mode == "sample" else train)(args, device)
+        {"sample": sample, "train": train, "loss": loss}[args.mode](args, device)
     finally:
         if args.mode == "sample":
             shutil.rmtree(args.thunks, ignore_errors=True)

@@ -141,6 +141,32 @@ def test_an_installed_mpi4py_does_not_make_a_run_distributed(monkeypatch):
     assert one_process_unless_a_cluster(config) is config  # a real cluster as well: Levanter's way
 
 
+def test_the_loss_is_levanters_xla_kernel_on_gpus_too(monkeypatch):
+    """Workaround 6: where the backend is a GPU, Levanter's fused cross-entropy picks its batched variant first
+    (for our shapes 860 unrolled vocabulary blocks, minutes to compile); inside `xla_loss_on_gpus` (all of
+    `amt train`) it picks the XLA kernel, as on CPU and TPU, and the loss computes. The backend is faked here."""
+    import jax
+    import jax.numpy as jnp
+    from levanter.kernels.pallas.fused_cross_entropy_loss import api
+
+    from amt.train import xla_loss_on_gpus
+
+    original = api._default_implementations
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    try:
+        original.cache_clear()  # (cached: this machine's answer)
+        assert original()[0] in ("batched_xla", "pallas_gpu"), original()  # Levanter's own choice on a GPU
+        original.cache_clear()
+        with xla_loss_on_gpus():
+            assert api._default_implementations() == ("xla",)
+            x, w = jnp.ones((256, 32), jnp.float32) / 32, jnp.zeros((32, vocab.VOCAB_SIZE), jnp.float32)
+            loss = api.fused_cross_entropy_loss_and_logsumexp_penalty(x, jnp.arange(256, dtype=jnp.int32), w)
+            np.testing.assert_allclose(float(loss), np.log(vocab.VOCAB_SIZE), rtol=1e-5)  # uniform: log V
+        assert api._default_implementations is original
+    finally:
+        original.cache_clear()  # (the next caller asks the real backend again)
+
+
 @pytest.mark.slow
 def test_a_run_shorter_than_its_warmup_trains_and_a_second_run_is_a_no_op(demo_cache, tmp_path):
     """The tiny recipe's warmup (10 steps) on a 3-step run: a warning naming both keys; run again: nothing to do.

@@ -30,12 +30,23 @@ fixes; each was re-checked against marin-levanter 0.2.20 and 0.2.227 (the mainta
    recipe names no coordinator, processes or devices and the run is no Iris job (Levanter starts those its own
    way), the run stays one process, as JAX's own detection would. (It reads JAX's private cluster registry,
    `jax._src.clusters`, as Levanter does: re-check it with each jax upgrade.)
+6. `xla_loss_on_gpus`: on a GPU, Levanter's fused cross-entropy runs its batched XLA variant first, with block
+   sizes from a table that has no entry for our shapes (55,028 classes; on an H100 the inferred 1,024 x 512 x 64
+   is the only candidate within the card's shared memory, 128-wide vocabulary blocks already exceed it), and
+   that variant unrolls the vocabulary: 860 blocks. For GPT-2 Small's micro-step (32,768 positions x 768)
+   the loss alone, forward and backward, compiled for an H100 in 236-249 s on this 2-core machine (27 MB of
+   HLO, 1,824 kernels: `python benchmarks/gpu_compile.py loss --implementation batched_xla`), against 3-4 s
+   and 13 kernels for Levanter's plain XLA kernel (a scan over 8,192-wide blocks), the one CPU and TPU runs
+   use; and
+   Levanter's autotune compiles a copy of it before the train step (while tracing, it takes the first candidate
+   that compiles). The first training run on an H100 had not logged 10 steps after 220 s. Runs use the XLA
+   kernel on GPUs too. (Found on 0.2.227; 0.2.20's GPU default, a Pallas kernel, is replaced the same way
+   without having been measured.)
 
 Dropped with the move to marin-levanter: `trainer.ray` (Levanter no longer starts a Ray cluster) and
 `model.cross_entropy_block_size` (the 55,028-way loss is now always Levanter's fused, vocabulary-blocked
-kernel: XLA on CPU and TPU; on GPU its batched XLA variant in 0.2.227, Pallas in 0.2.20; block sizes tuned per
-shape). A second `amt train` of a finished run returns at once (`finished_checkpoint`) instead of loading the
-model to run final hooks again.
+kernel; its XLA form everywhere, with workaround 6). A second `amt train` of a finished run returns at once
+(`finished_checkpoint`) instead of loading the model to run final hooks again.
 """
 
 from __future__ import annotations
@@ -154,6 +165,20 @@ def evaluation_without_bytes():
         yield
     finally:
         levanter.eval.cb_tagged_lm_evaluate = original
+
+
+@contextlib.contextmanager
+def xla_loss_on_gpus():
+    """Workaround 6: Levanter's fused cross-entropy in its XLA form on GPUs too (its default elsewhere), not the
+    batched variant whose 860 unrolled vocabulary blocks take minutes to compile (see the module docstring)."""
+    from levanter.kernels.pallas.fused_cross_entropy_loss import api
+
+    original = api._default_implementations
+    api._default_implementations = lambda: ("xla",)
+    try:
+        yield
+    finally:
+        api._default_implementations = original
 
 
 class _OncePerStep:
@@ -404,5 +429,5 @@ def train(config: TrainConfig) -> None:
     from amt.checkpoints import save_model_config
 
     save_model_config(config)  # so that a checkpoint path alone can be loaded, sampled, evaluated, exported
-    with evaluation_without_bytes(), ending_runs_once():
+    with evaluation_without_bytes(), ending_runs_once(), xla_loss_on_gpus():
         train_lm.main(one_process_unless_a_cluster(config))
