@@ -5,7 +5,8 @@
 # trace), then the GPU-relevant tests in the time left.
 #
 #   bash benchmarks/device_check.sh [STEP...]    # on the GPU machine: the steps named, in that order (default:
-#                                                # all, in the order below), every output in $OUT
+#                                                # all, in the order below), the outputs in $OUT (the
+#                                                # logs in outputs.tar: a device call returns 8 files)
 #   bash benchmarks/device_check.sh --dry [STEP...]   # anywhere (CPU): the same steps at tiny shapes, a few steps
 #   bash benchmarks/device_check.sh --install DIR     # install the wheels in DIR (see below) and stop
 #   bash benchmarks/device_check.sh --check-requirements [DIR]   # requirements of our set the machine still breaks
@@ -113,8 +114,9 @@ VARIANT=(--model.attn_backend vanilla --model.gradient_checkpointing false)
 # the figures first (they are what a short lease is for), the tests in the time left of BUDGET seconds (the whole
 # check stays within BUDGET: leave a device call's 600 s room for the install before it)
 BUDGET=${BUDGET:-470}
-# step NAME LIMIT COMMAND...: its whole output in $OUT/NAME.log, its last lines in device-check.log; at most LIMIT
-# seconds and never past BUDGET (skipped when under 30 s are left); a failed step is reported and the next one runs
+# step NAME LIMIT COMMAND...: its whole output in NAME.log (in $OUT/outputs.tar once it ends), its last lines in
+# device-check.log; at most LIMIT seconds and never past BUDGET (skipped when under 30 s are left); a failed step
+# is reported and the next one runs
 capped() {  # LIMIT -> LIMIT, or what is left of BUDGET if that is less
     local left=$((BUDGET - (SECONDS - begin)))
     echo $(( left < $1 ? left : $1 ))
@@ -184,11 +186,23 @@ run_tests() {
         step tests "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider --durations=5 "${TESTS[@]}"
 }
 
+# what comes back from a device call is at most 8 files: after each step its outputs go into one archive,
+# $OUT/outputs.tar (device-check.log, the running summary, and the figures' JSON stay beside it)
+pack() {
+    local files=()
+    mapfile -d '' files < <(cd "$OUT" && find . -type f ! -name device-check.log ! -name outputs.tar \
+        ! -name '*.json' -print0)
+    (( ${#files[@]} )) || return 0
+    tar -C "$OUT" -rf "$OUT/outputs.tar" --remove-files "${files[@]}"
+    find "$OUT" -mindepth 1 -type d -empty -delete
+}
+
 set +e
 failed=()
 for name in "${STEPS[@]}"; do
     "run_$name"
     status=$?
+    pack
     # 124 would read as the device call's own time-out: a step cut short by its limit counts as skipped (3)
     (( status == 124 )) && status=3
     (( status == 0 )) || failed+=("$name:$status")
