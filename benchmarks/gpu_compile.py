@@ -22,19 +22,22 @@ what it does give, before a short visit to a GPU:
   step's temporaries) against the card's memory. The step is Levanter's, rebuilt from its parts as
   `Trainer._train_step` puts them together: the loss under the recipe's mixed precision, its gradient
   accumulated over micro-steps of `per_device_parallelism` (`levanter.grad_accum.microbatched`), the recipe's
-  optimizer update; no hooks or metrics. The loss is Levanter's XLA kernel, as `amt train` runs it on a GPU
-  (workaround 6 in `amt.train`).
+  optimizer update; no hooks or metrics. The loss is the kernel `amt train` chooses on a GPU (workaround 6 in
+  `amt.train`: Levanter's XLA kernel with its bf16 backward).
 - `loss`: the 55,028-way loss alone (forward and backward, bf16 activations and weights, a micro-step's
-  positions) in one of Levanter's fused cross-entropy implementations: `xla` (what `amt train` uses) or
-  `batched_xla` (Levanter's own first choice on a GPU, with the block sizes it infers for the card): how long it
-  takes to trace and compile, its launches and the size of its program. GPT-2 Small's micro-step: `xla` 3-4 s,
-  13 launches; `batched_xla` 236-249 s, 1,824 launches, 27 MB of HLO (860 unrolled vocabulary blocks).
+  positions) in one of Levanter's fused cross-entropy implementations: `xla` (what `amt train` uses on CPU and
+  TPU), `xla_fast_bwd` (the same forward, a bf16 backward: on GPUs) or `batched_xla` (Levanter's own first choice
+  on a GPU, with the block sizes it infers for the card): how long it takes to trace and compile, its launches and
+  the size of its program (`--dump` it to read its products' types). GPT-2 Small's micro-step: `xla` 2-4 s, 13
+  launches; `xla_fast_bwd` 2 s, 15; `batched_xla` 236-249 s, 1,824 launches, 27 MB of HLO (860 unrolled
+  vocabulary blocks).
 
 Usage: pip install "jax[cuda13]==<this venv's jax>"   (about 3 GB; a second venv is fine)
        python benchmarks/gpu_compile.py sample [--layers 24 --width 1024 --heads 16] [--batch 1 8] [--by-name]
                                                [--dtype float32|bfloat16]
        python benchmarks/gpu_compile.py train [--recipe recipes/amt-small-gpu.yaml] [-- recipe overrides...]
-       python benchmarks/gpu_compile.py loss [--implementation xla|batched_xla] [--positions 32768 --width 768]
+       python benchmarks/gpu_compile.py loss [--implementation xla|xla_fast_bwd|batched_xla]
+                                             [--positions 32768 --width 768]
        (both: [--target benchmarks/gpu_targets/h100.txtpb] [--dump DIR])
 """
 
@@ -254,9 +257,11 @@ def train(args, device) -> None:
     print(f"{args.recipe} {' '.join(args.overrides)}: GPT-2 {parameter_count(model_config) / 1e6:.0f}M, batch "
           f"{Batch.size} x {Pos.size} in micro-steps of {micro}, {trainer.mp}, attention "
           f"{model_config.attn_backend or 'default'}, recomputation {model_config.gradient_checkpointing}, "
-          f"the loss in Levanter's XLA kernel; compiled for {device.device_kind} without one (jax {jax.__version__})")
+          f"the loss as amt train runs it on a GPU (workaround 6); compiled for {device.device_kind} without one "
+          f"(jax {jax.__version__})")
     begin = time.monotonic()
-    with hax.partitioning.set_mesh(mesh), hax.axis_mapping(trainer.compute_axis_mapping), xla_loss_on_gpus():
+    with hax.partitioning.set_mesh(mesh), hax.axis_mapping(trainer.compute_axis_mapping), \
+            xla_loss_on_gpus(backend="gpu"):  # (the host is a CPU: choose as amt train does on the card)
         lowered = jax.jit(pure, donate_argnums=(0, 1)).lower(abstract(params), abstract(state), tokens,
                                                              abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)))
         compiled = lowered.compile()
@@ -339,7 +344,7 @@ def main() -> None:
     training.add_argument("--recipe", default="recipes/amt-small-gpu.yaml")
     training.add_argument("overrides", nargs="*", help="recipe overrides, after --")
     losses = modes.add_parser("loss", help="the 55,028-way loss alone in one of Levanter's kernels: compile time")
-    losses.add_argument("--implementation", choices=("xla", "batched_xla"), default="xla")
+    losses.add_argument("--implementation", choices=("xla", "xla_fast_bwd", "batched_xla"), default="xla")
     losses.add_argument("--positions", type=int, default=32 * 1024,
                         help="a micro-step's (Small's GPU recipe: 32 x 1,024)")
     losses.add_argument("--width", type=int, default=768)

@@ -144,7 +144,9 @@ def test_an_installed_mpi4py_does_not_make_a_run_distributed(monkeypatch):
 def test_the_loss_is_levanters_xla_kernel_on_gpus_too(monkeypatch):
     """Workaround 6: where the backend is a GPU, Levanter's fused cross-entropy picks its batched variant first
     (for our shapes 860 unrolled vocabulary blocks, minutes to compile); inside `xla_loss_on_gpus` (all of
-    `amt train`) it picks the XLA kernel, as on CPU and TPU, and the loss computes. The backend is faked here."""
+    `amt train`) it picks the XLA kernel, with its bf16 backward where Levanter has it (0.2.227), and the loss
+    and its gradient compute (the same as the plain XLA kernel's); elsewhere the plain XLA kernel, Levanter's
+    own default there. The backend is faked here."""
     import jax
     import jax.numpy as jnp
     from levanter.kernels.pallas.fused_cross_entropy_loss import api
@@ -152,17 +154,30 @@ def test_the_loss_is_levanters_xla_kernel_on_gpus_too(monkeypatch):
     from amt.train import xla_loss_on_gpus
 
     original = api._default_implementations
+    on_gpus = ("xla_fast_bwd",) if "xla_fast_bwd" in api.IMPLEMENTATIONS else ("xla",)
+    x = jax.random.normal(jax.random.PRNGKey(0), (256, 32)) / 4
+    w = jax.random.normal(jax.random.PRNGKey(1), (32, vocab.VOCAB_SIZE)) / 4
+    labels = jnp.arange(256, dtype=jnp.int32) * 97
+
+    def loss_and_grad(implementation=None):
+        return jax.value_and_grad(lambda x, w: api.fused_cross_entropy_loss_and_logsumexp_penalty(
+            x, labels, w, implementation=implementation), argnums=(0, 1))(x, w)
+
+    (plain, (plain_dx, plain_dw)) = loss_and_grad("xla")
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     try:
         original.cache_clear()  # (cached: this machine's answer)
         assert original()[0] in ("batched_xla", "pallas_gpu"), original()  # Levanter's own choice on a GPU
         original.cache_clear()
         with xla_loss_on_gpus():
-            assert api._default_implementations() == ("xla",)
-            x, w = jnp.ones((256, 32), jnp.float32) / 32, jnp.zeros((32, vocab.VOCAB_SIZE), jnp.float32)
-            loss = api.fused_cross_entropy_loss_and_logsumexp_penalty(x, jnp.arange(256, dtype=jnp.int32), w)
-            np.testing.assert_allclose(float(loss), np.log(vocab.VOCAB_SIZE), rtol=1e-5)  # uniform: log V
+            assert api._default_implementations() == on_gpus
+            value, (dx, dw) = loss_and_grad()
         assert api._default_implementations is original
+        np.testing.assert_allclose(float(value), float(plain), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(dx), np.asarray(plain_dx), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(dw), np.asarray(plain_dw), atol=1e-6)
+        with xla_loss_on_gpus(backend="tpu"):
+            assert api._default_implementations() == ("xla",)
     finally:
         original.cache_clear()  # (the next caller asks the real backend again)
 

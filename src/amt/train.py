@@ -40,8 +40,14 @@ fixes; each was re-checked against marin-levanter 0.2.20 and 0.2.227 (the mainta
    use; and
    Levanter's autotune compiles a copy of it before the train step (while tracing, it takes the first candidate
    that compiles). The first training run on an H100 had not logged 10 steps after 220 s. Runs use the XLA
-   kernel on GPUs too. (Found on 0.2.227; 0.2.20's GPU default, a Pallas kernel, is replaced the same way
-   without having been measured.)
+   kernel on GPUs too, there with the backward Levanter offers as an opt-in (`xla_fast_bwd`, 0.2.227): the
+   XLA kernel's backward multiplies float32 copies of the activations and weights by float32 logit gradients
+   (TF32 tensor cores on a GPU, at half bf16's rate, and 1 GiB of gradients a 8,192-wide block at Small's
+   micro-step, written by a scatter), the opt-in one bf16 gradients on bf16 tensor cores, no scatter (the
+   compiled loss, `gpu_compile.py loss --implementation xla_fast_bwd`); the loss itself is bitwise the same,
+   and Levanter measured its gradients closer to float32's. `LEVANTER_CE_XLA_FAST_BWD=0` switches it off.
+   (Found on 0.2.227; 0.2.20's GPU default, a Pallas kernel, is replaced by the XLA kernel without having
+   been measured.)
 
 Dropped with the move to marin-levanter: `trainer.ray` (Levanter no longer starts a Ray cluster) and
 `model.cross_entropy_block_size` (the 55,028-way loss is now always Levanter's fused, vocabulary-blocked
@@ -168,13 +174,20 @@ def evaluation_without_bytes():
 
 
 @contextlib.contextmanager
-def xla_loss_on_gpus():
+def xla_loss_on_gpus(backend: Optional[str] = None):
     """Workaround 6: Levanter's fused cross-entropy in its XLA form on GPUs too (its default elsewhere), not the
-    batched variant whose 860 unrolled vocabulary blocks take minutes to compile (see the module docstring)."""
+    batched variant whose 860 unrolled vocabulary blocks take minutes to compile; on a GPU with its bf16 backward
+    where Levanter has it (see the module docstring). `backend`: the one to choose for (default: jax's)."""
+    import jax
     from levanter.kernels.pallas.fused_cross_entropy_loss import api
 
+    def implementations() -> tuple[str, ...]:
+        if (backend or jax.default_backend()) == "gpu" and "xla_fast_bwd" in api.IMPLEMENTATIONS:
+            return ("xla_fast_bwd",)
+        return ("xla",)
+
     original = api._default_implementations
-    api._default_implementations = lambda: ("xla",)
+    api._default_implementations = implementations
     try:
         yield
     finally:
