@@ -35,14 +35,13 @@ fixes; each was re-checked against marin-levanter 0.2.20 and 0.2.227 (the mainta
    is the only candidate within the card's shared memory, 128-wide vocabulary blocks already exceed it), and
    that variant unrolls the vocabulary: 860 blocks. For GPT-2 Small's micro-step (32,768 positions x 768)
    the loss alone, forward and backward, compiled for an H100 in 236-249 s on this 2-core machine (27 MB of
-   HLO, 1,824 kernels: `python benchmarks/gpu_compile.py loss --implementation batched_xla`), against 3-4 s
+   HLO, 1,824 kernels: `python benchmarks/gpu_compile.py loss --implementation batched_xla`), against 2-4 s
    and 13 kernels for Levanter's plain XLA kernel (a scan over 8,192-wide blocks), the one CPU and TPU runs
-   use; and
-   Levanter's autotune compiles a copy of it before the train step (while tracing, it takes the first candidate
-   that compiles). The first training run on an H100 had not logged 10 steps after 220 s. Runs use the XLA
+   use; and Levanter's autotune compiles a copy of it before the train step (while tracing, it takes the first
+   candidate that compiles). The first training run on an H100 had not logged 10 steps after 220 s. Runs use the XLA
    kernel on GPUs too, there with the backward Levanter offers as an opt-in (`xla_fast_bwd`, 0.2.227): the
    XLA kernel's backward multiplies float32 copies of the activations and weights by float32 logit gradients
-   (TF32 tensor cores on a GPU, at half bf16's rate, and 1 GiB of gradients a 8,192-wide block at Small's
+   (TF32 tensor cores on a GPU, at half bf16's rate, and 1 GiB of gradients an 8,192-wide block at Small's
    micro-step, written by a scatter), the opt-in one bf16 gradients on bf16 tensor cores, no scatter (the
    compiled loss, `gpu_compile.py loss --implementation xla_fast_bwd`); the loss itself is bitwise the same,
    and Levanter measured its gradients closer to float32's. `LEVANTER_CE_XLA_FAST_BWD=0` switches it off.
