@@ -38,7 +38,7 @@ Usage: pip install "jax[cuda13]==<this venv's jax>"   (about 3 GB; a second venv
        python benchmarks/gpu_compile.py train [--recipe recipes/amt-small-gpu.yaml] [-- recipe overrides...]
        python benchmarks/gpu_compile.py loss [--implementation xla|xla_fast_bwd|batched_xla]
                                              [--positions 32768 --width 768]
-       (both: [--target benchmarks/gpu_targets/h100.txtpb] [--dump DIR])
+       (all: [--target benchmarks/gpu_targets/h100.txtpb] [--dump DIR])
 """
 
 from __future__ import annotations
@@ -135,14 +135,9 @@ def on_device(tree, device):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
 
 
-def card_memory(target: Path) -> int:
-    """The card's memory in bytes, from its description."""
-    return int(re.search(r"device_memory_size:\s*(\d+)", target.read_text()).group(1))
-
-
-def card_bandwidth(target: Path) -> int:
-    """The card's memory bandwidth in bytes a second, from its description."""
-    return int(re.search(r"memory_bandwidth:\s*(\d+)", target.read_text()).group(1))
+def card_figure(target: Path, field: str) -> int:
+    """A number from the card's description: device_memory_size (bytes), memory_bandwidth (bytes a second)."""
+    return int(re.search(rf"{field}:\s*(\d+)", target.read_text()).group(1))
 
 
 def nbytes(tree) -> int:
@@ -177,7 +172,7 @@ def sample(args, device) -> None:
     weights, unembed = abstract(sampler.weights), abstract(sampler.unembed)
     print(f"kernel launches a sampled event, compiled for {device.device_kind} without one (jax {jax.__version__}); "
           f"{args.layers} layers x {args.width}, {args.heads} heads, {args.dtype} weights and cache")
-    bandwidth = card_bandwidth(args.target)
+    bandwidth = card_figure(args.target, "memory_bandwidth")
     print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'an event':>9} {'host loops':>11} {'GB read':>8} {'ms':>5}   "
           f"how XLA runs _event / _write (top-level thunks; CommandBuffer: a CUDA graph)")
     for batch in args.batch:
@@ -271,7 +266,7 @@ def train(args, device) -> None:
     memory = compiled.memory_analysis()
     held = memory.argument_size_in_bytes  # parameters and optimizer state (the step's outputs reuse them: donated)
     total = held + memory.temp_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-    card = card_memory(args.target)
+    card = card_figure(args.target, "device_memory_size")
     launches, loops, _ = summary(entry_launches(text))
     print(f"compiled in {seconds:.0f} s on this machine (no autotuning); memory: {held / 2**30:.1f} GiB of "
           f"parameters and optimizer state + {memory.temp_size_in_bytes / 2**30:.1f} GiB of temporaries = "

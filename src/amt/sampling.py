@@ -167,8 +167,8 @@ def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hid
     keys = jax.random.split(subkey, 3)
     sampled, plays_given = [], None
     for phase in range(3):
-        token = constrained_sample(decoder.unembed(hidden, unembed[phase]), keys[phase], phase=phase, min_onset=min_onset,
-                                   instrument_allowed=instrument_allowed,
+        token = constrained_sample(decoder.unembed(hidden, unembed[phase]), keys[phase], phase=phase,
+                                   min_onset=min_onset, instrument_allowed=instrument_allowed,
                                    rest_allowed=sampled[1] == vocab.DUR_OFFSET if phase == 2 else None,
                                    top_p=top_p, temperature=temperature)
         if phase == 0:
