@@ -6,8 +6,8 @@ reads them (`gpu_targets/h100.txtpb`). Nothing runs and nothing is autotuned, so
 what it does give, before a short visit to a GPU:
 
 - `sample`: the kernel launches of one sampled event: `amt.sampling._event` (three tokens through the model,
-  each sampled under the constraints) and `_write` (its keys and values into the cache), on random weights of
-  the size asked for. The optimized program's entry computation lists what runs, in order: each fusion, library
+  each sampled under the constraints), `_write` (their keys and values into the cache) and `_stage` (the rows'
+  inputs into their buffer), on random weights of the size asked for. The optimized program's entry computation lists what runs, in order: each fusion, library
   call or copy is a launch (a while loop or a conditional holds more, run from the host). At batch 1 an event
   is bound by its launches, not by arithmetic (on this project's H100 a step of 8 samples cost what a step of 1
   did), so the count is the figure to bring down between visits to a GPU. How XLA will run them is read from
@@ -173,28 +173,33 @@ def sample(args, device) -> None:
     print(f"kernel launches a sampled event, compiled for {device.device_kind} without one (jax {jax.__version__}); "
           f"{args.layers} layers x {args.width}, {args.heads} heads, {args.dtype} weights and cache")
     bandwidth = card_figure(args.target, "memory_bandwidth")
-    print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'an event':>9} {'host loops':>11} {'GB read':>8} {'ms':>5}   "
-          f"how XLA runs _event / _write (top-level thunks; CommandBuffer: a CUDA graph)")
+    print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'_stage':>7} {'an event':>9} {'host loops':>11} {'GB read':>8} "
+          f"{'ms':>5}   how XLA runs _event / _write / _stage (top-level thunks; CommandBuffer: a CUDA graph)")
     for batch in args.batch:
         cache = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, sampler.context)))
+        recent = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, 3)))
+        rows = abstract(jax.ShapeDtypeStruct((batch, sampling.ROW_INPUTS), jnp.int32))
         event_args = (weights, unembed, cache, abstract(jax.ShapeDtypeStruct((batch, args.width), jnp.float32)),
-                      abstract(jax.ShapeDtypeStruct((batch, sampling.ROW_INPUTS), jnp.int32)),
-                      abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)))
-        temperature = abstract(jax.ShapeDtypeStruct((), jnp.float32))
-        event = sampling._event.lower(*event_args, top_p=0.98, temperature=temperature).compile().as_text()
+                      rows, abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)),
+                      abstract(jax.ShapeDtypeStruct((batch, 3), jnp.int32)), recent,
+                      abstract(jax.ShapeDtypeStruct((), jnp.float32)))
+        programs = {"event": sampling._event.lower(*event_args, top_p=0.98).compile().as_text(),
+                    "write": sampling._write.lower(cache, recent, rows).compile().as_text(),
+                    "stage": sampling._stage.lower(rows, rows).compile().as_text()}
         # what an event must read at least (XLA gives no cost analysis without a card): each of its three
         # tokens every layer's matrices and the whole cache, and each slot's unembedding block once
         moved = 3 * (nbytes(sampler.weights.layers) + nbytes(cache)) + nbytes(sampler.unembed)
-        _, _, recent, _ = jax.eval_shape(lambda *a: sampling._event(*a, top_p=0.98, temperature=1.0), *event_args)
-        write = sampling._write.lower(cache, abstract(recent), event_args[4]).compile().as_text()
-        dump(args.dump, f"event-batch{batch}", event)
-        dump(args.dump, f"write-batch{batch}", write)
-        (event_n, event_loops, event_by), (write_n, write_loops, _) = summary(entry_launches(event)), summary(
-            entry_launches(write))
-        graphs = " / ".join(described(top_level_thunks(newest_thunk_sequence(args.thunks, module)))
-                            for module in ("jit__event", "jit__write"))
-        print(f"{batch:>5} {event_n:>7} {write_n:>7} {event_n + write_n:>9} {event_loops + write_loops:>11} "
-              f"{moved / 1e9:>8.2f} {1000 * moved / bandwidth:>5.2f}   {graphs}")
+        launches = {}
+        for name, text in programs.items():
+            dump(args.dump, f"{name}-batch{batch}", text)
+            launches[name] = summary(entry_launches(text))
+        graphs = " / ".join(described(top_level_thunks(newest_thunk_sequence(args.thunks, f"jit__{name}")))
+                            for name in programs)
+        counts = [n for n, _, _ in launches.values()]
+        print(f"{batch:>5} {counts[0]:>7} {counts[1]:>7} {counts[2]:>7} {sum(counts):>9} "
+              f"{sum(loops for _, loops, _ in launches.values()):>11} {moved / 1e9:>8.2f} "
+              f"{1000 * moved / bandwidth:>5.2f}   {graphs}")
+        event_by = launches["event"][2]
         if args.by_name:
             for what, n in event_by.most_common():
                 print(f"{'':>8}{n:>6}  {what}")

@@ -145,9 +145,17 @@ POSITION, GIVEN, GIVEN_AT, MIN_ONSET, FORCED, ALLOWED = 0, 1, 4, 5, 6, 7  # GIVE
 ROW_INPUTS = ALLOWED + vocab.MAX_INSTR
 
 
-@functools.partial(jax.jit, static_argnames="top_p")
-def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, rows, key, *, top_p: float,
-           temperature):
+# Every buffer an event reads or writes keeps its device address from one event to the next: on a GPU an event
+# is a CUDA graph, and XLA re-records a graph whose buffers moved (on an H200, Medium, batch 1: 4.6 ms of the host's
+# time an event, and 4.3 ms to launch the graph after it, against 3.8 ms of kernels). So what an event writes (its
+# triples, hidden state, next key, new keys and values) goes into the buffers of the same arrays from the event
+# before, donated; the cache is written in place by `_write`; the host's rows are staged into one buffer by
+# `_stage`. (The cache is not written inside `_event`: XLA's CPU backend then copies all of it, twice, every event.)
+# keep_unused: `last` and `last_recent` are read by nothing, and jit would drop them, donations and all.
+@functools.partial(jax.jit, static_argnames="top_p", donate_argnames=("hidden", "key", "last", "last_recent"),
+                   keep_unused=True)
+def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, rows, key, last,
+           last_recent: decoder.KVCache, temperature, *, top_p: float):
     """One event per row, row r at its own positions rows[r, POSITION]..+2, in one call and one round trip (not
     one a token): the onset, duration and note are sampled under the constraints, each fed to the model before
     the next. A row plays its given triple (rows[r, GIVEN:GIVEN + 3], time relative to the window) instead when
@@ -158,8 +166,9 @@ def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hid
 
     `hidden` (batch, embed) is the state that predicts the onset; `unembed` the unembedding's block for
     each slot (half the vocabulary is never sampled: controls and specials); `key` the generator's state, split
-    here (on the device, as the host split it before: the same samples). Returns the sampled triples (batch, 3),
-    the hidden state after the event, its keys and values (for `_write`) and the next key."""
+    here (on the device, as the host split it before: the same samples); `last` and `last_recent` the previous
+    call's triples and keys and values (their buffers are reused). Returns the sampled triples (batch, 3), the
+    hidden state after the event, its keys and values (for `_write`) and the next key."""
     position, given, given_at = rows[:, POSITION], rows[:, GIVEN:GIVEN + 3], rows[:, GIVEN_AT]
     min_onset, forced, instrument_allowed = rows[:, MIN_ONSET], rows[:, FORCED], rows[:, ALLOWED:] > 0
     recent = decoder.empty_cache(weights, hidden.shape[0], 0)  # grows by a position a token
@@ -178,6 +187,7 @@ def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hid
         hidden, recent = decoder.forward(weights, cache, recent, jnp.where(plays_given, given[:, phase], token)[:, None],
                                          position)
         hidden = hidden[:, 0]
+    del last, last_recent
     return jnp.stack(sampled, axis=1), hidden, recent, key
 
 
@@ -185,6 +195,13 @@ def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hid
 def _write(cache: decoder.KVCache, recent: decoder.KVCache, rows) -> decoder.KVCache:
     """`decoder.write` at each row's position, read from the rows' packed inputs already on the device."""
     return decoder.write_into(cache, recent, rows[:, POSITION])
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _stage(staged, rows):
+    """`rows` (just copied to the device) in `staged`'s buffer, so that `_event` always reads them at one address.
+    (`staged * 0 + rows`, not `rows`: jit would hand back an input returned as it is, not write it in place.)"""
+    return staged * 0 + rows
 
 
 def instruments_in(triples) -> set[int]:
@@ -381,6 +398,10 @@ class Sampler:
         # controls are inserted `delta` ahead (Algorithm 1); Algorithm 2 inserts given notes as events, on time
         delta, condition_offset = (options.delta, vocab.ATIME_OFFSET) if anticipatory else (0, vocab.TIME_OFFSET)
         never = vocab.MAX_TIME  # beyond any sampled onset
+        # the buffers `_event` reads and writes in place (see there), made once
+        rows, last = jnp.zeros((n, ROW_INPUTS), jnp.int32), jnp.zeros((n, 3), jnp.int32)
+        recent = decoder.empty_cache(self.weights, n, 3)
+        temperature = jnp.float32(options.temperature)
         while True:
             active = [i for i, s in enumerate(samples) if not s.done]
             if not active:
@@ -408,11 +429,11 @@ class Sampler:
                 if self.record_inputs and not s.pending:
                     self.last_inputs[i].append((len(s.tokens), list(s.fed)))
             inputs[:, POSITION] = [s.position for s in samples]
-            rows = jnp.asarray(inputs)  # one copy to the device
-            sampled, hidden, recent, key = _event(self.weights, self.unembed, cache, hidden, rows, key,
-                                                  top_p=float(options.top_p), temperature=options.temperature)
+            rows = _stage(rows, jnp.asarray(inputs))  # one copy to the device
+            last, hidden, recent, key = _event(self.weights, self.unembed, cache, hidden, rows, key, last, recent,
+                                               temperature, top_p=float(options.top_p))
             cache = _write(cache, recent, rows)
-            sampled = np.asarray(sampled)
+            sampled = np.array(last)  # a copy: on a CPU np.asarray's view would keep `last` from being donated
             for i in active:
                 s = samples[i]
                 if not s.pending:
