@@ -13,13 +13,15 @@
 #   bash benchmarks/device_check.sh --inventory       # list the machine's packages into $OUT and stop
 #
 # Steps: train (the GPU recipe as written), train-variant (the same with plain dot-product attention and no
-# gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), sample-medium (ours
-# against Hugging Face's KV cache, ours in float32 and in bfloat16, then a trace of 20 events), sample-small (the
-# same, no trace), sample-medium-nographs (ours again with XLA's CUDA graphs switched off: an event is one graph
-# by default, benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), tests. A device
-# session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most wanted first: e.g.
-#   BUDGET=470 bash benchmarks/device_check.sh train sample-medium train-variant sample-medium-nographs
-#   BUDGET=<what is left> bash benchmarks/device_check.sh sample-small tests
+# gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), train-profile (the
+# recipe with one step profiled: where the card's time goes), sample-medium (ours against Hugging Face's KV cache,
+# ours in float32 and in bfloat16, then a trace of 20 events), sample-small (the same, no trace),
+# sample-medium-nographs (ours again with XLA's CUDA graphs switched off: an event is one graph by default,
+# benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), sample-medium-ours (ours
+# alone, with the trace: a later visit's check of a change to our sampler; 100 s did not hold it on the H200),
+# tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
+# wanted first. The first visits measured the figures (README); the next, after the install:
+#   BUDGET=470 bash benchmarks/device_check.sh train-profile sample-medium-ours tests
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -65,7 +67,7 @@ esac
 
 DRY=
 if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
-ALL_STEPS=(train train-variant sample-medium sample-small sample-medium-nographs tests)
+ALL_STEPS=(train train-variant train-profile sample-medium sample-small sample-medium-nographs sample-medium-ours tests)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
 for name in "${STEPS[@]}"; do
@@ -98,7 +100,8 @@ if [[ -n $DRY ]]; then
 else
     # the tests whose numbers a GPU can change: the KV-cached decoder against the full forward pass, sampling's
     # constraints, training (loss falls, checkpoint, resume after kill -9, HF export and back)
-    TESTS=(tests/test_sampling.py tests/test_train.py)
+    # (training's first: the sampling tests passed on an H200, and a step cut short loses the tests it had not reached)
+    TESTS=(tests/test_train.py tests/test_sampling.py)
     TRAIN=(--recipe recipes/amt-small-gpu.yaml --steps 10)
     # ours in float32 (the others' precision) and with bfloat16 weights and cache (amt generate --dtype bfloat16)
     SMALL=(--layers 12 --width 768 --heads 12 --dtypes float32,bfloat16)
@@ -142,7 +145,7 @@ step() {
 train_step() {  # NAME LIMIT ARGS...
     local name=$1 limit
     limit=$(capped "$2"); shift 2
-    TAIL=3 step "$name" "$limit" "$PY" benchmarks/train.py --json "$OUT/$name.json" --log "$OUT/$name-amt.log" \
+    TAIL=${TAIL:-3} step "$name" "$limit" "$PY" benchmarks/train.py --json "$OUT/$name.json" --log "$OUT/$name-amt.log" \
         --time-limit $(( limit > 100 ? limit - 50 : limit / 2 )) "$@"
 }
 run_train() {
@@ -160,6 +163,15 @@ run_train-variant() {
     [[ " ${TRAIN[*]} " == *" -- "* ]] && sep=()
     train_step train-variant 150 "${TRAIN[@]}" "${sep[@]}" "${VARIANT[@]}"
 }
+run_train-profile() {
+    # the recipe again, one step after compilation under Levanter's profiler: how busy the card is in a step, the
+    # matrix products' share, the kernels that take the time (summary in the log; the trace comes back beside
+    # outputs.tar where it is under the 16 MiB a returned file may have)
+    TAIL=18 train_step train-profile 150 --profile "$OUT/train-profile" "${TRAIN[@]}"
+    local status=$?
+    find "$OUT/train-profile" -name "*.json.gz" -size +15M -delete 2>/dev/null
+    return "$status"
+}
 # (sampling and the tests: JAX and torch share the card, so JAX takes memory as it needs it, not 75% up front)
 run_sample-medium() {
     XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step sample-medium 150 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
@@ -167,6 +179,15 @@ run_sample-medium() {
     local status=$?
     # what comes back: the summary (in the log) and the Perfetto JSON (benchmarks/trace_summary.py reads it again)
     find "$OUT/trace-medium" \( -name "*.xplane.pb" -o -name "*.trace.json.gz" \) -delete 2>/dev/null
+    return "$status"
+}
+run_sample-medium-ours() {
+    # ours alone (both precisions) with the trace: a later visit's check of a change to our sampler, the others'
+    # figures being known
+    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step sample-medium-ours 150 "$PY" benchmarks/sample.py \
+        "${MEDIUM[@]}" --only-ours --trace "$OUT/trace-medium-ours" --trace-events "$TRACE_EVENTS"
+    local status=$?
+    find "$OUT/trace-medium-ours" \( -name "*.xplane.pb" -o -name "*.trace.json.gz" \) -delete 2>/dev/null
     return "$status"
 }
 run_sample-small() {
@@ -191,7 +212,7 @@ run_tests() {
 pack() {
     local files=()
     mapfile -d '' files < <(cd "$OUT" && find . -type f ! -name device-check.log ! -name outputs.tar \
-        ! -name '*.json' -print0)
+        ! -name '*.json' ! -path './train-profile/*' -print0)
     (( ${#files[@]} )) || return 0
     tar -C "$OUT" -rf "$OUT/outputs.tar" --remove-files "${files[@]}"
     find "$OUT" -mindepth 1 -type d -empty -delete

@@ -7,6 +7,7 @@ The trace's perfetto_trace.json.gz is plain JSON (Chrome trace events), read her
 no TensorBoard or xprof needed, so the summary runs on the GPU machine itself and again here on the file.
 
 Usage: python benchmarks/trace_summary.py TRACE_DIR_OR_FILE [--function _event] [--top 12]
+       python benchmarks/trace_summary.py TRACE_DIR_OR_FILE --whole    # all the device's kernels (a train step)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -51,6 +53,23 @@ def _is_copy(event: dict) -> bool:
     return event.get("name", "").startswith(("Memcpy", "Memset"))
 
 
+def _on_device(events: list[dict], processes: dict, line_names: dict) -> list[dict]:
+    """The events on a device's CUDA streams: CUPTI's lines are the streams; an export that adds lines of its own
+    (XLA Ops, XLA Modules: the same kernels again) must not count them twice."""
+    device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    streams = {key for key, name in line_names.items() if key[0] in device_pids and str(name).startswith("Stream")}
+    return [e for e in events if e["pid"] in device_pids and (not streams or (e["pid"], e.get("tid")) in streams)]
+
+
+def _by_name(kernels: list[dict]) -> tuple[Counter, Counter]:
+    """Time (us) and count of the kernels under each name."""
+    time_by_name, count_by_name = Counter(), Counter()
+    for e in kernels:
+        time_by_name[e["name"]] += e["dur"]
+        count_by_name[e["name"]] += 1
+    return time_by_name, count_by_name
+
+
 def summarize(path: str | Path, function: str = "_event", top: int = 12) -> list[str]:
     """Lines that say, per call of the jitted `function`: the wall time from one call's dispatch to the next,
     its kernels on the device and how long the device is busy with them; then the kernels that take the most
@@ -75,15 +94,23 @@ def summarize(path: str | Path, function: str = "_event", top: int = 12) -> list
     out = [f"{len(calls)} calls of {function}: {wall / 1000:.2f} ms a call from dispatch to dispatch; the host "
            f"spends {dispatch / 1000:.2f} ms in each call's dispatch"]
     device_pids = {pid for pid, name in processes.items() if name.startswith("/device:")}
-    on_device = [e for e in events if e["pid"] in device_pids]
+    # CUDA graphs on the host: XLA re-records (updates) a graph whose buffers moved since its last launch, and a
+    # launch after an update costs more: both were most of an event's host time before its buffers stayed put
+    end = calls[-1]["ts"] + calls[-1]["dur"]
+    graph_time, graph_count = Counter(), Counter()
+    for e in events:
+        kind = "launch" if e["name"].startswith("cuGraphLaunch") else e["name"].removeprefix("command_buffer::")
+        if e["pid"] not in device_pids and kind in ("launch", "update") and first <= e["ts"] <= end:
+            graph_time[kind] += e["dur"]
+            graph_count[kind] += 1
+    if graph_count:
+        out.append(f"CUDA graphs, on the host: {graph_count['launch'] / len(calls):.1f} launches a call "
+                   f"({graph_time['launch'] / len(calls) / 1000:.2f} ms), {graph_count['update'] / len(calls):.1f} "
+                   f"updates ({graph_time['update'] / len(calls) / 1000:.2f} ms)")
+    on_device = _on_device(events, processes, line_names)
     if not on_device:
         return out + [f"no device events (processes: {', '.join(sorted(set(processes.values())))}): on a CPU, or "
                       "the profiler found no CUPTI"]
-    # CUPTI's lines are the streams; an export that adds lines of its own (XLA Ops, XLA Modules: the same kernels
-    # again) must not count them twice
-    streams = {key for key, name in line_names.items() if key[0] in device_pids and str(name).startswith("Stream")}
-    if streams:
-        on_device = [e for e in on_device if (e["pid"], e.get("tid")) in streams]
     kernels = [e for e in on_device if not _is_copy(e)]
     copies = [e for e in on_device if _is_copy(e)]
 
@@ -108,10 +135,7 @@ def summarize(path: str | Path, function: str = "_event", top: int = 12) -> list
     out.append(f"device: {len(mine) / n:.0f} kernels a call ({how}; on {', '.join(sorted(lines))}), busy "
                f"{busy / n / 1000:.2f} ms a call ({100 * busy / n / wall:.0f}% of the wall time), "
                f"{busy / len(mine):.1f} us a kernel; {len(copies) / n:.1f} memcpy/memset a call, all functions")
-    time_by_name, count_by_name = Counter(), Counter()
-    for e in mine:
-        time_by_name[e["name"]] += e["dur"]
-        count_by_name[e["name"]] += 1
+    time_by_name, count_by_name = _by_name(mine)
     out.append(f"its kernels by time ({len(time_by_name)} distinct names):")
     for name, spent in time_by_name.most_common(top):
         out.append(f"  {spent / n / 1000:7.3f} ms a call {count_by_name[name] / n:6.1f}x  {name[:90]}")
@@ -121,13 +145,46 @@ def summarize(path: str | Path, function: str = "_event", top: int = 12) -> list
     return out
 
 
+# kernel names of matrix products: cuBLAS's (nvjet, sm90_xmma_gemm, gemv, cutlass), XLA's Triton GEMM fusions
+PRODUCT_KERNEL = re.compile(r"gemm|gemv|nvjet|cutlass|xmma|cublas|matmul", re.IGNORECASE)
+
+
+def device_time(path: str | Path, top: int = 12) -> list[str]:
+    """Lines that say where the device's time goes over a whole trace (Levanter's profile of a train step, say):
+    the kernels' span, how busy the device is within it, the share of matrix products (the work MFU counts) and
+    the kernels that take the most time."""
+    events, processes, line_names = load_events(path)
+    on_device = _on_device(events, processes, line_names)
+    kernels = [e for e in on_device if not _is_copy(e)]
+    if not kernels:
+        return [f"{path}: no kernels on a device (processes: {', '.join(sorted(set(processes.values())))})"]
+    copies = [e for e in on_device if _is_copy(e)]
+    span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
+    busy = _busy([(e["ts"], e["ts"] + e["dur"]) for e in kernels])
+    products = [e for e in kernels if PRODUCT_KERNEL.search(e["name"])]
+    product_time = sum(e["dur"] for e in products)
+    copy_time = sum(e["dur"] for e in copies)
+    out = [f"device: {len(kernels)} kernels over {span / 1000:.1f} ms, busy {busy / 1000:.1f} ms "
+           f"({100 * busy / span:.0f}%), {busy / len(kernels):.1f} us a kernel; {len(copies)} memcpy/memset "
+           f"({copy_time / 1000:.1f} ms)",
+           f"matrix products: {len(products)} kernels, {product_time / 1000:.1f} ms ({100 * product_time / busy:.0f}% "
+           f"of the busy time); the rest {len(kernels) - len(products)} kernels, {(busy - product_time) / 1000:.1f} ms"]
+    time_by_name, count_by_name = _by_name(kernels)
+    out.append(f"kernels by time ({len(time_by_name)} distinct names):")
+    for name, spent in time_by_name.most_common(top):
+        out.append(f"  {spent / 1000:8.1f} ms {100 * spent / busy:5.1f}% {count_by_name[name]:6d}x  {name[:90]}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("trace", help="a trace directory (perfetto_trace.json.gz under it) or that file")
     parser.add_argument("--function", default="_event", help="the jitted function whose calls are summarized")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--whole", action="store_true",
+                        help="the device's time over the whole trace (a train step's profile), not a function's calls")
     args = parser.parse_args()
-    print("\n".join(summarize(args.trace, args.function, args.top)))
+    print("\n".join(device_time(args.trace, args.top) if args.whole else summarize(args.trace, args.function, args.top)))
 
 
 if __name__ == "__main__":

@@ -11,16 +11,23 @@ tokens/s x training FLOPs a token (`amt.train.training_flops_per_token`: 6 x par
 `amt train`'s whole output goes to `--log` as it runs (its one line a step shows where a slow run is); with
 `--time-limit` the run is stopped after that many seconds and the figure is taken from the steps logged by then.
 
+With `--profile DIR`, Levanter's profiler records one step after compilation (the fourth, or the one before the
+last) and its trace (Perfetto JSON, where this Levanter can write it: marin-levanter 0.2.227 can, 0.2.20 cannot)
+lands in DIR, summarized by `benchmarks/trace_summary.py --whole`: how busy the device is in a step and which
+kernels take the time. The profiled step runs slower than the others; the figure is the median of them all.
+
 Usage: python benchmarks/train.py [--recipe recipes/amt-small-gpu.yaml] [--batch N] [--steps 12] [--log FILE]
-       [--time-limit SECONDS] [-- overrides...]
+       [--time-limit SECONDS] [--profile DIR] [-- overrides...]
        (`--batch` replaces the recipe's global batch; without it the recipe's, with its gradient accumulation)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,9 +76,21 @@ def throughput_records(logs: Path) -> list[dict]:
     return records
 
 
+def profiler_overrides(step: int) -> list[str]:
+    """Levanter's profiler over step `step` alone, its trace also as Perfetto JSON where this Levanter writes one."""
+    from levanter.callbacks.profiler import ProfilerConfig
+
+    args = ["--trainer.profiler.enabled", "true", "--trainer.profiler.start_step", str(step),
+            "--trainer.profiler.num_steps", "1"]
+    if "create_perfetto_trace" in {field.name for field in dataclasses.fields(ProfilerConfig)}:
+        args += ["--trainer.profiler.create_perfetto_trace", "true"]
+    return args
+
+
 def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[str] = (), log: str | None = None,
-            time_limit: float | None = None) -> dict:
-    """Train `steps` steps of `recipe` on random tokens; tokens/s (median of the steps after compilation), MFU."""
+            time_limit: float | None = None, profile: str | None = None) -> dict:
+    """Train `steps` steps of `recipe` on random tokens; tokens/s (median of the steps after compilation), MFU.
+    With `profile`, the profiler's trace of one step is copied there."""
     from amt.train import TrainConfig, training_flops_per_token
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +107,8 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
                 "--trainer.watch.interval", "0"]
         if batch is not None:
             args += ["--trainer.train_batch_size", str(batch), "--trainer.per_device_parallelism", "-1"]
+        if profile:
+            args += profiler_overrides(min(4, max(steps - 2, 1)))
         args += list(overrides)
         parsed = draccus.parse(TrainConfig, config_path=str(tmp / "recipe.yaml"), args=args)
         synthetic_cache(tmp / "cache", rows=parsed.trainer.train_batch_size * (steps + 1) + 8)
@@ -125,6 +146,10 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
         if returncode not in (0, None):
             raise RuntimeError(f"amt train failed (exit {returncode}):\n{log_path.read_text()[-4000:]}")
         records = throughput_records(tmp / "logs")
+        if profile:  # the Perfetto JSON only: the profiler's own .xplane.pb is several times larger
+            Path(profile).mkdir(parents=True, exist_ok=True)
+            for found in (tmp / "logs").rglob("perfetto_trace.json.gz"):
+                shutil.copy(found, Path(profile) / found.name)
         if not records:
             raise RuntimeError(f"amt train logged no step in {seconds:.0f} s; its output ends:\n"
                                f"{log_path.read_text()[-4000:]}")
@@ -154,9 +179,11 @@ def main() -> None:
     parser.add_argument("--log", default=None, help="write amt train's output here as it runs")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="stop the run after this many seconds and measure the steps logged by then")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="profile one step after compilation into DIR and say where the device's time goes")
     parser.add_argument("overrides", nargs="*", help="more `amt train` overrides (after --)")
     args = parser.parse_args()
-    result = measure(args.recipe, args.steps, args.batch, args.overrides, args.log, args.time_limit)
+    result = measure(args.recipe, args.steps, args.batch, args.overrides, args.log, args.time_limit, args.profile)
     mfu = f"MFU {100 * result['mfu']:.1f}% of bf16 peak" if result["mfu"] is not None else \
         f"MFU: no bf16 peak known for {result['device']}"
     ran = (f"stopped after {result['seconds']:.0f} s with {result['steps_logged']} of {result['steps']} steps logged"
@@ -167,6 +194,13 @@ def main() -> None:
           f"{result['devices']} x {result['device']}: {result['tokens_per_second']:,.0f} tokens/s; {mfu}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.profile:
+        from trace_summary import device_time
+
+        traces = sorted(Path(args.profile).glob("perfetto_trace.json.gz"))
+        print(f"profile of one step, in {args.profile}:")
+        print("\n".join(device_time(traces[-1]) if traces else
+                        ["no Perfetto trace (this Levanter's profiler writes none: marin-levanter 0.2.227 does)"]))
 
 
 if __name__ == "__main__":

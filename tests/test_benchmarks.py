@@ -13,10 +13,12 @@ import trace_summary  # noqa: E402
 
 
 def write_trace(path: Path, calls: int, kernels_per_call: int, kernel_us: float, call_us: float, tags=True,
-                device=True) -> None:
+                device=True, graph_updates=0) -> None:
     """A trace as jax writes one on a GPU: two nested PjitFunction events a call on the host; on the device, a
     stream line of kernels tagged with their XLA module, running 300 us behind the host, another module's
-    kernels between them, a busier line of copies and a derived line ('XLA Ops') repeating the kernels."""
+    kernels between them, a busier line of copies and a derived line ('XLA Ops') repeating the kernels. With
+    `graph_updates`, each call also launches a CUDA graph (0.2 ms), the first `graph_updates` calls after
+    re-recording it (0.3 ms)."""
     events = [
         {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
         {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/device:GPU:0"}},
@@ -28,6 +30,12 @@ def write_trace(path: Path, calls: int, kernels_per_call: int, kernel_us: float,
         t = 1000.0 + call * call_us
         events.append({"ph": "X", "pid": 1, "tid": 1, "name": "PjitFunction(_event)", "ts": t, "dur": 50.0})
         events.append({"ph": "X", "pid": 1, "tid": 1, "name": "PjitFunction(_event)", "ts": t + 1, "dur": 40.0})
+        if graph_updates:
+            if call < graph_updates:
+                events.append({"ph": "X", "pid": 1, "tid": 1, "name": "command_buffer::update", "ts": t + 2,
+                               "dur": 300.0})
+            events.append({"ph": "X", "pid": 1, "tid": 1, "name": "cuGraphLaunch (CudaGraph:3)", "ts": t + 5,
+                           "dur": 200.0})
         if not device:
             continue
         for k in range(kernels_per_call):
@@ -37,7 +45,7 @@ def write_trace(path: Path, calls: int, kernels_per_call: int, kernel_us: float,
                 events.append({"ph": "X", "pid": 2, "tid": line, "name": name, "ts": start, "dur": kernel_us,
                                "args": {"hlo_module": "jit__event"} if tags else {}})
         events.append({"ph": "X", "pid": 2, "tid": 7, "name": "write_fusion", "ts": t + 250, "dur": 5.0,
-                       "args": {"hlo_module": "jit__write"} if tags else {}})
+                       "args": {"hlo_module": "jit__stage"} if tags else {}})
         for k in range(kernels_per_call + 10):
             events.append({"ph": "X", "pid": 2, "tid": 8, "name": "MemcpyH2D", "ts": t + 2 + k, "dur": 0.5})
     with gzip.open(path / "perfetto_trace.json.gz", "wt") as f:
@@ -53,7 +61,14 @@ def test_trace_summary_counts_a_calls_kernels_and_busy_time(tmp_path):
     assert lines[1].startswith("device: 40 kernels a call (tagged jit__event; on Stream #7(Compute)), busy 0.40 ms "
                                "a call (20% of the wall time), 10.0 us a kernel; 50.0 memcpy/memset"), lines[1]
     assert "0.200 ms a call   20.0x  gemv" in lines[3], lines[3]
-    assert lines[-1] == "other module jit__write: 1 kernels, 0.01 ms a call of _event", lines[-1]
+    assert lines[-1] == "other module jit__stage: 1 kernels, 0.01 ms a call of _event", lines[-1]
+
+
+def test_trace_summary_says_how_often_the_host_re_records_the_events_graph(tmp_path):
+    write_trace(tmp_path, calls=5, kernels_per_call=4, kernel_us=10.0, call_us=2000.0, graph_updates=2)
+    lines = trace_summary.summarize(tmp_path, "_event")
+    assert lines[1] == "CUDA graphs, on the host: 1.0 launches a call (0.20 ms), 0.4 updates (0.12 ms)", lines[1]
+    assert lines[2].startswith("device: 4 kernels a call"), lines[2]
 
 
 def test_trace_summary_without_module_tags_takes_the_kernels_between_the_calls(tmp_path):
@@ -161,4 +176,15 @@ def test_gpu_compile_reads_how_xla_runs_a_program_from_its_thunk_sequence(tmp_pa
     # with command buffers off, XLA writes only the sequence as emitted
     new.unlink()
     assert gpu_compile.top_level_thunks(gpu_compile.newest_thunk_sequence(tmp_path, "jit__event")) == {"kKernel": 2}
-    assert gpu_compile.newest_thunk_sequence(tmp_path, "jit__write") == ""
+    assert gpu_compile.newest_thunk_sequence(tmp_path, "jit__stage") == ""
+
+
+def test_device_time_over_a_whole_trace_counts_every_kernel_and_the_products_share(tmp_path):
+    """`trace_summary.py --whole` (a train step's profile): all the device's kernels, whichever module."""
+    write_trace(tmp_path, calls=5, kernels_per_call=40, kernel_us=10.0, call_us=2000.0)
+    lines = trace_summary.device_time(tmp_path)
+    # 5 x (40 kernels of 10 us + the other module's of 5 us), from the first (1,250 us) to the last end (9,739 us)
+    assert lines[0] == "device: 205 kernels over 8.5 ms, busy 2.0 ms (24%), 9.9 us a kernel; 250 memcpy/memset (0.1 ms)", \
+        lines[0]
+    assert lines[1] == "matrix products: 100 kernels, 1.0 ms (49% of the busy time); the rest 105 kernels, 1.0 ms", lines[1]
+    assert "    1.0 ms  49.4%    100x  gemv" in lines[3], lines[3]
