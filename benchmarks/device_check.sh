@@ -13,15 +13,16 @@
 #   bash benchmarks/device_check.sh --inventory       # list the machine's packages into $OUT and stop
 #
 # Steps: train (the GPU recipe as written), train-variant (the same with plain dot-product attention and no
-# gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), train-profile (the
-# recipe with one step profiled: where the card's time goes), sample-medium (ours against Hugging Face's KV cache,
+# gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), train-fused (the same
+# with cuDNN's fused attention, `model.fused_attention`), train-profile (the recipe with one step profiled: where
+# the card's time goes), sample-medium (ours against Hugging Face's KV cache,
 # ours in float32 and in bfloat16, then a trace of 20 events), sample-small (the same, no trace),
 # sample-medium-nographs (ours again with XLA's CUDA graphs switched off: an event is one graph by default,
 # benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), sample-medium-ours (ours
 # alone, with the trace: a later visit's check of a change to our sampler; 100 s did not hold it on the H200),
 # tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README); the next, after the install:
-#   BUDGET=470 bash benchmarks/device_check.sh train-profile sample-medium-ours tests
+#   BUDGET=470 bash benchmarks/device_check.sh train-fused train-profile sample-medium-ours tests
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -67,7 +68,7 @@ esac
 
 DRY=
 if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
-ALL_STEPS=(train train-variant train-profile sample-medium sample-small sample-medium-nographs sample-medium-ours tests)
+ALL_STEPS=(train train-variant train-fused train-profile sample-medium sample-small sample-medium-nographs sample-medium-ours tests)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
 for name in "${STEPS[@]}"; do
@@ -113,6 +114,9 @@ fi
 # its own JAX flash attention) and no activation recomputation (GPT-2 Small at 32 sequences of 1,024 a micro-step
 # fits an 80 GB card without it: 46 GiB by XLA's own figure, `python benchmarks/gpu_compile.py train -- ...`)
 VARIANT=(--model.attn_backend vanilla --model.gradient_checkpointing false)
+# attention through jax.nn.dot_product_attention, cuDNN's fused flash attention on the card (`model.fused_attention`:
+# Levanter's GPU fallback is its JAX "flash" attention in one 1,024-wide block, the whole score matrix written out)
+FUSED=(--model.fused_attention true)
 
 # the figures first (they are what a short lease is for), the tests in the time left of BUDGET seconds (the whole
 # check stays within BUDGET: leave a device call's 600 s room for the install before it)
@@ -162,6 +166,11 @@ run_train-variant() {
     local sep=(--)
     [[ " ${TRAIN[*]} " == *" -- "* ]] && sep=()
     train_step train-variant 150 "${TRAIN[@]}" "${sep[@]}" "${VARIANT[@]}"
+}
+run_train-fused() {
+    local sep=(--)
+    [[ " ${TRAIN[*]} " == *" -- "* ]] && sep=()
+    train_step train-fused 150 "${TRAIN[@]}" "${sep[@]}" "${FUSED[@]}"
 }
 run_train-profile() {
     # the recipe again, one step after compilation under Levanter's profiler: how busy the card is in a step, the

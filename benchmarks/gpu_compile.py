@@ -217,7 +217,7 @@ def train(args, device) -> None:
     from levanter.models.lm_model import LmExample
 
     from amt import vocab
-    from amt.train import TrainConfig, parameter_count, xla_loss_on_gpus
+    from amt.train import TrainConfig, fused_attention, parameter_count, xla_loss_on_gpus
 
     config = draccus.parse(TrainConfig, config_path=args.recipe, args=args.overrides)
     model_config, trainer = config.model, config.trainer
@@ -256,12 +256,13 @@ def train(args, device) -> None:
     mesh = jax.sharding.Mesh(np.array([device]).reshape(1, 1, 1, 1), ("replica_dcn", "data", "replica", "model"))
     print(f"{args.recipe} {' '.join(args.overrides)}: GPT-2 {parameter_count(model_config) / 1e6:.0f}M, batch "
           f"{Batch.size} x {Pos.size} in micro-steps of {micro}, {trainer.mp}, attention "
-          f"{model_config.attn_backend or 'default'}, recomputation {model_config.gradient_checkpointing}, "
+          f"{'fused (cuDNN)' if model_config.fused_attention else model_config.attn_backend or 'default'}, recomputation {model_config.gradient_checkpointing}, "
           f"the loss as amt train runs it on a GPU (workaround 6); compiled for {device.device_kind} without one "
           f"(jax {jax.__version__})")
     begin = time.monotonic()
     with hax.partitioning.set_mesh(mesh), hax.axis_mapping(trainer.compute_axis_mapping), \
-            xla_loss_on_gpus(backend="gpu"):  # (the host is a CPU: choose as amt train does on the card)
+            xla_loss_on_gpus(backend="gpu"), fused_attention(model_config.fused_attention, backend="gpu"):
+        # (the host is a CPU: choose as amt train does on the card)
         lowered = jax.jit(pure, donate_argnums=(0, 1)).lower(abstract(params), abstract(state), tokens,
                                                              abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)))
         compiled = lowered.compile()

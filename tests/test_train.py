@@ -182,6 +182,52 @@ def test_the_loss_is_levanters_xla_kernel_on_gpus_too(monkeypatch):
         original.cache_clear()  # (the next caller asks the real backend again)
 
 
+def test_fused_attention_computes_what_levanters_attention_does(make_tiny_model, monkeypatch):
+    """`model.fused_attention`: inside `fused_attention` GPT-2's attention goes through
+    jax.nn.dot_product_attention (cuDNN's on a GPU; XLA's form here, the same arithmetic), at the production
+    context: the logits' loss and every parameter's gradient equal those of Levanter's own attention; a mask
+    that is not plainly causal (none here) still goes to Levanter's."""
+    import equinox as eqx
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+    from levanter.layers.attention import AttentionMask
+
+    from amt.train import fused_attention
+
+    implementations = []
+    library = jax.nn.dot_product_attention
+
+    def recorded(*args, **kwargs):
+        implementations.append(kwargs.get("implementation"))
+        return library(*args, **kwargs)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", recorded)
+    model = make_tiny_model(1024)
+    tokens = hax.named(jax.random.randint(jax.random.PRNGKey(1), (2, 1024), 0, vocab.VOCAB_SIZE), ("batch", "position"))
+
+    def loss(model, mask):
+        return jnp.mean(jnp.square(model(tokens, mask, key=None).array.astype(jnp.float32)))
+
+    def gradients(mask):
+        value, grads = eqx.filter_value_and_grad(loss)(model, mask)
+        return value, jax.tree.leaves(eqx.filter(grads, eqx.is_array))
+
+    plain, plain_grads = gradients(AttentionMask.causal())
+    with fused_attention():
+        fused, fused_grads = gradients(AttentionMask.causal())
+        assert implementations == [None]  # (the layers are one scanned block: traced once)
+        gradients(None)
+        assert implementations == [None]
+    np.testing.assert_allclose(float(fused), float(plain), rtol=1e-5)
+    for ours, theirs in zip(fused_grads, plain_grads):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-3,
+                                   atol=1e-4 * float(jnp.max(jnp.abs(theirs))))
+    with fused_attention(enabled=False):
+        gradients(AttentionMask.causal())
+    assert implementations == [None]
+
+
 @pytest.mark.slow
 def test_a_run_shorter_than_its_warmup_trains_and_a_second_run_is_a_no_op(demo_cache, tmp_path):
     """The tiny recipe's warmup (10 steps) on a 3-step run: a warning naming both keys; run again: nothing to do.

@@ -90,7 +90,12 @@ HF_SPECIAL_IDS = {"bos_token_id": vocab.AUTOREGRESS, "eos_token_id": vocab.SEPAR
 @LmConfig.register_subclass("amt_gpt2")
 @dataclass(frozen=True)
 class MusicGpt2Config(Gpt2Config):
-    """Levanter's GPT-2 (the model the paper trained), with an offline Hugging Face converter."""
+    """Levanter's GPT-2 (the model the paper trained), with an offline Hugging Face converter.
+
+    `fused_attention`: `amt train` computes causal attention with `jax.nn.dot_product_attention`, cuDNN's fused
+    (flash) attention on an NVIDIA GPU in bf16, XLA's form elsewhere (see `fused_attention`). Off by default."""
+
+    fused_attention: bool = False
 
     def hf_checkpoint_converter(self, ref_checkpoint: Optional[str] = None) -> HFCheckpointConverter:
         """Workaround 3 (see the module docstring)."""
@@ -191,6 +196,70 @@ def xla_loss_on_gpus(backend: Optional[str] = None):
         yield
     finally:
         api._default_implementations = original
+
+
+def _plain_causal(mask) -> bool:
+    """Whether `mask` is Levanter's causal mask and nothing more (what a fused kernel's is_causal means)."""
+    from levanter.layers.attention import AttentionMask
+
+    extras = ("causal_offset", "explicit_mask", "segment_ids", "sliding_window", "bidirectional_window")
+    return (isinstance(mask, AttentionMask) and mask.is_causal
+            and all(getattr(mask, name, None) is None for name in extras))
+
+
+def fused_causal_attention(QPos, KPos, Key, query, key, value, *, scaling_factor=None, implementation=None):
+    """Causal attention of haliax arrays through `jax.nn.dot_product_attention`: every axis but the positions and
+    `Key` (batch, heads) folded into its batch, one head each (the same arithmetic as a head axis)."""
+    import haliax as hax
+    import jax
+
+    QPos, KPos, Key = query.resolve_axis(QPos), key.resolve_axis(KPos), query.resolve_axis(Key)
+    others = [axis for axis in query.axes if axis.name not in (QPos.name, Key.name)]
+
+    def folded(array, Pos):
+        return array.rearrange((*others, Pos, Key)).array.reshape(-1, Pos.size, 1, Key.size)
+
+    scale = scaling_factor if scaling_factor is not None else Key.size ** -0.5
+    out = jax.nn.dot_product_attention(folded(query, QPos), folded(key, KPos), folded(value, KPos), is_causal=True,
+                                       scale=scale, implementation=implementation)
+    return hax.named(out.reshape(*(axis.size for axis in others), QPos.size, Key.size), (*others, QPos, Key))
+
+
+@contextlib.contextmanager
+def fused_attention(enabled: bool = True, backend: Optional[str] = None):
+    """`model.fused_attention`: GPT-2's attention through `jax.nn.dot_product_attention` for the run. On a GPU in
+    bf16 or fp16 that is cuDNN's fused flash attention; Levanter's GPU default is Transformer Engine's, and
+    without it installed its own JAX "flash" attention, whose block is the whole 1,024-position context (one
+    block: the 384 x 1,024 x 1,024 scores of Small's micro-step written out and read back, each layer, forward,
+    recomputation and backward), the first suspect of Small's 19% MFU on an H200. Elsewhere XLA's form, the same
+    arithmetic. Only plain causal masks without bias, dropout or soft cap take it; anything else goes to
+    Levanter's attention as before. `backend`: the one to choose for (default: jax's)."""
+    if not enabled:
+        yield
+        return
+    import jax
+    import jax.numpy as jnp
+    from levanter.models import gpt2
+
+    original = gpt2.dot_product_attention
+
+    def attention(QPos, KPos, Key, query, key, value, mask=None, **options):
+        dropout = options.get("dropout", 0.0) or 0.0
+        plain = (_plain_causal(mask) and options.get("bias") is None and options.get("attention_dtype") is None
+                 and options.get("logits_soft_cap") is None and options.get("attn_sink") is None
+                 and (dropout == 0.0 or options.get("inference")))
+        if not plain:
+            return original(QPos, KPos, Key, query, key, value, mask=mask, **options)
+        on_gpu = (backend or jax.default_backend()) == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
+        return fused_causal_attention(QPos, KPos, Key, query, key, value,
+                                      scaling_factor=options.get("scaling_factor"),
+                                      implementation="cudnn" if on_gpu else None)
+
+    gpt2.dot_product_attention = attention
+    try:
+        yield
+    finally:
+        gpt2.dot_product_attention = original
 
 
 class _OncePerStep:
@@ -345,7 +414,9 @@ def describe_run(config: TrainConfig) -> str:
     tokens = batch * context
     lines = [
         f"model: {m.num_layers} layers, {m.hidden_dim} wide, {m.num_heads} heads, context {context}: "
-        f"{parameters / 1e6:.1f}M parameters",
+        f"{parameters / 1e6:.1f}M parameters"
+        + ("; attention fused (jax.nn.dot_product_attention: cuDNN's on a GPU)"
+           if getattr(m, "fused_attention", False) else ""),
         f"batch: {batch} sequences x {context} tokens = {tokens:,} tokens a step; {steps:,} steps = "
         f"{_si(tokens * steps)} tokens; about {_si(training_flops_per_token(m) * tokens, 'kMGTP')}FLOP a step "
         f"(6N + attention)",
@@ -441,5 +512,6 @@ def train(config: TrainConfig) -> None:
     from amt.checkpoints import save_model_config
 
     save_model_config(config)  # so that a checkpoint path alone can be loaded, sampled, evaluated, exported
-    with evaluation_without_bytes(), ending_runs_once(), xla_loss_on_gpus():
+    with evaluation_without_bytes(), ending_runs_once(), xla_loss_on_gpus(), \
+            fused_attention(getattr(config.model, "fused_attention", False)):
         train_lm.main(one_process_unless_a_cluster(config))
