@@ -92,7 +92,7 @@ begin=$SECONDS
 if [[ -n $DRY ]]; then
     export JAX_PLATFORMS=cpu
     TESTS=(tests/test_train.py::test_dry_run_prints_the_parameter_count "tests/test_sampling.py::test_cached_logits_equal_the_full_forward_pass_at_every_position")
-    TRAIN=(--recipe recipes/amt-tiny.yaml --batch 2 --steps 4 -- --model.max_seq_len 256 --model.hidden_dim 32 --model.num_heads 2)
+    TRAIN=(--recipe recipes/amt-tiny.yaml --batch 2 --steps 6 -- --model.max_seq_len 256 --model.hidden_dim 32 --model.num_heads 2)
     SMALL=(--layers 2 --width 32 --heads 2 --events 4 --batch 2 --reference-tokens 1 --hf-tokens 2
            --dtypes float32,bfloat16)
     MEDIUM=("${SMALL[@]}")

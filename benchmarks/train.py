@@ -11,9 +11,9 @@ tokens/s x training FLOPs a token (`amt.train.training_flops_per_token`: 6 x par
 `amt train`'s whole output goes to `--log` as it runs (its one line a step shows where a slow run is); with
 `--time-limit` the run is stopped after that many seconds and the figure is taken from the steps logged by then.
 
-With `--profile DIR`, Levanter's profiler records one step after compilation (the fourth, or the one before the
-last) and its trace (Perfetto JSON, where this Levanter can write it: marin-levanter 0.2.227 can, 0.2.20 cannot)
-lands in DIR, summarized by `benchmarks/trace_summary.py --whole`: how busy the device is in a step and which
+With `--profile DIR` (and 6 steps or more), Levanter's profiler records one step after compilation (the fifth, or
+the one before the last) and its trace (Perfetto JSON: marin-levanter 0.2.20 always writes one, 0.2.227 when asked, as here) lands in
+DIR, summarized by `benchmarks/trace_summary.py --whole`: how busy the device is in a step and which
 kernels take the time. The profiled step runs slower than the others; the figure is the median of them all.
 
 Usage: python benchmarks/train.py [--recipe recipes/amt-small-gpu.yaml] [--batch N] [--steps 12] [--log FILE]
@@ -87,6 +87,14 @@ def profiler_overrides(step: int) -> list[str]:
     return args
 
 
+def _written(path: Path, wait: float = 30.0) -> None:
+    """Wait (up to `wait` s) until `path` stops growing: the profiler writes its trace while the run goes on."""
+    size, deadline = -1, time.monotonic() + wait
+    while path.stat().st_size != size and time.monotonic() < deadline:
+        size = path.stat().st_size
+        time.sleep(1.0)
+
+
 def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[str] = (), log: str | None = None,
             time_limit: float | None = None, profile: str | None = None) -> dict:
     """Train `steps` steps of `recipe` on random tokens; tokens/s (median of the steps after compilation), MFU.
@@ -107,8 +115,8 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
                 "--trainer.watch.interval", "0"]
         if batch is not None:
             args += ["--trainer.train_batch_size", str(batch), "--trainer.per_device_parallelism", "-1"]
-        if profile:
-            args += profiler_overrides(min(4, max(steps - 2, 1)))
+        if profile:  # (Levanter's hooks first fire after step 2: the profiler can start on the fourth at the earliest)
+            args += profiler_overrides(min(4, steps - 2))
         args += list(overrides)
         parsed = draccus.parse(TrainConfig, config_path=str(tmp / "recipe.yaml"), args=args)
         synthetic_cache(tmp / "cache", rows=parsed.trainer.train_batch_size * (steps + 1) + 8)
@@ -125,8 +133,9 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
             returncode = None
             try:
                 while returncode is None and not (time_limit and time.monotonic() - begin > time_limit):
-                    if any(r.get("step", -1) >= steps - 1 for r in throughput_records(tmp / "logs")):
-                        break
+                    if any(r.get("step", -1) >= steps - 1 for r in throughput_records(tmp / "logs")) and (
+                            not profile or any((tmp / "logs").rglob("perfetto_trace.json.gz"))):
+                        break  # (a profile's trace is written after its step: a short run can end first)
                     try:  # (every 0.1 s: a tiny model's final evaluation, its step compiled, takes under 1 s)
                         returncode = run.wait(timeout=0.1)
                     except subprocess.TimeoutExpired:
@@ -149,6 +158,7 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
         if profile:  # the Perfetto JSON only: the profiler's own .xplane.pb is several times larger
             Path(profile).mkdir(parents=True, exist_ok=True)
             for found in (tmp / "logs").rglob("perfetto_trace.json.gz"):
+                _written(found)
                 shutil.copy(found, Path(profile) / found.name)
         if not records:
             raise RuntimeError(f"amt train logged no step in {seconds:.0f} s; its output ends:\n"
@@ -183,6 +193,8 @@ def main() -> None:
                         help="profile one step after compilation into DIR and say where the device's time goes")
     parser.add_argument("overrides", nargs="*", help="more `amt train` overrides (after --)")
     args = parser.parse_args()
+    if args.profile and args.steps < 6:
+        parser.error(f"--profile needs --steps 6 or more (the profiled step comes after compilation), not {args.steps}")
     result = measure(args.recipe, args.steps, args.batch, args.overrides, args.log, args.time_limit, args.profile)
     mfu = f"MFU {100 * result['mfu']:.1f}% of bf16 peak" if result["mfu"] is not None else \
         f"MFU: no bf16 peak known for {result['device']}"
@@ -200,7 +212,7 @@ def main() -> None:
         traces = sorted(Path(args.profile).glob("perfetto_trace.json.gz"))
         print(f"profile of one step, in {args.profile}:")
         print("\n".join(device_time(traces[-1]) if traces else
-                        ["no Perfetto trace (this Levanter's profiler writes none: marin-levanter 0.2.227 does)"]))
+                        ["no Perfetto trace: the profiler wrote none before the run ended (see --log)"]))
 
 
 if __name__ == "__main__":

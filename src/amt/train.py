@@ -232,8 +232,10 @@ def fused_attention(enabled: bool = True, backend: Optional[str] = None):
     without it installed its own JAX "flash" attention, whose block is the whole 1,024-position context (one
     block: the 384 x 1,024 x 1,024 scores of Small's micro-step written out and read back, each layer, forward,
     recomputation and backward), the first suspect of Small's 19% MFU on an H200. Elsewhere XLA's form, the same
-    arithmetic. Only plain causal masks without bias, dropout or soft cap take it; anything else goes to
-    Levanter's attention as before. `backend`: the one to choose for (default: jax's)."""
+    arithmetic, but the whole score matrix written out: slower than a TPU's Splash attention, so it is for GPUs.
+    Only plain causal masks without bias, dropout, precision or soft cap take it; anything else goes to Levanter's
+    attention as before. Batch and heads are folded into one batch axis (only the batch is sharded in our recipes;
+    several devices not tested). `backend`: the one to choose for (default: jax's)."""
     if not enabled:
         yield
         return
@@ -245,8 +247,8 @@ def fused_attention(enabled: bool = True, backend: Optional[str] = None):
 
     def attention(QPos, KPos, Key, query, key, value, mask=None, **options):
         dropout = options.get("dropout", 0.0) or 0.0
-        plain = (_plain_causal(mask) and options.get("bias") is None and options.get("attention_dtype") is None
-                 and options.get("logits_soft_cap") is None and options.get("attn_sink") is None
+        plain = (_plain_causal(mask) and all(options.get(name) is None for name in
+                                             ("bias", "attention_dtype", "precision", "logits_soft_cap", "attn_sink"))
                  and (dropout == 0.0 or options.get("inference")))
         if not plain:
             return original(QPos, KPos, Key, query, key, value, mask=mask, **options)
@@ -255,6 +257,9 @@ def fused_attention(enabled: bool = True, backend: Optional[str] = None):
                                       scaling_factor=options.get("scaling_factor"),
                                       implementation="cudnn" if on_gpu else None)
 
+    if (backend or jax.default_backend()) != "gpu":
+        logger.warning("model.fused_attention is for GPUs (cuDNN's fused attention); on %s it is XLA's plain "
+                       "attention, likely slower than Levanter's", backend or jax.default_backend())
     gpt2.dot_product_attention = attention
     try:
         yield
