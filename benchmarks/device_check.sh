@@ -68,7 +68,8 @@ esac
 
 DRY=
 if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
-ALL_STEPS=(train train-variant train-fused train-profile sample-medium sample-small sample-medium-nographs sample-medium-ours tests)
+ALL_STEPS=(train train-variant train-fused train-profile sample-medium sample-small sample-medium-nographs
+           sample-medium-ours tests)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
 for name in "${STEPS[@]}"; do
@@ -117,6 +118,9 @@ VARIANT=(--model.attn_backend vanilla --model.gradient_checkpointing false)
 # attention through jax.nn.dot_product_attention, cuDNN's fused flash attention on the card (`model.fused_attention`:
 # Levanter's GPU fallback is its JAX "flash" attention in one 1,024-wide block, the whole score matrix written out)
 FUSED=(--model.fused_attention true)
+# what goes between TRAIN and more overrides: nothing where TRAIN holds overrides already (the dry run's), else --
+SEP=(--)
+[[ " ${TRAIN[*]} " == *" -- "* ]] && SEP=()
 
 # the figures first (they are what a short lease is for), the tests in the time left of BUDGET seconds (the whole
 # check stays within BUDGET: leave a device call's 600 s room for the install before it)
@@ -163,14 +167,10 @@ run_train() {
     return "$status"
 }
 run_train-variant() {
-    local sep=(--)
-    [[ " ${TRAIN[*]} " == *" -- "* ]] && sep=()
-    train_step train-variant 150 "${TRAIN[@]}" "${sep[@]}" "${VARIANT[@]}"
+    train_step train-variant 150 "${TRAIN[@]}" "${SEP[@]}" "${VARIANT[@]}"
 }
 run_train-fused() {
-    local sep=(--)
-    [[ " ${TRAIN[*]} " == *" -- "* ]] && sep=()
-    train_step train-fused 150 "${TRAIN[@]}" "${sep[@]}" "${FUSED[@]}"
+    train_step train-fused 150 "${TRAIN[@]}" "${SEP[@]}" "${FUSED[@]}"
 }
 run_train-profile() {
     # the recipe again, one step after compilation under Levanter's profiler: how busy the card is in a step, the
@@ -182,22 +182,22 @@ run_train-profile() {
     return "$status"
 }
 # (sampling and the tests: JAX and torch share the card, so JAX takes memory as it needs it, not 75% up front)
-run_sample-medium() {
-    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step sample-medium 150 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
-        --trace "$OUT/trace-medium" --trace-events "$TRACE_EVENTS"
-    local status=$?
+traced_medium() {  # NAME TRACE [ARGS...]: Medium's sampling (more arguments for sample.py), then a trace into $OUT/TRACE
+    local name=$1 trace=$OUT/$2 status
+    shift 2
+    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step "$name" 150 "$PY" benchmarks/sample.py "${MEDIUM[@]}" "$@" \
+        --trace "$trace" --trace-events "$TRACE_EVENTS"
+    status=$?
     # what comes back: the summary (in the log) and the Perfetto JSON (benchmarks/trace_summary.py reads it again)
-    find "$OUT/trace-medium" \( -name "*.xplane.pb" -o -name "*.trace.json.gz" \) -delete 2>/dev/null
+    find "$trace" \( -name "*.xplane.pb" -o -name "*.trace.json.gz" \) -delete 2>/dev/null
     return "$status"
 }
+run_sample-medium() {
+    traced_medium sample-medium trace-medium
+}
 run_sample-medium-ours() {
-    # ours alone (both precisions) with the trace: a later visit's check of a change to our sampler, the others'
-    # figures being known
-    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step sample-medium-ours 150 "$PY" benchmarks/sample.py \
-        "${MEDIUM[@]}" --only-ours --trace "$OUT/trace-medium-ours" --trace-events "$TRACE_EVENTS"
-    local status=$?
-    find "$OUT/trace-medium-ours" \( -name "*.xplane.pb" -o -name "*.trace.json.gz" \) -delete 2>/dev/null
-    return "$status"
+    # ours alone (both precisions): a later visit's check of a change to our sampler, the others' figures known
+    traced_medium sample-medium-ours trace-medium-ours --only-ours
 }
 run_sample-small() {
     XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"

@@ -7,11 +7,11 @@ what it does give, before a short visit to a GPU:
 
 - `sample`: the kernel launches of one sampled event: `amt.sampling._event` (three tokens through the model,
   each sampled under the constraints), `_write` (their keys and values into the cache) and `_stage` (the rows'
-  inputs into their buffer), on random weights of the size asked for. The optimized program's entry computation lists what runs, in order: each fusion, library
-  call or copy is a launch (a while loop or a conditional holds more, run from the host). At batch 1 an event
+  inputs into their buffer), on random weights of the size asked for. The optimized program's entry computation
+  lists what runs, in order: each fusion, library call or copy is a launch (a while loop or a conditional holds more, run from the host). At batch 1 an event
   is bound by its launches, not by arithmetic (on this project's H100 a step of 8 samples cost what a step of 1
   did), so the count is the figure to bring down between visits to a GPU. How XLA will run them is read from
-  its thunk sequence (dumped for these two programs): the top-level thunks, where `kCommandBuffer` is a CUDA
+  its thunk sequence (dumped for these three programs): the top-level thunks, where `kCommandBuffer` is a CUDA
   graph (its kernels launched by the card, one after another, not by the host one at a time) and `kWhile` a
   loop whose body the host runs, iteration by iteration. With them, the bytes an event must read (each of
   its three tokens reads every layer's matrices and the whole cache, each slot's unembedding block is read
@@ -256,8 +256,8 @@ def train(args, device) -> None:
     mesh = jax.sharding.Mesh(np.array([device]).reshape(1, 1, 1, 1), ("replica_dcn", "data", "replica", "model"))
     print(f"{args.recipe} {' '.join(args.overrides)}: GPT-2 {parameter_count(model_config) / 1e6:.0f}M, batch "
           f"{Batch.size} x {Pos.size} in micro-steps of {micro}, {trainer.mp}, attention "
-          f"{'fused (cuDNN)' if model_config.fused_attention else model_config.attn_backend or 'default'}, recomputation {model_config.gradient_checkpointing}, "
-          f"the loss as amt train runs it on a GPU (workaround 6); compiled for {device.device_kind} without one "
+          f"{'fused (cuDNN)' if model_config.fused_attention else model_config.attn_backend or 'default'}, "
+          f"recomputation {model_config.gradient_checkpointing}, the loss as amt train runs it on a GPU (workaround 6); compiled for {device.device_kind} without one "
           f"(jax {jax.__version__})")
     begin = time.monotonic()
     with hax.partitioning.set_mesh(mesh), hax.axis_mapping(trainer.compute_axis_mapping), \
@@ -360,7 +360,7 @@ def main() -> None:
     if args.mode == "sample":  # XLA's thunk sequences of the two programs, read back (set before jax starts)
         args.thunks = Path(tempfile.mkdtemp(prefix="gpu_compile-"))
         os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={args.thunks} "
-                                   "--xla_dump_hlo_module_re=^jit__(event|write)$").strip()
+                                   "--xla_dump_hlo_module_re=^jit__(event|write|stage)$").strip()
     try:
         device = gpu_device(args.target)
         {"sample": sample, "train": train, "loss": loss}[args.mode](args, device)

@@ -12,9 +12,9 @@ tokens/s x training FLOPs a token (`amt.train.training_flops_per_token`: 6 x par
 `--time-limit` the run is stopped after that many seconds and the figure is taken from the steps logged by then.
 
 With `--profile DIR` (and 6 steps or more), Levanter's profiler records one step after compilation (the fifth, or
-the one before the last) and its trace (Perfetto JSON: marin-levanter 0.2.20 always writes one, 0.2.227 when asked, as here) lands in
-DIR, summarized by `benchmarks/trace_summary.py --whole`: how busy the device is in a step and which
-kernels take the time. The profiled step runs slower than the others; the figure is the median of them all.
+the one before the last) and its trace (Perfetto JSON: marin-levanter 0.2.20 always writes one, 0.2.227 when
+asked, as here) lands in DIR, summarized by `benchmarks/trace_summary.py --whole`: how busy the device is in a
+step and which kernels take the time. The profiled step runs slower than the others; the figure is the median of them all.
 
 Usage: python benchmarks/train.py [--recipe recipes/amt-small-gpu.yaml] [--batch N] [--steps 12] [--log FILE]
        [--time-limit SECONDS] [--profile DIR] [-- overrides...]

@@ -382,10 +382,10 @@ def test_pianoroll_marks_the_prompt_and_the_infilled_span(tmp_path):
 
 def test_an_events_buffers_keep_their_addresses_from_one_event_to_the_next(tiny_model, monkeypatch):
     """On a GPU an event is two CUDA graphs, and XLA re-records a graph whose buffers moved (on an H200 that cost
-    the host 4.6 ms of Medium's 16.2 ms an event under the profiler). So the cache, hidden state, inputs, key, last triples and
-    last keys and values an event reads must be where the previous event left them: donated and written in
-    place. Checked here on the CPU, which honours donation too: 2 samples, 40 events a bin apart (no window
-    move)."""
+    the host 4.6 ms of Medium's 16.2 ms an event under the profiler). So the cache, hidden state, inputs, key,
+    last triples and last keys and values an event reads must be where the previous event left them: donated
+    and written in place. Checked here on the CPU, which honours donation too: 2 samples, 40 events a bin apart
+    (no window move)."""
     addresses = []
     event = sampling._event
 

@@ -148,10 +148,9 @@ ROW_INPUTS = ALLOWED + vocab.MAX_INSTR
 # Every buffer an event reads or writes keeps its device address from one event to the next: on a GPU `_event` and
 # `_write` are a CUDA graph each, and XLA re-records a graph whose buffers moved (on an H200, Medium, batch 1, under
 # the profiler: 4.6 ms of the host's time an event, and 4.3 ms to launch the graphs after it, against 3.8 ms of
-# kernels). So what an event writes (its
-# triples, hidden state, next key, new keys and values) goes into the buffers of the same arrays from the event
-# before, donated; the cache is written in place by `_write`; the host's rows are staged into one buffer by
-# `_stage`. (The cache is not written inside `_event`: XLA's CPU backend then copies all of it, twice, every event.)
+# kernels). So what an event writes (its triples, hidden state, next key, new keys and values) goes into the
+# buffers of the same arrays from the event before, donated; the cache is written in place by `_write`; the host's
+# rows are staged into one buffer by `_stage`. (The cache is not written inside `_event`: XLA's CPU backend then copies all of it, twice, every event.)
 # keep_unused: `last` and `last_recent` are read by nothing, and jit would drop them, donations and all (it keeps the
 # weights' unread lm_head too: a pointer, not a copy).
 @functools.partial(jax.jit, static_argnames="top_p", donate_argnames=("hidden", "key", "last", "last_recent"),

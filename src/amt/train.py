@@ -243,6 +243,7 @@ def fused_attention(enabled: bool = True, backend: Optional[str] = None):
     import jax.numpy as jnp
     from levanter.models import gpt2
 
+    backend = backend or jax.default_backend()
     original = gpt2.dot_product_attention
 
     def attention(QPos, KPos, Key, query, key, value, mask=None, **options):
@@ -252,14 +253,14 @@ def fused_attention(enabled: bool = True, backend: Optional[str] = None):
                  and (dropout == 0.0 or options.get("inference")))
         if not plain:
             return original(QPos, KPos, Key, query, key, value, mask=mask, **options)
-        on_gpu = (backend or jax.default_backend()) == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
+        on_gpu = backend == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
         return fused_causal_attention(QPos, KPos, Key, query, key, value,
                                       scaling_factor=options.get("scaling_factor"),
                                       implementation="cudnn" if on_gpu else None)
 
-    if (backend or jax.default_backend()) != "gpu":
+    if backend != "gpu":
         logger.warning("model.fused_attention is for GPUs (cuDNN's fused attention); on %s it is XLA's plain "
-                       "attention, likely slower than Levanter's", backend or jax.default_backend())
+                       "attention, likely slower than Levanter's", backend)
     gpt2.dot_product_attention = attention
     try:
         yield
