@@ -154,7 +154,16 @@ def _layer_norm(x, w, b, eps):
 
 @dataclass(frozen=True)
 class KVCache:
-    keys: tuple[jax.Array, ...]  # one (batch, heads, positions, head) array a layer
+    """Each layer's keys, (batch, heads, positions, head), and values, transposed: (batch, heads, head,
+    positions). Why transposed: a token's attention sums the values over positions, and with positions the
+    minor axis that is one row-reducing kernel on a GPU; along the middle axis XLA's GPU compiler wrote out the
+    whole product of the probabilities and the values (16 x 1,024 x 64 floats a layer and token at Medium size)
+    and summed it in a second kernel (benchmarks/gpu_compile.py, Medium, an event: batch 1 1,173 -> 1,125
+    launches in float32, 1,125 -> 1,077 in bfloat16; batch 8 in bfloat16 1,196 -> 1,100), and 4 MB a layer and
+    token written and read again. On CPU the same speed and, here, the same samples bit for bit. The keys stay
+    as they are: their product with the query sums over the head's axis, already minor."""
+
+    keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
 
 
@@ -163,9 +172,8 @@ jax.tree_util.register_dataclass(KVCache, data_fields=["keys", "values"], meta_f
 
 def empty_cache(weights: DecoderWeights, batch: int, positions: int) -> KVCache:
     layers, heads, head, _ = weights.shape
-    shape = (batch, heads, positions, head)
-    return KVCache(tuple(jnp.zeros(shape, weights.wte.dtype) for _ in range(layers)),
-                   tuple(jnp.zeros(shape, weights.wte.dtype) for _ in range(layers)))
+    return KVCache(tuple(jnp.zeros((batch, heads, positions, head), weights.wte.dtype) for _ in range(layers)),
+                   tuple(jnp.zeros((batch, heads, head, positions), weights.wte.dtype) for _ in range(layers)))
 
 
 def _dot(x, w):
@@ -192,8 +200,9 @@ def _scores(q, keys):
 
 
 def _weighted(probabilities, values):
-    """(batch, heads, T, head): the values (batch, heads, S, head) weighted by probabilities (batch, heads, T, S)."""
-    return jnp.einsum("bhts,bhsk->bhtk", probabilities.astype(values.dtype), values,
+    """(batch, heads, T, head): the values, transposed (batch, heads, head, S), weighted by probabilities
+    (batch, heads, T, S)."""
+    return jnp.einsum("bhts,bhks->bhtk", probabilities.astype(values.dtype), values,
                       preferred_element_type=jnp.float32)
 
 
@@ -228,7 +237,7 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
         q, k, v = jnp.moveaxis(qkv.reshape(batch, T, 3, heads, head), (2, 3), (0, 2))  # each (batch, heads, T, head)
         q = q / (np.sqrt(head) * (index + 1.0 if weights.scale_by_layer else 1.0))
         keys[index] = jnp.concatenate([keys[index], k.astype(keys[index].dtype)], axis=2)
-        values[index] = jnp.concatenate([values[index], v.astype(values[index].dtype)], axis=2)
+        values[index] = jnp.concatenate([values[index], jnp.swapaxes(v, 2, 3).astype(values[index].dtype)], axis=3)
         # one softmax over the scores against the cache, then against `recent`
         sources = [(keys[index], values[index], sees_recent[None, None])]
         if cache is not None:
@@ -250,10 +259,10 @@ def write_into(cache: KVCache, recent: KVCache, start) -> KVCache:
     """`recent` written into the cache at positions start.. (`start`: one per row, or one for all)."""
     batch = cache.keys[0].shape[0]
     start = jnp.broadcast_to(jnp.asarray(start), (batch,))
-    put = jax.vmap(lambda a, b, s: jax.lax.dynamic_update_slice(a, b, (0, s, 0)))
-
+    put = jax.vmap(lambda a, b, s: jax.lax.dynamic_update_slice(a, b, (0, s, 0)))  # keys: positions in the middle
+    put_transposed = jax.vmap(lambda a, b, s: jax.lax.dynamic_update_slice(a, b, (0, 0, s)))  # values: last
     return KVCache(tuple(map(put, cache.keys, recent.keys, [start] * len(cache.keys))),
-                   tuple(map(put, cache.values, recent.values, [start] * len(cache.values))))
+                   tuple(map(put_transposed, cache.values, recent.values, [start] * len(cache.values))))
 
 
 # the cache with `recent` written at positions start.. (in place: the cache is donated; 0.3 ms)
