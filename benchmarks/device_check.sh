@@ -14,8 +14,8 @@
 #
 # Steps: train (the GPU recipe as written), train-variant (the same with plain dot-product attention and no
 # gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), train-fused (the same
-# with cuDNN's fused attention, `model.fused_attention`), train-profile (the recipe with one step profiled: where
-# the card's time goes), sample-medium (ours against Hugging Face's KV cache,
+# with cuDNN's fused attention, `model.fused_attention`), train-profile (the same with one step profiled: where
+# the card's time goes once the attention is fused; the recipe as written is estimated by gpu_compile.py --roofline), sample-medium (ours against Hugging Face's KV cache,
 # ours in float32 and in bfloat16, then a trace of 20 events), sample-small (the same, no trace),
 # sample-medium-nographs (ours again with XLA's CUDA graphs switched off: an event is one graph by default,
 # benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), sample-medium-ours (ours
@@ -176,7 +176,7 @@ run_train-profile() {
     # the recipe again, one step after compilation under Levanter's profiler: how busy the card is in a step, the
     # matrix products' share, the kernels that take the time (summary in the log; the trace comes back beside
     # outputs.tar where it is under the 16 MiB a returned file may have)
-    TAIL=18 train_step train-profile 150 --profile "$OUT/train-profile" "${TRAIN[@]}"
+    TAIL=18 train_step train-profile 150 --profile "$OUT/train-profile" "${TRAIN[@]}" "${SEP[@]}" "${FUSED[@]}"
     local status=$?
     find "$OUT/train-profile" -name "*.json.gz" -size +15M -delete 2>/dev/null
     return "$status"

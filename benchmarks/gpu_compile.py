@@ -23,7 +23,12 @@ what it does give, before a short visit to a GPU:
   `Trainer._train_step` puts them together: the loss under the recipe's mixed precision, its gradient
   accumulated over micro-steps of `per_device_parallelism` (`levanter.grad_accum.microbatched`), the recipe's
   optimizer update; no hooks or metrics. The loss is the kernel `amt train` chooses on a GPU (workaround 6 in
-  `amt.train`: Levanter's XLA kernel with its bf16 backward).
+  `amt.train`: Levanter's XLA kernel with its bf16 backward). With `--roofline N`, an estimate of the step's
+  floor: each kernel's bytes (its operands and result once; a slice of a stacked buffer, or an update in place,
+  counted as the slice or the update) and its matrix products' flops, times its loops' known trip counts, at the
+  card's bandwidth or its bf16 peak, whichever bounds it; the MFU that floor would allow; the N slowest JAX
+  operations. A floor, not a time: no launch gaps, no cache reuse, every kernel at the card's best (the H200 ran
+  Small's recipe as written at 1.42 times it).
 - `loss`: the 55,028-way loss alone (forward and backward, bf16 activations and weights, a micro-step's
   positions) in one of Levanter's fused cross-entropy implementations: `xla` (what `amt train` uses on CPU and
   TPU), `xla_fast_bwd` (the same forward, a bf16 backward: on GPUs) or `batched_xla` (Levanter's own first choice
@@ -35,7 +40,8 @@ what it does give, before a short visit to a GPU:
 Usage: pip install "jax[cuda13]==<this venv's jax>"   (about 3 GB; a second venv is fine)
        python benchmarks/gpu_compile.py sample [--layers 24 --width 1024 --heads 16] [--batch 1 8] [--by-name]
                                                [--dtype float32|bfloat16]
-       python benchmarks/gpu_compile.py train [--recipe recipes/amt-small-gpu.yaml] [-- recipe overrides...]
+       python benchmarks/gpu_compile.py train [--recipe recipes/amt-small-gpu.yaml] [--roofline N [--bandwidth 4.8]]
+                                              [-- recipe overrides...]
        python benchmarks/gpu_compile.py loss [--implementation xla|xla_fast_bwd|batched_xla]
                                              [--positions 32768 --width 768]
        (all: [--target benchmarks/gpu_targets/h100.txtpb] [--dump DIR])
@@ -46,6 +52,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import math
 import os
 import re
 import shutil
@@ -135,6 +142,152 @@ def on_device(tree, device):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
 
 
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8,
+               "u64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
+ARRAY = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([0-9,]*)\]")
+NO_KERNEL = NOT_LAUNCHES | HOST_DRIVEN | {"fusion-done", "opt-barrier", "slice"}  # (a slice of the entry: a view)
+
+
+def array_bytes(type_text: str) -> int:
+    """Bytes of the arrays in an HLO type ("bf16[32,1024]{1,0}", or a tuple of them)."""
+    return sum(DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+               for dtype, dims in ARRAY.findall(type_text))
+
+
+def array_dims(type_text: str) -> list[int]:
+    match = ARRAY.search(type_text)
+    return [int(d) for d in match.group(2).split(",") if d] if match else []
+
+
+Instruction = collections.namedtuple("Instruction", "name type opcode operands line")
+
+
+def computations(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
+    """An optimized HLO module's computations, each a list of its instructions (parameters included), and the
+    entry's name."""
+    found, entry, current = {}, None, None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(ENTRY )?%([\w.\-]+) \(.*\) -> .* \{$", line)
+        if header:
+            current = header.group(2)
+            entry = current if header.group(1) else entry
+            found[current] = []
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            match = re.match(r"\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s([a-z][a-z0-9\-]*)\((.*)$", line)
+            if match:
+                name, type_text, opcode, rest = match.groups()
+                arguments = rest.split("), kind=")[0] if opcode.startswith("fusion") else rest.split(")", 1)[0]
+                found[current].append(Instruction(name, type_text, opcode, re.findall(r"%([\w.\-]+)", arguments), line))
+    return found, entry
+
+
+def _fusion_bytes(module: dict, called: str) -> int:
+    """What a fusion reads and writes: each parameter once, or only the slices it takes of it; its result, or
+    only the update where it writes into a buffer in place (dynamic-update-slice)."""
+    body = module[called]
+    uses = collections.defaultdict(list)
+    for instruction in body:
+        for position, operand in enumerate(instruction.operands):
+            uses[operand].append((instruction, position))
+    total = 0
+    for parameter in (i for i in body if i.opcode == "parameter"):
+        use = uses.get(parameter.name, [])
+        if use and all(i.opcode in ("dynamic-slice", "slice", "gather") and k == 0 for i, k in use):
+            total += sum(array_bytes(i.type) for i, _ in use)
+        elif not (use and all(i.opcode == "dynamic-update-slice" and k == 0 for i, k in use)):
+            total += array_bytes(parameter.type)
+    root = next((i for i in body if i.line.lstrip().startswith("ROOT")), body[-1])
+    if root.opcode == "dynamic-update-slice":
+        update = next((i for i in body if i.name == root.operands[1]), None)
+        return total + array_bytes(update.type if update else root.type)
+    return total + array_bytes(root.type)
+
+
+def _product_flops(module: dict, called: str) -> int:
+    """2 x M x N x K of each matrix product in a fused computation (nested fusions included)."""
+    table = {i.name: i for i in module[called]}
+    flops = 0
+    for instruction in module[called]:
+        if instruction.opcode == "dot":
+            lhs = array_dims(table[instruction.operands[0]].type)
+            contracting = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", instruction.line)
+            depth = math.prod(lhs[int(d)] for d in contracting.group(1).split(",") if d) if contracting else 1
+            flops += 2 * math.prod(array_dims(instruction.type)) * depth
+        elif instruction.opcode == "fusion":
+            flops += _product_flops(module, re.search(r"calls=%([\w.\-]+)", instruction.line).group(1))
+    return flops
+
+
+KernelCost = collections.namedtuple("KernelCost", "runs what bytes flops")
+
+
+def _operation(op_name: str) -> str:
+    """A kernel's JAX operation, short: its pass (forward, recomputed, backward) and the last three named scopes
+    ("backward: GptBlock/GptMlp/Linear/reduce_sum")."""
+    phase = ("recomputed" if "rematted_computation" in op_name else "backward" if "transpose(" in op_name
+             else "forward")
+    scopes = [scope for scope in re.sub(r"\d+|<locals>\.", "", op_name).split("/")
+              if scope.strip(" ,->") and not re.fullmatch(r"jit\(.*\)|while|body|eval_jaxpr|checkpoint|"
+                                                             r"rematted_computation|compute|cond|branch__fun", scope)]
+    return f"{phase}: {'/'.join(scopes[-3:])}"
+
+
+def kernel_costs(hlo_text: str) -> list[KernelCost]:
+    """Each kernel of an optimized GPU module, with how often one run of the module launches it (a while loop's
+    known trip count multiplies its body's), what it computes (the JAX operation it came from, numbers
+    dropped), the bytes it must move and the flops of its matrix products (cuDNN's fused attention: 4 x batch x
+    heads x S^2 x head, half of it under the causal mask forward, 2.5 times that backward)."""
+    module, entry = computations(hlo_text)
+    costs = []
+
+    def walk(name: str, runs: int) -> None:
+        table = {i.name: i for i in module[name]}
+        for instruction in module[name]:
+            if instruction.opcode == "while":
+                trips = re.search(r'known_trip_count":\{"n":"(\d+)"', instruction.line)
+                walk(re.search(r"body=%([\w.\-]+)", instruction.line).group(1), runs * int(trips.group(1) if trips else 1))
+                continue
+            if instruction.opcode in ("conditional", "call"):
+                for called in re.findall(r"(?:branch_computations=\{|to_apply=|calls=)%([\w.\-]+)", instruction.line):
+                    walk(called, runs)
+                continue
+            if instruction.opcode in NO_KERNEL:
+                continue
+            flops = 0
+            if instruction.opcode in ("fusion", "fusion-start"):
+                called = re.search(r"calls=%([\w.\-]+)", instruction.line).group(1)
+                moved, flops = _fusion_bytes(module, called), _product_flops(module, called)
+            else:
+                moved = array_bytes(instruction.type) + sum(array_bytes(table[o].type) for o in instruction.operands
+                                                            if o in table)
+                target = re.search(r'custom_call_target="([^"]+)"', instruction.line)
+                if target and "fmha" in target.group(1) and len(array_dims(table[instruction.operands[0]].type)) == 4:
+                    batch, positions, heads, head = array_dims(table[instruction.operands[0]].type)
+                    flops = 4 * batch * heads * positions ** 2 * head * (1.25 if "Backward" in target.group(1) else 0.5)
+            op_name = re.search(r'op_name="([^"]*)"', instruction.line)
+            costs.append(KernelCost(runs, _operation(op_name.group(1)) if op_name else instruction.opcode, moved, flops))
+
+    walk(entry, 1)
+    return costs
+
+
+def roofline(costs: list[KernelCost], bandwidth: float, peak_flops: float) -> tuple[float, list]:
+    """The floor under a module's time: each kernel at the card's memory bandwidth or its peak arithmetic,
+    whichever bounds it (no launch gaps, no partial use of the card); and the kernels grouped by what they
+    compute, (seconds, runs, bytes, flops, what), the slowest first."""
+    groups = collections.defaultdict(lambda: [0.0, 0, 0, 0])
+    for cost in costs:
+        group = groups[cost.what]
+        group[0] += cost.runs * max(cost.bytes / bandwidth, cost.flops / peak_flops)
+        group[1] += cost.runs
+        group[2] += cost.runs * cost.bytes
+        group[3] += cost.runs * cost.flops
+    ranked = sorted(((s, n, b, f, what) for what, (s, n, b, f) in groups.items()), reverse=True)
+    return sum(s for s, *_ in ranked), ranked
+
+
 def card_figure(target: Path, field: str) -> int:
     """A number from the card's description: device_memory_size (bytes), memory_bandwidth (bytes a second)."""
     return int(re.search(rf"{field}:\s*(\d+)", target.read_text()).group(1))
@@ -217,7 +370,7 @@ def train(args, device) -> None:
     from levanter.models.lm_model import LmExample
 
     from amt import vocab
-    from amt.train import TrainConfig, fused_attention, parameter_count, xla_loss_on_gpus
+    from amt.train import TrainConfig, fused_attention, parameter_count, training_flops_per_token, xla_loss_on_gpus
 
     config = draccus.parse(TrainConfig, config_path=args.recipe, args=args.overrides)
     model_config, trainer = config.model, config.trainer
@@ -278,6 +431,18 @@ def train(args, device) -> None:
           f"parameters and optimizer state + {memory.temp_size_in_bytes / 2**30:.1f} GiB of temporaries = "
           f"{total / 2**30:.1f} GiB, {100 * total / card:.0f}% of the card's {card / 2**30:.0f} GiB; "
           f"{launches} launches in the step's entry ({loops} of them loops run from the host)")
+    if args.roofline:
+        bandwidth = args.bandwidth * 1e12 if args.bandwidth else card_figure(args.target, "memory_bandwidth")
+        floor, ranked = roofline(kernel_costs(text), bandwidth, args.peak_tflops * 1e12)
+        model_flops = training_flops_per_token(model_config) * Batch.size * Pos.size
+        print(f"roofline (an estimate, not a time): {sum(n for _, n, *_ in ranked):,} kernels a step moving "
+              f"{sum(b for _, _, b, _, _ in ranked) / 1e12:.2f} TB, {sum(f for *_, f, _ in ranked) / 1e12:.0f} TFLOP in "
+              f"matrix products ({model_flops / 1e12:.0f} in the model's count); at {bandwidth / 1e12:.2f} TB/s and "
+              f"{args.peak_tflops:.0f} TFLOP/s at best {floor:.2f} s a step, MFU at most "
+              f"{100 * model_flops / (floor * args.peak_tflops * 1e12):.1f}%; the slowest operations:")
+        for seconds, runs, moved, flops, what in ranked[:args.roofline]:
+            print(f"  {seconds:6.3f} s {100 * seconds / floor:5.1f}%  {runs:6,} x  {moved / 1e9:7.1f} GB "
+                  f"{flops / 1e12:6.1f} TFLOP  {what}")
 
 
 def loss(args, device) -> None:
@@ -343,6 +508,13 @@ def main() -> None:
                           help="the sampler's weights and cache (amt generate --dtype)")
     training = modes.add_parser("train", help="a recipe's train step: compile time and memory")
     training.add_argument("--recipe", default="recipes/amt-small-gpu.yaml")
+    training.add_argument("--roofline", type=int, default=0, metavar="N",
+                          help="also estimate the step's floor from its kernels' bytes and products, and list the "
+                               "N slowest operations")
+    training.add_argument("--bandwidth", type=float, help="memory bandwidth in TB/s (default: the target's; an "
+                                                          "H200: 4.8)")
+    training.add_argument("--peak-tflops", type=float, default=989.0,
+                          help="the card's dense bf16 peak (H100 and H200 SXM: 989)")
     training.add_argument("overrides", nargs="*", help="recipe overrides, after --")
     losses = modes.add_parser("loss", help="the 55,028-way loss alone in one of Levanter's kernels: compile time")
     losses.add_argument("--implementation", choices=("xla", "xla_fast_bwd", "batched_xla"), default="xla")

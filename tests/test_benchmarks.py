@@ -147,6 +147,74 @@ def test_gpu_compile_counts_the_entry_computations_launches():
     assert (total, host_loops, by_what["kLoop fused_add"]) == (4, 1, 1)
 
 
+STEP_HLO = """HloModule jit_pure
+
+%gemm_computation (a: bf16[8,16], b: bf16[16,32]) -> f32[8,32] {
+  %a = bf16[8,16]{1,0} parameter(0)
+  %b = bf16[16,32]{1,0} parameter(1)
+  ROOT %dot.1 = f32[8,32]{1,0} dot(%a, %b), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_slice (stack: f32[12,8,32], i: s32[]) -> f32[1,8,32] {
+  %stack = f32[12,8,32]{2,1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %z = s32[] constant(0)
+  ROOT %ds = f32[1,8,32]{2,1,0} dynamic-slice(%stack, %i, %z, %z), dynamic_slice_sizes={1,8,32}
+}
+
+%fused_update (stack.1: f32[12,8,32], row: f32[1,8,32], j: s32[]) -> f32[12,8,32] {
+  %stack.1 = f32[12,8,32]{2,1,0} parameter(0)
+  %row = f32[1,8,32]{2,1,0} parameter(1)
+  %j = s32[] parameter(2)
+  %z.1 = s32[] constant(0)
+  ROOT %dus = f32[12,8,32]{2,1,0} dynamic-update-slice(%stack.1, %row, %j, %z.1, %z.1)
+}
+
+%body.2 (state: (bf16[8,16], bf16[16,32], f32[12,8,32], s32[])) -> (bf16[8,16], bf16[16,32], f32[12,8,32], s32[]) {
+  %state = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) parameter(0)
+  %x = bf16[8,16]{1,0} get-tuple-element(%state), index=0
+  %w = bf16[16,32]{1,0} get-tuple-element(%state), index=1
+  %s = f32[12,8,32]{2,1,0} get-tuple-element(%state), index=2
+  %k = s32[] get-tuple-element(%state), index=3
+  %g = f32[8,32]{1,0} fusion(%x, %w), kind=kCustom, calls=%gemm_computation, metadata={op_name="jit(pure)/while/body/transpose(jvp(GptTransformer))/GptMlp/Linear/dot_general"}
+  %r = f32[1,8,32]{2,1,0} fusion(%s, %k), kind=kLoop, calls=%fused_slice, metadata={op_name="jit(pure)/while/body/dynamic_slice"}
+  %u = f32[12,8,32]{2,1,0} fusion(%s, %r, %k), kind=kLoop, calls=%fused_update, metadata={op_name="jit(pure)/while/body/checkpoint/rematted_computation/dynamic_update_slice"}
+  ROOT %t = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) tuple(%x, %w, %u, %k)
+}
+
+ENTRY %main (q: bf16[2,64,4,16], st: (bf16[8,16], bf16[16,32], f32[12,8,32], s32[])) -> bf16[2,64,4,16] {
+  %q = bf16[2,64,4,16]{3,2,1,0} parameter(0)
+  %st = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) parameter(1)
+  %loop = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) while(%st), condition=%cond, body=%body.2, backend_config={"known_trip_count":{"n":"16"}}
+  %fmha = (bf16[2,64,4,16]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(pure)/GptAttention/dot_product_attention_fwd"}
+  ROOT %o = bf16[2,64,4,16]{3,2,1,0} get-tuple-element(%fmha), index=0
+}
+"""
+
+
+def test_gpu_compile_roofline_weighs_each_kernel_by_its_loops_bytes_and_products():
+    """A loop's body runs its known trip count of times; a matrix product costs 2 x M x N x K; a fusion that
+    slices a stacked buffer reads the slice, one that updates it in place moves the update, not the buffer;
+    cuDNN's causal attention costs half of 4 x batch x heads x S^2 x head forward."""
+    import gpu_compile
+
+    costs = {cost.what: cost for cost in gpu_compile.kernel_costs(STEP_HLO)}
+    assert set(costs) == {"backward: GptMlp/Linear/dot_general", "forward: dynamic_slice",
+                          "recomputed: dynamic_update_slice", "forward: GptAttention/dot_product_attention_fwd"}
+    product = costs["backward: GptMlp/Linear/dot_general"]
+    assert (product.runs, product.flops, product.bytes) == (16, 2 * 8 * 32 * 16, 8 * 16 * 2 + 16 * 32 * 2 + 8 * 32 * 4)
+    row = 8 * 32 * 4
+    assert costs["forward: dynamic_slice"].bytes == 2 * row + 4  # the slice read and written, the index
+    assert costs["recomputed: dynamic_update_slice"].bytes == row + 4 + row  # the row read, the index, the row written
+    attention = costs["forward: GptAttention/dot_product_attention_fwd"]
+    assert (attention.runs, attention.flops) == (1, 4 * 2 * 4 * 64 ** 2 * 16 * 0.5)
+    assert attention.bytes == 4 * 2 * 64 * 4 * 16 * 2  # three inputs and the output
+
+    floor, ranked = gpu_compile.roofline(list(costs.values()), bandwidth=1e9, peak_flops=1e9)
+    assert [seconds for seconds, *_ in ranked] == sorted((seconds for seconds, *_ in ranked), reverse=True)
+    assert floor == pytest.approx(sum(c.runs * max(c.bytes, c.flops) / 1e9 for c in costs.values()))
+
+
 THUNKS = """000: kCommandBuffer [source | sink]
     001: kCustomKernel [source       | next=002 (1)] input_reduce_fusion_55 grid: [157, 1, 1]
     002: kCustomKernel [prev=001 (1) | sink] fusion_879 grid: [79, 1, 1]
