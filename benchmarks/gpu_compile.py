@@ -16,7 +16,8 @@ what it does give, before a short visit to a GPU:
   loop whose body the host runs, iteration by iteration. With them, the bytes an event must read (each of
   its three tokens reads every layer's matrices and the whole cache, each slot's unembedding block is read
   once) and the time that takes at the card's memory bandwidth: the floor under an event's time, which
-  `--dtype bfloat16` (the sampler's weights and cache) halves.
+  `--dtype bfloat16` (the sampler's weights and cache) halves; and what XLA's kernels move (`kernel_costs`: each
+  kernel's operands and result once), with its time at the bandwidth (`--bandwidth` TB/s for another card).
 - `train`: a recipe's train step compiled for the card: whether it compiles, how long that takes (without
   autotuning, which the card adds), and XLA's own memory figure for it (parameters and optimizer state, and the
   step's temporaries) against the card's memory. The step is Levanter's, rebuilt from its parts as
@@ -142,6 +143,7 @@ def on_device(tree, device):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
 
 
+PEAK_TFLOPS = 989.0  # H100 and H200 SXM, dense bf16
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8,
                "u64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
 ARRAY = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([0-9,]*)\]")
@@ -183,9 +185,12 @@ def computations(hlo_text: str) -> tuple[dict[str, list[Instruction]], str]:
     return found, entry
 
 
+IN_PLACE = {"dynamic-update-slice": 1, "scatter": 2}  # opcodes that write into their first operand: the update's index
+
+
 def _fusion_bytes(module: dict, called: str) -> int:
     """What a fusion reads and writes: each parameter once, or only the slices it takes of it; its result, or
-    only the update where it writes into a buffer in place (dynamic-update-slice)."""
+    only the update where it writes into a buffer in place (dynamic-update-slice, scatter)."""
     body = module[called]
     uses = collections.defaultdict(list)
     for instruction in body:
@@ -196,11 +201,11 @@ def _fusion_bytes(module: dict, called: str) -> int:
         use = uses.get(parameter.name, [])
         if use and all(i.opcode in ("dynamic-slice", "slice", "gather") and k == 0 for i, k in use):
             total += sum(array_bytes(i.type) for i, _ in use)
-        elif not (use and all(i.opcode == "dynamic-update-slice" and k == 0 for i, k in use)):
+        elif not (use and all(i.opcode in IN_PLACE and k == 0 for i, k in use)):
             total += array_bytes(parameter.type)
     root = next((i for i in body if i.line.lstrip().startswith("ROOT")), body[-1])
-    if root.opcode == "dynamic-update-slice":
-        update = next((i for i in body if i.name == root.operands[1]), None)
+    if root.opcode in IN_PLACE:
+        update = next((i for i in body if i.name == root.operands[IN_PLACE[root.opcode]]), None)
         return total + array_bytes(update.type if update else root.type)
     return total + array_bytes(root.type)
 
@@ -325,9 +330,10 @@ def sample(args, device) -> None:
     weights, unembed = abstract(sampler.weights), abstract(sampler.unembed)
     print(f"kernel launches a sampled event, compiled for {device.device_kind} without one (jax {jax.__version__}); "
           f"{args.layers} layers x {args.width}, {args.heads} heads, {args.dtype} weights and cache")
-    bandwidth = card_figure(args.target, "memory_bandwidth")
+    bandwidth = args.bandwidth * 1e12 if args.bandwidth else card_figure(args.target, "memory_bandwidth")
     print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'_stage':>7} {'an event':>9} {'host loops':>11} {'GB read':>8} "
-          f"{'ms':>5}   how XLA runs _event / _write / _stage (top-level thunks; CommandBuffer: a CUDA graph)")
+          f"{'ms':>5} {'XLA GB':>7} {'ms':>5}   how XLA runs _event / _write / _stage (top-level thunks; "
+          f"CommandBuffer: a CUDA graph)")
     for batch in args.batch:
         cache = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, sampler.context)))
         recent = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, 3)))
@@ -349,9 +355,13 @@ def sample(args, device) -> None:
         graphs = " / ".join(described(top_level_thunks(newest_thunk_sequence(args.thunks, f"jit__{name}")))
                             for name in programs)
         counts = [n for n, _, _ in launches.values()]
+        # what XLA's kernels move (each kernel's operands and result once: `kernel_costs`), and at the bandwidth
+        costs = [cost for text in programs.values() for cost in kernel_costs(text)]
+        floor, _ = roofline(costs, bandwidth, PEAK_TFLOPS * 1e12)
         print(f"{batch:>5} {counts[0]:>7} {counts[1]:>7} {counts[2]:>7} {sum(counts):>9} "
               f"{sum(loops for _, loops, _ in launches.values()):>11} {moved / 1e9:>8.2f} "
-              f"{1000 * moved / bandwidth:>5.2f}   {graphs}")
+              f"{1000 * moved / bandwidth:>5.2f} {sum(c.runs * c.bytes for c in costs) / 1e9:>7.2f} "
+              f"{1000 * floor:>5.2f}   {graphs}")
         event_by = launches["event"][2]
         if args.by_name:
             for what, n in event_by.most_common():
@@ -504,6 +514,8 @@ def main() -> None:
     sampling.add_argument("--heads", type=int, default=16)
     sampling.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     sampling.add_argument("--by-name", action="store_true", help="also list an event's launches by what they run")
+    sampling.add_argument("--bandwidth", type=float, help="memory bandwidth in TB/s (default: the target's; an "
+                                                          "H200: 4.8)")
     sampling.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                           help="the sampler's weights and cache (amt generate --dtype)")
     training = modes.add_parser("train", help="a recipe's train step: compile time and memory")
@@ -513,7 +525,7 @@ def main() -> None:
                                "N slowest operations")
     training.add_argument("--bandwidth", type=float, help="memory bandwidth in TB/s (default: the target's; an "
                                                           "H200: 4.8)")
-    training.add_argument("--peak-tflops", type=float, default=989.0,
+    training.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS,
                           help="the card's dense bf16 peak (H100 and H200 SXM: 989)")
     training.add_argument("overrides", nargs="*", help="recipe overrides, after --")
     losses = modes.add_parser("loss", help="the 55,028-way loss alone in one of Levanter's kernels: compile time")

@@ -170,6 +170,13 @@ STEP_HLO = """HloModule jit_pure
   ROOT %dus = f32[12,8,32]{2,1,0} dynamic-update-slice(%stack.1, %row, %j, %z.1, %z.1)
 }
 
+%fused_scatter (stack.2: f32[12,8,32], at: s32[1,1], row.1: f32[1,8,32]) -> f32[12,8,32] {
+  %stack.2 = f32[12,8,32]{2,1,0} parameter(0)
+  %at = s32[1,1]{1,0} parameter(1)
+  %row.1 = f32[1,8,32]{2,1,0} parameter(2)
+  ROOT %sc = f32[12,8,32]{2,1,0} scatter(%stack.2, %at, %row.1), update_window_dims={1,2}, inserted_window_dims={0}, scatter_dims_to_operand_dims={0}, index_vector_dim=1, to_apply=%add
+}
+
 %body.2 (state: (bf16[8,16], bf16[16,32], f32[12,8,32], s32[])) -> (bf16[8,16], bf16[16,32], f32[12,8,32], s32[]) {
   %state = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) parameter(0)
   %x = bf16[8,16]{1,0} get-tuple-element(%state), index=0
@@ -179,7 +186,9 @@ STEP_HLO = """HloModule jit_pure
   %g = f32[8,32]{1,0} fusion(%x, %w), kind=kCustom, calls=%gemm_computation, metadata={op_name="jit(pure)/while/body/transpose(jvp(GptTransformer))/GptMlp/Linear/dot_general"}
   %r = f32[1,8,32]{2,1,0} fusion(%s, %k), kind=kLoop, calls=%fused_slice, metadata={op_name="jit(pure)/while/body/dynamic_slice"}
   %u = f32[12,8,32]{2,1,0} fusion(%s, %r, %k), kind=kLoop, calls=%fused_update, metadata={op_name="jit(pure)/while/body/checkpoint/rematted_computation/dynamic_update_slice"}
-  ROOT %t = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) tuple(%x, %w, %u, %k)
+  %at.1 = s32[1,1]{1,0} constant({ {0} })
+  %v = f32[12,8,32]{2,1,0} fusion(%u, %at.1, %r), kind=kInput, calls=%fused_scatter, metadata={op_name="jit(pure)/while/body/transpose(jvp(Embedding))/scatter-add"}
+  ROOT %t = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) tuple(%x, %w, %v, %k)
 }
 
 ENTRY %main (q: bf16[2,64,4,16], st: (bf16[8,16], bf16[16,32], f32[12,8,32], s32[])) -> bf16[2,64,4,16] {
@@ -194,18 +203,21 @@ ENTRY %main (q: bf16[2,64,4,16], st: (bf16[8,16], bf16[16,32], f32[12,8,32], s32
 
 def test_gpu_compile_roofline_weighs_each_kernel_by_its_loops_bytes_and_products():
     """A loop's body runs its known trip count of times; a matrix product costs 2 x M x N x K; a fusion that
-    slices a stacked buffer reads the slice, one that updates it in place moves the update, not the buffer;
+    slices a stacked buffer reads the slice, one that updates it in place (a dynamic update, a scatter) moves the
+    update, not the buffer;
     cuDNN's causal attention costs half of 4 x batch x heads x S^2 x head forward."""
     import gpu_compile
 
     costs = {cost.what: cost for cost in gpu_compile.kernel_costs(STEP_HLO)}
     assert set(costs) == {"backward: GptMlp/Linear/dot_general", "forward: dynamic_slice",
-                          "recomputed: dynamic_update_slice", "forward: GptAttention/dot_product_attention_fwd"}
+                          "recomputed: dynamic_update_slice", "forward: GptAttention/dot_product_attention_fwd",
+                          "backward: transpose(jvp(Embedding))/scatter-add"}
     product = costs["backward: GptMlp/Linear/dot_general"]
     assert (product.runs, product.flops, product.bytes) == (16, 2 * 8 * 32 * 16, 8 * 16 * 2 + 16 * 32 * 2 + 8 * 32 * 4)
     row = 8 * 32 * 4
     assert costs["forward: dynamic_slice"].bytes == 2 * row + 4  # the slice read and written, the index
     assert costs["recomputed: dynamic_update_slice"].bytes == row + 4 + row  # the row read, the index, the row written
+    assert costs["backward: transpose(jvp(Embedding))/scatter-add"].bytes == 4 + row + row
     attention = costs["forward: GptAttention/dot_product_attention_fwd"]
     assert (attention.runs, attention.flops) == (1, 4 * 2 * 4 * 64 ** 2 * 16 * 0.5)
     assert attention.bytes == 4 * 2 * 64 * 4 * 16 * 2  # three inputs and the output
