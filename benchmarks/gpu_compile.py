@@ -144,21 +144,20 @@ def on_device(tree, device):
 
 
 PEAK_TFLOPS = 989.0  # H100 and H200 SXM, dense bf16
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8,
-               "u64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
-ARRAY = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([0-9,]*)\]")
-NO_KERNEL = NOT_LAUNCHES | HOST_DRIVEN | {"fusion-done", "opt-barrier", "slice"}  # (a slice of the entry: a view)
+ARRAY = re.compile(r"\b(pred|[a-z]+(\d+)[a-z0-9]*)\[([0-9,]*)\]")  # bf16[32,1024], s4[8], f8e4m3fn[2], pred[3]
+NO_KERNEL = NOT_LAUNCHES | HOST_DRIVEN | {"opt-barrier", "slice"}  # (a slice of the entry: a view)
 
 
-def array_bytes(type_text: str) -> int:
-    """Bytes of the arrays in an HLO type ("bf16[32,1024]{1,0}", or a tuple of them)."""
-    return sum(DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
-               for dtype, dims in ARRAY.findall(type_text))
+def array_bytes(type_text: str) -> float:
+    """Bytes of the arrays in an HLO type ("bf16[32,1024]{1,0}", or a tuple of them): an element's bits are in
+    its type's name (pred: a byte)."""
+    return sum((1 if dtype == "pred" else int(bits) / 8) * math.prod(int(d) for d in dims.split(",") if d)
+               for dtype, bits, dims in ARRAY.findall(type_text))
 
 
 def array_dims(type_text: str) -> list[int]:
     match = ARRAY.search(type_text)
-    return [int(d) for d in match.group(2).split(",") if d] if match else []
+    return [int(d) for d in match.group(3).split(",") if d] if match else []
 
 
 Instruction = collections.namedtuple("Instruction", "name type opcode operands line")
@@ -239,42 +238,71 @@ def _operation(op_name: str) -> str:
     return f"{phase}: {'/'.join(scopes[-3:])}"
 
 
+def _library_call_cost(instruction: Instruction, table: dict) -> tuple[float, float]:
+    """(bytes, flops) of a library call: its operands and outputs (not the byte arrays of a cuBLAS or cuDNN
+    workspace); a cuBLAS product's flops from its dimension numbers, cuDNN's fused attention's as 4 x batch x
+    heads x S^2 x head, half of it under a causal mask, 2.5 times that backward."""
+    outputs = [element for element in re.findall(r"\b(?:pred|[a-z]+\d+[a-z0-9]*)\[[0-9,]*\]", instruction.type)
+               if not re.match(r"[su]8\[", element)]
+    moved = sum(array_bytes(element) for element in outputs) + sum(
+        array_bytes(table[operand].type) for operand in instruction.operands if operand in table)
+    target = re.search(r'custom_call_target="([^"]+)"', instruction.line)
+    target = target.group(1) if target else ""
+    first = array_dims(table[instruction.operands[0]].type) if instruction.operands and \
+        instruction.operands[0] in table else []
+    if "fmha" in target and len(first) == 4:
+        batch, positions, heads, head = first
+        masked = 0.5 if '"mask_type":"CAUSAL"' in instruction.line.replace(" ", "") else 1.0
+        return moved, 4 * batch * heads * positions ** 2 * head * masked * (2.5 if "Backward" in target else 1.0)
+    contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', instruction.line)
+    if ("gemm" in target or "matmul" in target) and contracting and outputs:
+        depth = math.prod(first[int(d)] for d in re.findall(r"\d+", contracting.group(1)))
+        return moved, 2 * math.prod(array_dims(outputs[0])) * depth
+    return moved, 0
+
+
 def kernel_costs(hlo_text: str) -> list[KernelCost]:
     """Each kernel of an optimized GPU module, with how often one run of the module launches it (a while loop's
-    known trip count multiplies its body's), what it computes (the JAX operation it came from, numbers
-    dropped), the bytes it must move and the flops of its matrix products (cuDNN's fused attention: 4 x batch x
-    heads x S^2 x head, half of it under the causal mask forward, 2.5 times that backward)."""
+    known trip count multiplies its body's; of a conditional's branches the costliest is counted), what it
+    computes (the JAX operation it came from, numbers dropped), the bytes it must move and the flops of its
+    matrix products. A loop without a known trip count is counted once, with a warning."""
     module, entry = computations(hlo_text)
-    costs = []
+    unknown_trips = []
 
-    def walk(name: str, runs: int) -> None:
+    def walk(name: str, runs: int) -> list[KernelCost]:
+        costs = []
         table = {i.name: i for i in module[name]}
         for instruction in module[name]:
-            if instruction.opcode == "while":
-                trips = re.search(r'known_trip_count":\{"n":"(\d+)"', instruction.line)
-                walk(re.search(r"body=%([\w.\-]+)", instruction.line).group(1), runs * int(trips.group(1) if trips else 1))
+            opcode, line = instruction.opcode, instruction.line
+            if opcode == "while":
+                trips = re.search(r'known_trip_count":\{"n":"(\d+)"', line)
+                if not trips:
+                    unknown_trips.append(instruction.name)
+                costs += walk(re.search(r"body=%([\w.\-]+)", line).group(1), runs * int(trips.group(1) if trips else 1))
+            elif opcode == "conditional":  # one branch runs: the costliest (time-weighted at 200 flops a byte)
+                branches = re.search(r"branch_computations=\{([^}]*)\}", line)
+                names = re.findall(r"%([\w.\-]+)", branches.group(1)) if branches else \
+                    re.findall(r"(?:true|false)_computation=%([\w.\-]+)", line)
+                costs += max((walk(branch, runs) for branch in names), default=[],
+                             key=lambda branch: sum(c.runs * max(c.bytes, c.flops / 200) for c in branch))
+            elif opcode == "call":
+                costs += walk(re.search(r"to_apply=%([\w.\-]+)", line).group(1), runs)
+            elif opcode in NO_KERNEL or opcode.endswith(("-done", "-update")):  # (an async op's wait)
                 continue
-            if instruction.opcode in ("conditional", "call"):
-                for called in re.findall(r"(?:branch_computations=\{|to_apply=|calls=)%([\w.\-]+)", instruction.line):
-                    walk(called, runs)
-                continue
-            if instruction.opcode in NO_KERNEL:
-                continue
-            flops = 0
-            if instruction.opcode in ("fusion", "fusion-start"):
-                called = re.search(r"calls=%([\w.\-]+)", instruction.line).group(1)
-                moved, flops = _fusion_bytes(module, called), _product_flops(module, called)
             else:
-                moved = array_bytes(instruction.type) + sum(array_bytes(table[o].type) for o in instruction.operands
-                                                            if o in table)
-                target = re.search(r'custom_call_target="([^"]+)"', instruction.line)
-                if target and "fmha" in target.group(1) and len(array_dims(table[instruction.operands[0]].type)) == 4:
-                    batch, positions, heads, head = array_dims(table[instruction.operands[0]].type)
-                    flops = 4 * batch * heads * positions ** 2 * head * (1.25 if "Backward" in target.group(1) else 0.5)
-            op_name = re.search(r'op_name="([^"]*)"', instruction.line)
-            costs.append(KernelCost(runs, _operation(op_name.group(1)) if op_name else instruction.opcode, moved, flops))
+                called = re.search(r"calls=%([\w.\-]+)", line)
+                if opcode in ("fusion", "fusion-start", "async-start") and called:
+                    moved, flops = _fusion_bytes(module, called.group(1)), _product_flops(module, called.group(1))
+                else:
+                    moved, flops = _library_call_cost(instruction, table)
+                op_name = re.search(r'op_name="([^"]*)"', line)
+                costs.append(KernelCost(runs, _operation(op_name.group(1)) if op_name else opcode, moved, flops))
+        return costs
 
-    walk(entry, 1)
+    costs = walk(entry, 1)
+    if unknown_trips:
+        print(f"gpu_compile: {len(unknown_trips)} loop(s) without a known trip count counted once "
+              f"({', '.join(unknown_trips[:3])})", file=sys.stderr)
     return costs
 
 

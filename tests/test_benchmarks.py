@@ -191,27 +191,72 @@ STEP_HLO = """HloModule jit_pure
   ROOT %t = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) tuple(%x, %w, %v, %k)
 }
 
-ENTRY %main (q: bf16[2,64,4,16], st: (bf16[8,16], bf16[16,32], f32[12,8,32], s32[])) -> bf16[2,64,4,16] {
+%cheap (c: f32[8]) -> f32[8] {
+  %c = f32[8]{0} parameter(0)
+  ROOT %n = f32[8]{0} fusion(%c), kind=kLoop, calls=%fused_add, metadata={op_name="jit(pure)/cond/branch_0_fun/neg"}
+}
+
+%costly (c.1: f32[8]) -> f32[8] {
+  %c.1 = f32[8]{0} parameter(0)
+  %e = f32[8]{0} fusion(%c.1), kind=kLoop, calls=%fused_add, metadata={op_name="jit(pure)/cond/branch_1_fun/exp"}
+  ROOT %e.2 = f32[8]{0} fusion(%e), kind=kLoop, calls=%fused_add, metadata={op_name="jit(pure)/cond/branch_1_fun/exp"}
+}
+
+%fused_add (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  ROOT %add.1 = f32[8]{0} add(%p, %p)
+}
+
+%wrapped (p.1: f32[8]) -> f32[8] {
+  %p.1 = f32[8]{0} parameter(0)
+  ROOT %f = f32[8]{0} fusion(%p.1), kind=kLoop, calls=%fused_add
+}
+
+%spin (v.1: f32[8]) -> f32[8] {
+  %v.1 = f32[8]{0} parameter(0)
+  ROOT %l = f32[8]{0} fusion(%v.1), kind=kLoop, calls=%fused_add, metadata={op_name="jit(pure)/while/body/log"}
+}
+
+ENTRY %main (q: bf16[2,64,4,16], st: (bf16[8,16], bf16[16,32], f32[12,8,32], s32[]), a: bf16[64,32], b: bf16[32,16], v: f32[8], i: s32[]) -> bf16[2,64,4,16] {
+  %a = bf16[64,32]{1,0} parameter(2)
+  %b = bf16[32,16]{1,0} parameter(3)
+  %v = f32[8]{0} parameter(4)
+  %i = s32[] parameter(5)
+  %gemm = (bf16[64,16]{1,0}, s8[4194304]{0}) custom-call(%a, %b), custom_call_target="__cublas$gemm", metadata={op_name="jit(pure)/GptMlp/Linear/dot_general"}, backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
+  %branch = f32[8]{0} conditional(%i, %v, %v), branch_computations={%cheap, %costly}
+  %start = ((f32[8]{0}), f32[8]{0}, s32[]) async-start(%v), calls=%wrapped, metadata={op_name="jit(pure)/async/add"}
+  %done = f32[8]{0} async-done(%start)
+  %unknown = f32[8]{0} while(%v), condition=%cond, body=%spin
   %q = bf16[2,64,4,16]{3,2,1,0} parameter(0)
   %st = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) parameter(1)
   %loop = (bf16[8,16]{1,0}, bf16[16,32]{1,0}, f32[12,8,32]{2,1,0}, s32[]) while(%st), condition=%cond, body=%body.2, backend_config={"known_trip_count":{"n":"16"}}
-  %fmha = (bf16[2,64,4,16]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(pure)/GptAttention/dot_product_attention_fwd"}
+  %fmha = (bf16[2,64,4,16]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(pure)/GptAttention/dot_product_attention_fwd"}, backend_config={"cudnn_fmha_backend_config": {"mask_type": "CAUSAL"}}
   ROOT %o = bf16[2,64,4,16]{3,2,1,0} get-tuple-element(%fmha), index=0
 }
 """
 
 
-def test_gpu_compile_roofline_weighs_each_kernel_by_its_loops_bytes_and_products():
+def test_gpu_compile_roofline_weighs_each_kernel_by_its_loops_bytes_and_products(capsys):
     """A loop's body runs its known trip count of times; a matrix product costs 2 x M x N x K; a fusion that
     slices a stacked buffer reads the slice, one that updates it in place (a dynamic update, a scatter) moves the
     update, not the buffer;
     cuDNN's causal attention costs half of 4 x batch x heads x S^2 x head forward."""
     import gpu_compile
 
-    costs = {cost.what: cost for cost in gpu_compile.kernel_costs(STEP_HLO)}
+    listed = gpu_compile.kernel_costs(STEP_HLO)
+    costs = {cost.what: cost for cost in listed}
     assert set(costs) == {"backward: GptMlp/Linear/dot_general", "forward: dynamic_slice",
                           "recomputed: dynamic_update_slice", "forward: GptAttention/dot_product_attention_fwd",
-                          "backward: transpose(jvp(Embedding))/scatter-add"}
+                          "backward: transpose(jvp(Embedding))/scatter-add", "forward: GptMlp/Linear/dot_general",
+                          "forward: exp", "forward: async/add", "forward: log"}
+    # a cuBLAS product: its flops from its dimension numbers, its workspace no traffic
+    cublas = costs["forward: GptMlp/Linear/dot_general"]
+    assert (cublas.flops, cublas.bytes) == (2 * 64 * 16 * 32, (64 * 32 + 32 * 16 + 64 * 16) * 2)
+    # of a conditional's branches the costlier (two kernels, not the other's one); an async op once, at its start
+    assert [c.what for c in listed].count("forward: exp") == 2
+    assert costs["forward: async/add"].bytes == 2 * 8 * 4
+    # a loop whose trip count XLA does not know: counted once, and said
+    assert costs["forward: log"].runs == 1 and "without a known trip count" in capsys.readouterr().err
     product = costs["backward: GptMlp/Linear/dot_general"]
     assert (product.runs, product.flops, product.bytes) == (16, 2 * 8 * 32 * 16, 8 * 16 * 2 + 16 * 32 * 2 + 8 * 32 * 4)
     row = 8 * 32 * 4

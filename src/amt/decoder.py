@@ -4,7 +4,8 @@ Why a focused cache of our own: Levanter's paged KV cache serves only Llama-fami
 incremental decoding. This module reads the weights out of a trained `Gpt2LMHeadModel` (haliax named arrays)
 and runs the same computation (pre-LayerNorm blocks, `gelu_new`, attention scaled by 1/sqrt(head size) and,
 with `scale_attn_by_inverse_layer_idx`, by 1/(layer + 1); tied unembedding) on fixed-shape arrays: a cache of
-(batch, heads, context, head size) keys and values a layer, so nothing recompiles per token. Each row of a
+keys, (batch, heads, context, head size), and values, transposed (`KVCache`), a layer, so nothing recompiles
+per token. Each row of a
 batch has its own position (`start` per row; `set_row` replaces one row's window), so the samples of one
 request keep their own lengths, finish and move their windows at their own times.
 A test holds its logits to the full Levanter forward pass at every position (f32, 1e-4).
@@ -20,7 +21,9 @@ unembedding only the sampled slot's block, and ~2.5 -> ~1.5 s for a 640-token wi
 Precision: float32 by default. `decoder_weights(model, jnp.bfloat16)` keeps the matrices, the embeddings and
 the cache in bfloat16 for an accelerator, where a step reads all the weights for a few tokens and is
 memory-bound: half the bytes. Only the matrix products' inputs are bfloat16 (accumulated and returned in
-float32: XLA's `preferred_element_type`); the residual stream, LayerNorms, softmax and logits stay float32,
+float32: XLA's `preferred_element_type`); the residual stream, LayerNorms, softmax and logits stay float32
+(for one row the blocks' LayerNorm scales are folded into the bf16 matrices and the residual stream is rounded
+before the product instead of the normalized one: `_normalized_dot`),
 more precise than the bf16 compute it was trained under (`mp: p=f32,c=bfloat16`): on a trained model's
 11,253 tokens of real MIDI the mean loss moved 3.96468 -> 3.96447 nats, logits by at most 0.11 (spread ~2.6).
 Medium on an H100 (benchmarks/gpu_compile.py): an event reads at least 4.34 -> 2.17 GB at batch 1 (1.30 ->
@@ -90,7 +93,8 @@ jax.tree_util.register_dataclass(
 def decoder_weights(model, dtype=jnp.float32) -> DecoderWeights:
     """The weights of a Levanter `Gpt2LMHeadModel`, as per-layer matrices: the matrices and embeddings in
     `dtype` (float32 or bfloat16), the biases and column sums in float32; each block's two LayerNorms folded into
-    the products they feed (`_normalized_dot`; folded in float64, then rounded)."""
+    the products they feed (`_normalized_dot`: the scaled matrices in float32, the biases and column sums summed
+    in float64, then all rounded)."""
     dtype = jnp.dtype(dtype)
     if dtype not in (jnp.float32, jnp.bfloat16):
         raise ValueError(f"decoder weights: dtype {dtype} is not float32 or bfloat16")
@@ -164,7 +168,8 @@ def _normalized_dot(x, w, column_sums, b, eps):
 
 
 def _layer_norm(x, w, b, eps):
-    """LayerNorm over the last axis. For a single row (one token of one sample: decoding at batch 1) the mean
+    """LayerNorm over the last axis (the final one; the blocks' are folded into their products, `_normalized_dot`,
+    with the same statistics). For a single row (one token of one sample: decoding at batch 1) the mean
     and the mean square are summed in one pass (var = E[x^2] - E[x]^2): XLA's GPU compiler makes that one
     kernel, and the usual two passes (the mean, then the squares about it) two kernels and a third to
     normalize; for more rows it makes the two-pass form one kernel (a Triton normalization fusion) and the
