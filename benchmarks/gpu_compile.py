@@ -242,8 +242,7 @@ def _library_call_cost(instruction: Instruction, table: dict) -> tuple[float, fl
     """(bytes, flops) of a library call: its operands and outputs (not the byte arrays of a cuBLAS or cuDNN
     workspace); a cuBLAS product's flops from its dimension numbers, cuDNN's fused attention's as 4 x batch x
     heads x S^2 x head, half of it under a causal mask, 2.5 times that backward."""
-    outputs = [element for element in re.findall(r"\b(?:pred|[a-z]+\d+[a-z0-9]*)\[[0-9,]*\]", instruction.type)
-               if not re.match(r"[su]8\[", element)]
+    outputs = [array.group(0) for array in ARRAY.finditer(instruction.type) if array.group(1) not in ("s8", "u8")]
     moved = sum(array_bytes(element) for element in outputs) + sum(
         array_bytes(table[operand].type) for operand in instruction.operands if operand in table)
     target = re.search(r'custom_call_target="([^"]+)"', instruction.line)
@@ -321,6 +320,11 @@ def roofline(costs: list[KernelCost], bandwidth: float, peak_flops: float) -> tu
     return sum(s for s, *_ in ranked), ranked
 
 
+def card_bandwidth(args) -> float:
+    """Bytes a second: --bandwidth (TB/s) where given, else the target card's."""
+    return args.bandwidth * 1e12 if args.bandwidth else card_figure(args.target, "memory_bandwidth")
+
+
 def card_figure(target: Path, field: str) -> int:
     """A number from the card's description: device_memory_size (bytes), memory_bandwidth (bytes a second)."""
     return int(re.search(rf"{field}:\s*(\d+)", target.read_text()).group(1))
@@ -358,7 +362,7 @@ def sample(args, device) -> None:
     weights, unembed = abstract(sampler.weights), abstract(sampler.unembed)
     print(f"kernel launches a sampled event, compiled for {device.device_kind} without one (jax {jax.__version__}); "
           f"{args.layers} layers x {args.width}, {args.heads} heads, {args.dtype} weights and cache")
-    bandwidth = args.bandwidth * 1e12 if args.bandwidth else card_figure(args.target, "memory_bandwidth")
+    bandwidth = card_bandwidth(args)
     print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'_stage':>7} {'an event':>9} {'host loops':>11} {'GB read':>8} "
           f"{'ms':>5} {'XLA GB':>7} {'ms':>5}   how XLA runs _event / _write / _stage (top-level thunks; "
           f"CommandBuffer: a CUDA graph)")
@@ -470,7 +474,7 @@ def train(args, device) -> None:
           f"{total / 2**30:.1f} GiB, {100 * total / card:.0f}% of the card's {card / 2**30:.0f} GiB; "
           f"{launches} launches in the step's entry ({loops} of them loops run from the host)")
     if args.roofline:
-        bandwidth = args.bandwidth * 1e12 if args.bandwidth else card_figure(args.target, "memory_bandwidth")
+        bandwidth = card_bandwidth(args)
         floor, ranked = roofline(kernel_costs(text), bandwidth, args.peak_tflops * 1e12)
         model_flops = training_flops_per_token(model_config) * Batch.size * Pos.size
         print(f"roofline (an estimate, not a time): {sum(n for _, n, *_ in ranked):,} kernels a step moving "

@@ -159,19 +159,23 @@ def _normalized_dot(x, w, column_sums, b, eps):
     3.7 ms an event). Precision: a trained model's mean loss, stepping 900 tokens one at a time, 4.06135 nats in
     float32 before and after; in bfloat16 4.06151 -> 4.06131 (the matrices rounded with the scale folded in, the
     residual stream rounded before the product instead of the normalized one). The statistics as in
-    `_layer_norm`."""
-    mean = x.mean(-1, keepdims=True)
+    `_moments`."""
+    mean, var = _moments(x)
     if x.size != x.shape[-1]:  # more rows: normalized first (XLA makes it one kernel with the statistics)
-        return _dot((x - mean) * jax.lax.rsqrt(x.var(-1, keepdims=True) + eps), w) + b
-    var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0)
+        return _dot((x - mean) * jax.lax.rsqrt(var + eps), w) + b
     return jax.lax.rsqrt(var + eps) * (_dot(x, w) - mean * column_sums) + b
 
 
 def _layer_norm(x, w, b, eps):
-    """LayerNorm over the last axis (the final one; the blocks' are folded into their products, `_normalized_dot`,
-    with the same statistics). For a single row (one token of one sample: decoding at batch 1) the mean
-    and the mean square are summed in one pass (var = E[x^2] - E[x]^2): XLA's GPU compiler makes that one
-    kernel, and the usual two passes (the mean, then the squares about it) two kernels and a third to
+    """LayerNorm over the last axis (the final one; the blocks' are folded into their products, `_normalized_dot`)."""
+    mean, var = _moments(x)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * w + b
+
+
+def _moments(x):
+    """The mean and variance over the last axis, a LayerNorm's statistics. For a single row (one token of one
+    sample: decoding at batch 1) the mean and the mean square are summed in one pass (var = E[x^2] - E[x]^2):
+    XLA's GPU compiler makes that one kernel, and the usual two passes (the mean, then the squares about it) two kernels and a third to
     normalize; for more rows it makes the two-pass form one kernel (a Triton normalization fusion) and the
     one-pass form two. Per event of Medium (benchmarks/gpu_compile.py): batch 1, 1,318 -> 1,171 launches;
     batch 8 stays at 1,098 (the one-pass form everywhere: 1,314). The cancellation the one-pass form risks
@@ -179,10 +183,8 @@ def _layer_norm(x, w, b, eps):
     Levanter's LayerNorm (tests/test_sampling.py), as close as the two-pass form on trained models."""
     mean = x.mean(-1, keepdims=True)
     if x.size == x.shape[-1]:
-        var = jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0)
-    else:
-        var = x.var(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * w + b
+        return mean, jnp.maximum((x * x).mean(-1, keepdims=True) - mean * mean, 0)
+    return mean, x.var(-1, keepdims=True)
 
 
 @dataclass(frozen=True)
