@@ -12,17 +12,18 @@
 #   bash benchmarks/device_check.sh --check-requirements [DIR]   # requirements of our set the machine still breaks
 #   bash benchmarks/device_check.sh --inventory       # list the machine's packages into $OUT and stop
 #
-# Steps: train (the GPU recipe as written), train-variant (the same with plain dot-product attention and no
-# gradient checkpointing: is either worth making the recipe's default on one 80 GB card?), train-fused (the same
-# with cuDNN's fused attention, `model.fused_attention`), train-profile (the same with one step profiled: where
-# the card's time goes once the attention is fused; the recipe as written is estimated by gpu_compile.py --roofline), sample-medium (ours against Hugging Face's KV cache,
+# Steps: train (the GPU recipe as written: cuDNN's fused attention, recomputation), train-variant (the same
+# without gradient checkpointing: worth making the recipe's default on one 80 GB card?), train-unfused (the
+# recipe with Levanter's own attention, `model.fused_attention false`: what the fused attention gains),
+# train-profile (the recipe with one step profiled: where the card's time goes), sample-medium (ours against
+# Hugging Face's KV cache,
 # ours in float32 and in bfloat16, then a trace of 20 events), sample-small (the same, no trace),
 # sample-medium-nographs (ours again with XLA's CUDA graphs switched off: an event is one graph by default,
 # benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), sample-medium-ours (ours
 # alone, with the trace: a later visit's check of a change to our sampler; 100 s did not hold it on the H200),
 # tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README); the next, after the install:
-#   BUDGET=470 bash benchmarks/device_check.sh train-fused train-profile sample-medium-ours tests
+#   BUDGET=540 bash benchmarks/device_check.sh train-variant sample-medium-ours tests
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -68,7 +69,7 @@ esac
 
 DRY=
 if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
-ALL_STEPS=(train train-variant train-fused train-profile sample-medium sample-small sample-medium-nographs
+ALL_STEPS=(train train-variant train-unfused train-profile sample-medium sample-small sample-medium-nographs
            sample-medium-ours tests)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
@@ -109,15 +110,18 @@ else
     SMALL=(--layers 12 --width 768 --heads 12 --dtypes float32,bfloat16)
     MEDIUM=(--layers 24 --width 1024 --heads 16 --dtypes float32,bfloat16)
     TRACE_EVENTS=20
-    TEST_PLATFORMS=cuda
+    # the GPU first, the CPU beside it: Levanter puts a dataset's examples and checkpoint reads on the CPU device,
+    # so `JAX_PLATFORMS=cuda` alone failed every `amt train` run of the H100 visit's tests ("unknown backend cpu")
+    TEST_PLATFORMS=cuda,cpu
 fi
-# the variant: Levanter's plain dot-product attention (without Transformer Engine its GPU default falls back to
-# its own JAX flash attention) and no activation recomputation (GPT-2 Small at 32 sequences of 1,024 a micro-step
-# fits an 80 GB card without it: 46 GiB by XLA's own figure, `python benchmarks/gpu_compile.py train -- ...`)
-VARIANT=(--model.attn_backend vanilla --model.gradient_checkpointing false)
-# attention through jax.nn.dot_product_attention, cuDNN's fused flash attention on the card (`model.fused_attention`:
-# Levanter's GPU fallback is its JAX "flash" attention in one 1,024-wide block, the whole score matrix written out)
-FUSED=(--model.fused_attention true)
+# the variant: no activation recomputation (GPT-2 Small at 32 sequences of 1,024 a micro-step fits an 80 GB card
+# without it, `python benchmarks/gpu_compile.py train -- ...`; estimated slower, the saved activations moving more
+# bytes than the recomputation: README)
+VARIANT=(--model.gradient_checkpointing false)
+# Levanter's own attention: without Transformer Engine its GPU default falls back to its JAX "flash" attention in
+# one 1,024-wide block, the whole score matrix written out (the recipe's until the H100 visit: 16.4% MFU against
+# 26.3% fused)
+UNFUSED=(--model.fused_attention false)
 # what goes between TRAIN and more overrides: nothing where TRAIN holds overrides already (the dry run's), else --
 SEP=(--)
 [[ " ${TRAIN[*]} " == *" -- "* ]] && SEP=()
@@ -140,8 +144,12 @@ step() {
         return 3
     fi
     log "$name (${limit} s at most): ${*:2}"
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    # at the limit an interrupt (SIGINT, to the step's whole process group), not a kill: pytest then still prints
+    # the failures it has seen (the H100 visit's tests, stopped by SIGTERM, left "........FFEEEEF" and no reason),
+    # a benchmark its Python traceback; a kill 20 s later if that did not end it
+    timeout -s INT -k 20 "$limit" "$@" >"$OUT/$name.log" 2>&1
     local status=$?
+    (( status == 137 )) && status=124
     tail -n "${TAIL:-8}" "$OUT/$name.log" | tee -a "$OUT/device-check.log"
     (( status == 124 )) && log "$name: stopped at its ${limit} s"
     (( status == 0 )) || log "$name failed (exit $status)"
@@ -169,14 +177,14 @@ run_train() {
 run_train-variant() {
     train_step train-variant 150 "${TRAIN[@]}" "${SEP[@]}" "${VARIANT[@]}"
 }
-run_train-fused() {
-    train_step train-fused 150 "${TRAIN[@]}" "${SEP[@]}" "${FUSED[@]}"
+run_train-unfused() {
+    train_step train-unfused 150 "${TRAIN[@]}" "${SEP[@]}" "${UNFUSED[@]}"
 }
 run_train-profile() {
     # the recipe again, one step after compilation under Levanter's profiler: how busy the card is in a step, the
     # matrix products' share, the kernels that take the time (summary in the log; the trace comes back beside
     # outputs.tar where it is under the 16 MiB a returned file may have)
-    TAIL=18 train_step train-profile 150 --profile "$OUT/train-profile" "${TRAIN[@]}" "${SEP[@]}" "${FUSED[@]}"
+    TAIL=18 train_step train-profile 150 --profile "$OUT/train-profile" "${TRAIN[@]}"
     local status=$?
     find "$OUT/train-profile" -name "*.json.gz" -size +15M -delete 2>/dev/null
     return "$status"
@@ -210,10 +218,10 @@ run_sample-medium-nographs() {
         step sample-medium-nographs 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours
 }
 run_tests() {
-    # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS; on CPU
+    # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS, the GPU first; on CPU
     # by default); every test reports, none stops the rest
     AMT_TEST_JAX_PLATFORMS=$TEST_PLATFORMS XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=20 \
-        step tests "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider --durations=5 "${TESTS[@]}"
+        step tests "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider --tb=short --durations=5 "${TESTS[@]}"
 }
 
 # what comes back from a device call is at most 8 files: after each step its outputs go into one archive,

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 # src/ and the device check's wheels (.device-site) where they are on the path, not installed
 PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
 # where `amt generate` runs in these tests: the CPU, unless AMT_TEST_JAX_PLATFORMS names another (the device check:
-# cuda)
+# cuda,cpu)
 CLI_ENV = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": os.environ.get("AMT_TEST_JAX_PLATFORMS", "cpu"),
            "PATH": "/usr/bin:/bin", **PYTHONPATH}
 DEMO = REPO / "demo" / "midi"
@@ -373,10 +373,11 @@ def test_generate_command_writes_midi_and_pianoroll(tmp_path, tiny_model):
     with single_device_mesh():
         tiny_model.config.hf_checkpoint_converter().save_pretrained(tiny_model, str(tmp_path / "hf"), save_tokenizer=False)
     out = tmp_path / "out" / "acc.mid"
-    subprocess.run([sys.executable, "-m", "amt.cli", "generate", "--checkpoint", str(tmp_path / "hf"), "--prompt",
-                    str(DEMO / "miditok_multitrack" / "Funkytown.mid"), "--accompany", "87", "--start", "2",
-                    "--end", "8", "--num-samples", "2", "--dtype", "bfloat16", "-o", str(out)],
-                   check=True, capture_output=True, env=CLI_ENV)
+    done = subprocess.run([sys.executable, "-m", "amt.cli", "generate", "--checkpoint", str(tmp_path / "hf"), "--prompt",
+                           str(DEMO / "miditok_multitrack" / "Funkytown.mid"), "--accompany", "87", "--start", "2",
+                           "--end", "8", "--num-samples", "2", "--dtype", "bfloat16", "-o", str(out)],
+                          capture_output=True, text=True, env=CLI_ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
     lead = {tuple(r) for r in ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid")).tolist()
             if (r[2] - vocab.NOTE_OFFSET) // vocab.MAX_PITCH == 87 and r[0] < 800}
     for path in (out, out.with_name("acc-2.mid")):
