@@ -1,4 +1,6 @@
-"""One training step on a simulated 8-device CPU mesh (data 4 x model 2); prints each parameter's sharding.
+"""One training step on a simulated 8-device CPU mesh (data 4 x model 2); prints each parameter's sharding, and
+the step's loss again with `model.fused_attention` (batch and heads folded into one axis, here sharded over both
+mesh axes: what the 8-GPU recipe's attention does to a sharded batch, in XLA's form).
 
 Run as a subprocess by test_train.py (the device count must be set before jax starts):
     python tests/mesh_step.py CACHE_DIR
@@ -12,12 +14,15 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import draccus  # noqa: E402
+import equinox as eqx  # noqa: E402
 import haliax as hax  # noqa: E402
 import jax  # noqa: E402
+import optax  # noqa: E402
 from haliax.partitioning import round_axis_for_partitioning  # noqa: E402
 from levanter.trainer import Trainer, initialize  # noqa: E402
+from levanter.utils.tree_utils import inference_mode  # noqa: E402
 
-from amt.train import TrainConfig  # noqa: E402
+from amt.train import TrainConfig, fused_attention, one_process_unless_a_cluster  # noqa: E402
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "amt-tiny.yaml")
 
@@ -30,6 +35,8 @@ def main(cache_dir: str) -> None:
         "--trainer.checkpointer.base_path", os.path.join(cache_dir, "..", "mesh-ckpt"),
         "--trainer.log_dir", os.path.join(cache_dir, "..", "mesh-logs"),
     ])
+    # one process where only mpi4py is installed (workaround 5, as `amt train` does: the GPU machines have it)
+    config = one_process_unless_a_cluster(config)
     assert len(jax.devices()) == 8
     initialize(config)
     def loss(model, example, *, key=None):
@@ -41,6 +48,20 @@ def main(cache_dir: str) -> None:
         state = trainer.initial_state(train_key, model_init=lambda: config.model.build(Vocab, key=model_key))
         dataset = config.data.train_set(config.model.max_Pos, config.trainer.batch_schedule, key=data_key)
         batch = next(iter(trainer.data_loader(dataset).iter_from_step(0)))
+        # the loss and its gradient's norm (dropout off) with Levanter's attention and with the fused one, each
+        # traced afresh under the mesh (the attention is chosen when tracing), before the step donates the state
+        def loss_and_gradient_norm(model):
+            value, grads = eqx.filter_value_and_grad(lambda m: loss(m, batch).scalar())(inference_mode(model, True))
+            return value, optax.global_norm(eqx.filter(grads, eqx.is_array))
+
+        traced = []  # the fused attention's calls of jax.nn.dot_product_attention (one: the layers are a scan)
+        library = jax.nn.dot_product_attention
+        jax.nn.dot_product_attention = lambda *args, **kwargs: traced.append(1) or library(*args, **kwargs)
+        with hax.partitioning.set_mesh(trainer.device_mesh), hax.axis_mapping(trainer.compute_axis_mapping):
+            plain = eqx.filter_jit(loss_and_gradient_norm)(state.model)
+            with fused_attention():  # (a function of its own: equinox caches a function's trace)
+                fused = eqx.filter_jit(lambda model: loss_and_gradient_norm(model))(state.model)
+        jax.nn.dot_product_attention = library
         info = trainer.train_step(state, batch)
         mesh = dict(trainer.device_mesh.shape)
         shardings = {}
@@ -49,7 +70,9 @@ def main(cache_dir: str) -> None:
                 spec = leaf.array.sharding.spec
                 shardings[jax.tree_util.keystr(path)] = {ax.name: spec[i] if i < len(spec) else None
                                                         for i, ax in enumerate(leaf.axes)}
-        print(json.dumps({"mesh": mesh, "loss": float(info.loss), "shardings": shardings}))
+        print(json.dumps({"mesh": mesh, "loss": float(info.loss), "shardings": shardings,
+                          "attention": {"levanter": [float(x) for x in plain], "fused": [float(x) for x in fused],
+                                        "fused_calls": len(traced)}}))
 
 
 if __name__ == "__main__":

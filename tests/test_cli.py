@@ -167,6 +167,24 @@ def test_generated_and_given_notes_are_counted_apart():
     assert cli.count_notes(sample, given[:0], 0.0) == (6, 0)
 
 
+@pytest.mark.parametrize("platforms, fine", [("cuda", False), ("tpu", False), ("cuda,cpu", True), ("cpu", True),
+                                             ("", True)])
+def test_train_needs_the_cpu_among_jax_platforms(capsys, monkeypatch, platforms, fine):
+    """JAX_PLATFORMS=cuda alone: every `amt train` run would fail at its dataset (Levanter builds examples on the
+    CPU device): one line naming the variable and the fix, before anything loads (a dry run needs no devices)."""
+    from amt.train import platforms_problem
+
+    assert (platforms_problem(platforms) is None) == fine
+    if fine:
+        return
+    monkeypatch.setenv("JAX_PLATFORMS", platforms)
+    assert cli.main(["train", "--config_path", str(REPO / "recipes" / "amt-tiny.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"JAX_PLATFORMS={platforms} leaves out the CPU" in err, err
+    assert f"JAX_PLATFORMS={platforms},cpu" in err
+    assert cli.main(["train", "--config_path", str(REPO / "recipes" / "amt-tiny.yaml"), "--dry_run", "true"]) == 0
+
+
 def test_verbose_is_accepted_before_or_after_the_command():
     assert cli.parse(["-v", "demo"])[0].verbose and cli.parse(["demo", "--verbose"])[0].verbose
     assert not getattr(cli.parse(["demo"])[0], "verbose")

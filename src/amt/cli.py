@@ -194,7 +194,10 @@ def _run_train(args, rest: list[str]) -> int:
                          "--trainer.num_train_steps; `amt train --config_path RECIPE --help` lists them)") from None
     except draccus.utils.DecodingError as error:
         raise UsageError(str(error)) from None
-    from amt.train import compact_console
+    from amt.train import compact_console, platforms_problem
+
+    if not config.dry_run and (problem := platforms_problem(os.environ.get("JAX_PLATFORMS", ""))):
+        raise UsageError(problem)
 
     with compact_console(config.trainer.num_train_steps, getattr(args, "verbose", False)):
         train(config)

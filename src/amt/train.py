@@ -470,6 +470,17 @@ def finished_checkpoint(config: TrainConfig) -> Optional[str]:
     return None
 
 
+def platforms_problem(platforms: str) -> Optional[str]:
+    """The one-line error for a JAX_PLATFORMS that names platforms but not the CPU (e.g. `cuda`): Levanter builds a
+    dataset's examples on the CPU device (`jax.local_devices(backend="cpu")` in its CausalLmDataset), so such a run
+    fails before its first step ("Unknown backend cpu"; the H100 visit's tests). None where it is fine."""
+    names = [name.strip() for name in platforms.split(",") if name.strip()]
+    if names and "cpu" not in names:
+        return (f"JAX_PLATFORMS={platforms} leaves out the CPU, where Levanter builds the dataset's examples: set "
+                f"JAX_PLATFORMS={platforms},cpu (the accelerator stays the default) or leave it unset")
+    return None
+
+
 def warmup_warning(config: TrainConfig) -> Optional[str]:
     """Levanter clips a warmup longer than the run to the run (the learning rate then only rises): say so."""
     warmup, steps = config.optimizer.warmup, config.trainer.num_train_steps
