@@ -14,6 +14,10 @@ tokens) of one sample, after a real prompt that fills the context:
   the window moves. In float32 (the default, and the others' precision) and, with `--dtypes float32,bfloat16`,
   again with bfloat16 weights and cache (`amt generate --dtype bfloat16`: for a GPU; slower on CPU).
 
+For ours at batch 1 it also says how much of an event's time the host spends inside its three device calls until
+they return (dispatch, argument handling, CUDA graph launches: the device runs on after they return), measured
+without a profiler (whose own cost inflated the H100 trace's launches).
+
 Ratios are the point: publish them from one run, on an idle machine (load hurts torch's threads more than
 XLA's and moves the ratios by a third). The measured figures, with the machine, are in the README's Sampling
 section.
@@ -145,16 +149,39 @@ def main() -> None:
           f"torch on {torch_device} ({torch.get_num_threads()} threads), load average {load:.1f}; "
           f"prompt {start:.1f} s of The Entertainer (a full context); XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
 
-    def ours(sampler, batch: int, events: int) -> float:
+    dispatching = {}  # (dtype, batch) -> seconds an event the host spent inside the event's three device calls
+
+    def ours(sampler, batch: int, events: int, dtype: str) -> float:
         warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch)
         sampling.continuation(sampler, piece, start, start + 1000, warm)  # compile
         options = sampling.SamplingOptions(seed=0, max_events=events, num_samples=batch)
-        begin = time.perf_counter()
-        sampling.continuation(sampler, piece, start, start + 1000, options)
-        assert all(len(g) == events for g in sampler.last_generated), [len(g) for g in sampler.last_generated]
-        return (time.perf_counter() - begin) / (batch * events)
+        # the host's time in `_stage`, `_event` and `_write` until each returns (they return before the device has
+        # finished: dispatch, argument handling and graph launches), without a profiler's own cost
+        spent, originals = [0.0], {name: getattr(sampling, name) for name in ("_stage", "_event", "_write")}
 
-    timed = {dtype: (ours(s, 1, args.events), ours(s, args.batch, max(args.events // 2, 1)))
+        def timed(call):
+            def wrapper(*args, **kwargs):
+                begin = time.perf_counter()
+                try:
+                    return call(*args, **kwargs)
+                finally:
+                    spent[0] += time.perf_counter() - begin
+            return wrapper
+
+        for name, call in originals.items():
+            setattr(sampling, name, timed(call))
+        try:
+            begin = time.perf_counter()
+            sampling.continuation(sampler, piece, start, start + 1000, options)
+            elapsed = time.perf_counter() - begin
+        finally:
+            for name, call in originals.items():
+                setattr(sampling, name, call)
+        assert all(len(g) == events for g in sampler.last_generated), [len(g) for g in sampler.last_generated]
+        dispatching[dtype, batch] = spent[0] / events
+        return elapsed / (batch * events)
+
+    timed = {dtype: (ours(s, 1, args.events, dtype), ours(s, args.batch, max(args.events // 2, 1), dtype))
              for dtype, s in samplers.items()}
     lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
 
@@ -174,11 +201,18 @@ def main() -> None:
         print(f"trace of {args.trace_events} events at batch 1 (the prompt's prefill before them), in {args.trace}:")
         print("\n".join(lines), flush=True)
 
+    def dispatch_line(dtype) -> str:
+        one = timed[dtype][0]
+        return (f"ours ({dtype}), batch 1: the host dispatches an event's calls in {dispatching[dtype, 1] * 1000:.2f} "
+                f"ms of its {one * 1000:.2f} (the rest: waiting for the device, the sampler's own loop)")
+
     if args.only_ours:
         for dtype, (one, batched) in timed.items():
             print(f"ours (JAX, KV cache, {dtype}): {one * 1000:.1f} ms an event (batch 1), {batched * 1000:.1f} "
                   f"(batch {args.batch}): {music(one):.2f} / {music(batched):.2f} seconds of music a second",
                   flush=True)
+        for dtype in timed:
+            print(dispatch_line(dtype))
         if args.trace:
             trace()
         return
@@ -214,6 +248,8 @@ def main() -> None:
         print(f"seconds of music a second, ours in {dtype}, at Lakh's density ({lakh_events_per_second:.1f} events a "
               f"second of music): {music(one):.2f} (one sample), {music(batched):.2f} ({args.batch} samples a batch, "
               "all of them)", flush=True)
+    for dtype in timed:
+        print(dispatch_line(dtype))
     if args.trace:
         trace()
 
