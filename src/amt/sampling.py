@@ -430,7 +430,7 @@ class Sampler:
                 if self.record_inputs and not s.pending:
                     self.last_inputs[i].append((len(s.tokens), list(s.fed)))
             inputs[:, POSITION] = [s.position for s in samples]
-            rows = _stage(rows, jnp.asarray(inputs))  # one copy to the device
+            rows = _stage(rows, jax.device_put(inputs))  # one copy to the device (jnp.asarray: a copy and a program run)
             last, hidden, recent, key = _event(self.weights, self.unembed, cache, hidden, rows, key, last, recent,
                                                temperature, top_p=float(options.top_p))
             cache = _write(cache, recent, rows)
