@@ -23,7 +23,7 @@
 # alone, with the trace: a later visit's check of a change to our sampler; 100 s did not hold it on the H200),
 # tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README); the next, after the install:
-#   BUDGET=540 bash benchmarks/device_check.sh train-variant sample-medium-ours tests
+#   BUDGET=540 bash benchmarks/device_check.sh train-variant sample-medium-ours sample-medium-nographs tests
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
