@@ -16,8 +16,8 @@
 # without gradient checkpointing: worth making the recipe's default on one 80 GB card?), train-unfused (the
 # recipe with Levanter's own attention, `model.fused_attention false`: what the fused attention gains),
 # train-profile (the recipe with one step profiled: where the card's time goes), sample-medium (ours against
-# Hugging Face's KV cache,
-# ours in float32 and in bfloat16, then a trace of 20 events), sample-small (the same, no trace),
+# Hugging Face's KV cache, ours in float32 and in bfloat16, then a trace of 20 events), sample-small (the same,
+# no trace),
 # sample-medium-nographs (ours again with XLA's CUDA graphs switched off: an event is one graph by default,
 # benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), sample-medium-ours (ours
 # alone, with the trace: a later visit's check of a change to our sampler; 100 s did not hold it on the H200),
@@ -132,8 +132,9 @@ BUDGET=${BUDGET:-470}
 # step NAME LIMIT COMMAND...: its whole output in NAME.log (in $OUT/outputs.tar once it ends), its last lines in
 # device-check.log; at most LIMIT seconds and never past BUDGET (skipped when under 30 s are left); a failed step
 # is reported and the next one runs
-capped() {  # LIMIT -> LIMIT, or what is left of BUDGET if that is less
-    local left=$((BUDGET - (SECONDS - begin)))
+KILL_AFTER=20  # a step still running this long after its interrupt is killed (counted in BUDGET)
+capped() {  # LIMIT -> LIMIT, or what is left of BUDGET (less the kill's grace) if that is less
+    local left=$((BUDGET - (SECONDS - begin) - KILL_AFTER))
     echo $(( left < $1 ? left : $1 ))
 }
 step() {
@@ -146,10 +147,12 @@ step() {
     log "$name (${limit} s at most): ${*:2}"
     # at the limit an interrupt (SIGINT, to the step's whole process group), not a kill: pytest then still prints
     # the failures it has seen (the H100 visit's tests, stopped by SIGTERM, left "........FFEEEEF" and no reason),
-    # a benchmark its Python traceback; a kill 20 s later if that did not end it
-    timeout -s INT -k 20 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    # a benchmark its Python traceback; a kill KILL_AFTER s later if that did not end it
+    local started=$SECONDS
+    timeout -s INT -k "$KILL_AFTER" "$limit" "$@" >"$OUT/$name.log" 2>&1
     local status=$?
-    (( status == 137 )) && status=124
+    # 137: killed; by timeout after its interrupt (past the limit), or else by something else (the OOM killer)
+    (( status == 137 && SECONDS - started >= limit )) && status=124
     tail -n "${TAIL:-8}" "$OUT/$name.log" | tee -a "$OUT/device-check.log"
     (( status == 124 )) && log "$name: stopped at its ${limit} s"
     (( status == 0 )) || log "$name failed (exit $status)"

@@ -57,11 +57,13 @@ def main(cache_dir: str) -> None:
         traced = []  # the fused attention's calls of jax.nn.dot_product_attention (one: the layers are a scan)
         library = jax.nn.dot_product_attention
         jax.nn.dot_product_attention = lambda *args, **kwargs: traced.append(1) or library(*args, **kwargs)
-        with hax.partitioning.set_mesh(trainer.device_mesh), hax.axis_mapping(trainer.compute_axis_mapping):
-            plain = eqx.filter_jit(loss_and_gradient_norm)(state.model)
-            with fused_attention():  # (a function of its own: equinox caches a function's trace)
-                fused = eqx.filter_jit(lambda model: loss_and_gradient_norm(model))(state.model)
-        jax.nn.dot_product_attention = library
+        try:
+            with hax.partitioning.set_mesh(trainer.device_mesh), hax.axis_mapping(trainer.compute_axis_mapping):
+                plain = eqx.filter_jit(loss_and_gradient_norm)(state.model)
+                with fused_attention():  # (a function of its own: equinox caches a function's trace)
+                    fused = eqx.filter_jit(lambda model: loss_and_gradient_norm(model))(state.model)
+        finally:
+            jax.nn.dot_product_attention = library
         info = trainer.train_step(state, batch)
         mesh = dict(trainer.device_mesh.shape)
         shardings = {}

@@ -167,11 +167,12 @@ def test_generated_and_given_notes_are_counted_apart():
     assert cli.count_notes(sample, given[:0], 0.0) == (6, 0)
 
 
-@pytest.mark.parametrize("platforms, fine", [("cuda", False), ("tpu", False), ("cuda,cpu", True), ("cpu", True),
-                                             ("", True)])
-def test_train_needs_the_cpu_among_jax_platforms(capsys, monkeypatch, platforms, fine):
+@pytest.mark.parametrize("platforms, fine", [("cuda", False), ("tpu", False), ("cuda, cpu", False), ("cuda,cpu", True),
+                                             ("gpu,cpu", True), ("cpu", True), ("", True)])
+def test_train_needs_the_cpu_among_jax_platforms(capsys, monkeypatch, files, platforms, fine):
     """JAX_PLATFORMS=cuda alone: every `amt train` run would fail at its dataset (Levanter builds examples on the
-    CPU device): one line naming the variable and the fix, before anything loads (a dry run needs no devices)."""
+    CPU device): one line naming the variable and the fix, before anything loads (a dry run needs no devices).
+    Read as jax reads it ("cuda, cpu" names " cpu", which jax rejects)."""
     from amt.train import platforms_problem
 
     assert (platforms_problem(platforms) is None) == fine
@@ -183,6 +184,9 @@ def test_train_needs_the_cpu_among_jax_platforms(capsys, monkeypatch, platforms,
     assert err.count("\n") == 1 and f"JAX_PLATFORMS={platforms} leaves out the CPU" in err, err
     assert f"JAX_PLATFORMS={platforms},cpu" in err
     assert cli.main(["train", "--config_path", str(REPO / "recipes" / "amt-tiny.yaml"), "--dry_run", "true"]) == 0
+    capsys.readouterr()
+    assert cli.main(["export", "--checkpoint", str(files / "run"), "--out", str(files / "hf")]) == 2  # export too
+    assert "leaves out the CPU" in capsys.readouterr().err
 
 
 def test_verbose_is_accepted_before_or_after_the_command():

@@ -200,8 +200,8 @@ def test_fused_attention_computes_what_levanters_attention_does(make_tiny_model,
     arithmetic), at the production context: the logits' loss and every parameter's gradient equal those of
     Levanter's own attention; a mask that is not plainly causal (none here) still goes to Levanter's. float32 at
     full matrix-product precision (a GPU's default is TF32, whose rounding differs between the two forms: this
-    test failed on the H100 at the default). On a GPU, also the model in bf16 through cuDNN's kernel against
-    Levanter's attention in bf16, to bf16's precision."""
+    test failed on the H100 at the default). On a GPU, also the model in bf16 through cuDNN's kernel, within
+    bf16's precision of the float32 results as Levanter's attention in bf16 is."""
     import equinox as eqx
     import haliax as hax
     import jax
@@ -243,17 +243,21 @@ def test_fused_attention_computes_what_levanters_attention_does(make_tiny_model,
         gradients(AttentionMask.causal())
     assert implementations == [None]
     if jax.default_backend() == "gpu":
-        # the whole model in bf16, through Levanter's attention and through cuDNN's: on the CPU, XLA's form in
-        # place of cuDNN's differed by 0.02% in the loss and at most 2.2% (relative norm) in a gradient
+        # the whole model in bf16 through cuDNN's kernel: about as close to the float32 results as the same bf16
+        # model through Levanter's attention. On the CPU, XLA's form standing in for cuDNN's: gradients 0.6-11% off
+        # float32 against Levanter's 0.7-9% (the bound below holds by 0.027); with the causal mask dropped 89-207%
         half = jax.tree.map(lambda a: a.astype(jnp.bfloat16) if eqx.is_inexact_array(a) else a, model)
-        plain, plain_grads = gradients(AttentionMask.causal(), half)
+        levanter, levanter_grads = gradients(AttentionMask.causal(), half)
         with fused_attention():
             cudnn, cudnn_grads = gradients(AttentionMask.causal(), half)
         assert implementations[1:] == ["cudnn"]
-        np.testing.assert_allclose(float(cudnn), float(plain), rtol=1e-2)
-        for ours, theirs in zip(cudnn_grads, plain_grads):
-            error = float(jnp.linalg.norm(ours - theirs)) / max(float(jnp.linalg.norm(theirs)), 1e-30)
-            assert error < 0.05, error
+
+        def error(ours, reference):
+            return float(jnp.linalg.norm(ours - reference)) / max(float(jnp.linalg.norm(reference)), 1e-30)
+
+        assert abs(float(cudnn) - float(plain)) <= 2 * abs(float(levanter) - float(plain)) + 1e-3 * abs(float(plain))
+        for ours, theirs, exact in zip(cudnn_grads, levanter_grads, plain_grads):
+            assert error(ours, exact) <= 2 * error(theirs, exact) + 0.02, (error(ours, exact), error(theirs, exact))
 
 
 @pytest.mark.slow
@@ -361,8 +365,8 @@ def _first_row(cache: Path) -> np.ndarray:
 @pytest.mark.slow
 def test_a_training_step_on_a_simulated_8_device_mesh_shards_by_named_axes(demo_cache, tmp_path):
     """data 4 x model 2: FSDP puts `embed` on the data axis, tensor parallelism `mlp` and `heads` on the model axis;
-    the fused attention computes Levanter's on that mesh (XLA's form; cuDNN's on 8 GPUs not run). mpi4py importable, as on the GPU machines (where this test failed: it initialized Levanter without
-    workaround 5)."""
+    the fused attention computes Levanter's on that mesh (XLA's form; cuDNN's on 8 GPUs not run). mpi4py
+    importable, as on the GPU machines (where this test failed: it initialized Levanter without workaround 5)."""
     out = _succeeds([sys.executable, str(Path(__file__).parent / "mesh_step.py"), str(demo_cache)],
                     env=_with_mpi4py(tmp_path)).stdout
     report = json.loads(out.strip().splitlines()[-1])
@@ -372,7 +376,7 @@ def test_a_training_step_on_a_simulated_8_device_mesh_shards_by_named_axes(demo_
     # gradient norm as Levanter's attention (with the causal mask dropped: 1e-5 and 3% off)
     attention = report["attention"]
     assert attention["fused_calls"] == 1
-    assert attention["fused"][0] == pytest.approx(attention["levanter"][0], rel=1e-6)
+    assert attention["fused"][0] == pytest.approx(attention["levanter"][0], rel=3e-6)
     assert attention["fused"][1] == pytest.approx(attention["levanter"][1], rel=1e-4)
     shardings = report["shardings"]
     assert len(shardings) >= 15

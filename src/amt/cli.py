@@ -206,7 +206,10 @@ def _run_train(args, rest: list[str]) -> int:
 
 def _run_export(args) -> int:
     from amt.checkpoints import export_hf
+    from amt.train import platforms_problem
 
+    if problem := platforms_problem(os.environ.get("JAX_PLATFORMS", "")):
+        raise UsageError(problem)
     try:
         print(f"wrote {export_hf(args.checkpoint, args.out)}")
     except (FileNotFoundError, ValueError) as error:
