@@ -76,8 +76,10 @@ def test_demo_pipeline_writes_every_artifact(tmp_path):
     assert len(calls) == 3 and all(str(soundfont) in call and "-F" in call for call in calls)
     # progress and a summary of where everything is
     assert "=== [6/6]" in done.stdout and "=== done in" in done.stdout
-    # one line per logged step, the last once (Levanter's hooks, which log the loss, skip a run's first two steps)
-    assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("  step ")] == ["3/3"]
+    # one line per logged step, the last once (Levanter's hooks, which log the loss, skip a run's first two steps in
+    # marin-levanter 0.2.20, Python 3.11; 0.2.227, Python 3.12, logs all three)
+    assert [line.split()[1] for line in done.stdout.splitlines() if line.startswith("  step ")] in (
+        ["3/3"], ["1/3", "2/3", "3/3"])
     assert "fray.device_flops" not in done.stdout + done.stderr and "INFO " not in done.stdout + done.stderr
     assert str(samples / "accompaniment.mid") in done.stdout and "levanter.json_logger" not in done.stdout + done.stderr
     assert re.search(r"wrote \S+continuation.mid: \d+ notes generated after 2.0 s \(\+ \d+ from the prompt\); the original has \d+ there",
