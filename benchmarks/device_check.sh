@@ -23,7 +23,7 @@
 # alone, with the trace: a later visit's check of a change to our sampler; 100 s did not hold it on the H200),
 # tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README); the next, after the install:
-#   BUDGET=540 bash benchmarks/device_check.sh train-variant sample-medium-ours sample-medium-nographs tests
+#   BUDGET=540 bash benchmarks/device_check.sh sample-medium-ours sample-medium-nographs train-variant tests
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -196,7 +196,7 @@ run_train-profile() {
 traced_medium() {  # NAME TRACE [ARGS...]: Medium's sampling (more arguments for sample.py), then a trace into $OUT/TRACE
     local name=$1 trace=$OUT/$2 status
     shift 2
-    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step "$name" 150 "$PY" benchmarks/sample.py "${MEDIUM[@]}" "$@" \
+    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step "$name" "${LIMIT:-150}" "$PY" benchmarks/sample.py "${MEDIUM[@]}" "$@" \
         --trace "$trace" --trace-events "$TRACE_EVENTS"
     status=$?
     # what comes back: the summary (in the log) and the Perfetto JSON (benchmarks/trace_summary.py reads it again)
@@ -207,8 +207,9 @@ run_sample-medium() {
     traced_medium sample-medium trace-medium
 }
 run_sample-medium-ours() {
-    # ours alone (both precisions): a later visit's check of a change to our sampler, the others' figures known
-    traced_medium sample-medium-ours trace-medium-ours --only-ours
+    # ours alone (both precisions, 8 events a device call and 1, as before it could take more): a later visit's check
+    # of a change to our sampler, the others' figures known
+    LIMIT=200 traced_medium sample-medium-ours trace-medium-ours --only-ours --events-per-call 8,1
 }
 run_sample-small() {
     XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"
@@ -218,7 +219,7 @@ run_sample-medium-nographs() {
     # benchmarks/gpu_compile.py): the difference is what launching each kernel from the host would cost, i.e. how
     # launch-bound one sample's step is (the flag parses on CPU too, where it does nothing)
     XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_FLAGS="--xla_gpu_enable_command_buffer=" \
-        step sample-medium-nographs 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours
+        step sample-medium-nographs 150 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours --events-per-call 8,1
 }
 run_tests() {
     # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS, the GPU first; on CPU

@@ -5,17 +5,17 @@ compilation for a topology made from a target description, the card's properties
 reads them (`gpu_targets/h100.txtpb`). Nothing runs and nothing is autotuned, so no figure here is a time;
 what it does give, before a short visit to a GPU:
 
-- `sample`: the kernel launches of one sampled event: `amt.sampling._event` (three tokens through the model,
-  each sampled under the constraints), `_write` (their keys and values into the cache) and `_stage` (the rows'
-  inputs into their buffer), on random weights of the size asked for. The optimized program's entry computation
-  lists what runs, in order: each fusion, library call or copy is a launch (a while loop or a conditional holds more, run from the host). At batch 1 an event
-  is bound by its launches, not by arithmetic (on this project's H100 a step of 8 samples cost what a step of 1
-  did), so the count is the figure to bring down between visits to a GPU. How XLA will run them is read from
-  its thunk sequence (dumped for these three programs): the top-level thunks, where `kCommandBuffer` is a CUDA
-  graph (its kernels launched by the card, one after another, not by the host one at a time) and `kWhile` a
-  loop whose body the host runs, iteration by iteration. With them, the bytes an event must read (each of
-  its three tokens reads every layer's matrices and the whole cache, each slot's unembedding block is read
-  once) and the time that takes at the card's memory bandwidth: the floor under an event's time, which
+- `sample`: the kernel launches of sampled events: `amt.sampling._events` (a call of `--events-per-call` steps,
+  each three tokens through the model, sampled under the constraints, their keys and values into the cache) and
+  `_stage` (the rows' inputs into their buffer), on random weights of the size asked for, per call and per event.
+  Each fusion, library call or copy of the optimized program is a launch, a loop's body's once a trip
+  (`kernel_costs`). At batch 1 an event is bound by its launches, not by arithmetic (on this project's H100 a step
+  of 8 samples cost what a step of 1 did), so the count is the figure to bring down between visits to a GPU. How
+  XLA will run them is read from its thunk sequence (dumped for these programs): the top-level thunks, where
+  `kCommandBuffer` is a CUDA graph (its kernels launched by the card, one after another, not by the host one at a
+  time) and `kWhile` a loop whose body the host runs, iteration by iteration. With them, the bytes an event must
+  read (each of its three tokens reads every layer's matrices and the whole cache, each slot's unembedding block
+  is read once) and the time that takes at the card's memory bandwidth: the floor under an event's time, which
   `--dtype bfloat16` (the sampler's weights and cache) halves; and what XLA's kernels move (`kernel_costs`: each
   kernel's operands and result once), with its time at the bandwidth (`--bandwidth` TB/s for another card).
 - `train`: a recipe's train step compiled for the card: whether it compiles, how long that takes (without
@@ -40,6 +40,7 @@ what it does give, before a short visit to a GPU:
 
 Usage: pip install "jax[cuda13]==<this venv's jax>"   (about 3 GB; a second venv is fine)
        python benchmarks/gpu_compile.py sample [--layers 24 --width 1024 --heads 16] [--batch 1 8] [--by-name]
+                                               [--events-per-call 1 8]
                                                [--dtype float32|bfloat16]
        python benchmarks/gpu_compile.py train [--recipe recipes/amt-small-gpu.yaml] [--roofline N [--bandwidth 4.8]]
                                               [-- recipe overrides...]
@@ -363,41 +364,44 @@ def sample(args, device) -> None:
     print(f"kernel launches a sampled event, compiled for {device.device_kind} without one (jax {jax.__version__}); "
           f"{args.layers} layers x {args.width}, {args.heads} heads, {args.dtype} weights and cache")
     bandwidth = card_bandwidth(args)
-    print(f"{'batch':>5} {'_event':>7} {'_write':>7} {'_stage':>7} {'an event':>9} {'host loops':>11} {'GB read':>8} "
-          f"{'ms':>5} {'XLA GB':>7} {'ms':>5}   how XLA runs _event / _write / _stage (top-level thunks; "
-          f"CommandBuffer: a CUDA graph)")
+    print(f"{'batch':>5} {'a call':>7} {'_events':>8} {'_stage':>7} {'an event':>9} {'host loops':>11} {'GB read':>8} "
+          f"{'ms':>5} {'XLA GB':>7} {'ms':>5}   how XLA runs _events / _stage (top-level thunks; CommandBuffer: a "
+          f"CUDA graph; While: a loop the host runs)")
     for batch in args.batch:
-        cache = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, sampler.context)))
-        recent = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, 3)))
-        rows = abstract(jax.ShapeDtypeStruct((batch, sampling.ROW_INPUTS), jnp.int32))
-        event_args = (weights, unembed, cache, abstract(jax.ShapeDtypeStruct((batch, args.width), jnp.float32)),
-                      rows, abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)),
-                      abstract(jax.ShapeDtypeStruct((batch, 3), jnp.int32)), recent,
-                      abstract(jax.ShapeDtypeStruct((), jnp.float32)))
-        programs = {"event": sampling._event.lower(*event_args, top_p=0.98).compile().as_text(),
-                    "write": sampling._write.lower(cache, recent, rows).compile().as_text(),
-                    "stage": sampling._stage.lower(rows, rows).compile().as_text()}
-        # what an event must read at least (XLA gives no cost analysis without a card): each of its three
-        # tokens every layer's matrices and the whole cache, and each slot's unembedding block once
-        moved = 3 * (nbytes(sampler.weights.layers) + nbytes(cache)) + nbytes(sampler.unembed)
-        launches = {}
-        for name, text in programs.items():
-            dump(args.dump, f"{name}-batch{batch}", text)
-            launches[name] = summary(entry_launches(text))
-        graphs = " / ".join(described(top_level_thunks(newest_thunk_sequence(args.thunks, f"jit__{name}")))
-                            for name in programs)
-        counts = [n for n, _, _ in launches.values()]
-        # what XLA's kernels move (each kernel's operands and result once: `kernel_costs`), and at the bandwidth
-        costs = [cost for text in programs.values() for cost in kernel_costs(text)]
-        floor, _ = roofline(costs, bandwidth, PEAK_TFLOPS * 1e12)
-        print(f"{batch:>5} {counts[0]:>7} {counts[1]:>7} {counts[2]:>7} {sum(counts):>9} "
-              f"{sum(loops for _, loops, _ in launches.values()):>11} {moved / 1e9:>8.2f} "
-              f"{1000 * moved / bandwidth:>5.2f} {sum(c.runs * c.bytes for c in costs) / 1e9:>7.2f} "
-              f"{1000 * floor:>5.2f}   {graphs}")
-        event_by = launches["event"][2]
-        if args.by_name:
-            for what, n in event_by.most_common():
-                print(f"{'':>8}{n:>6}  {what}")
+        for events in args.events_per_call:
+            cache = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, sampler.context)))
+            rows = abstract(jax.ShapeDtypeStruct((batch, sampling.QUEUE + sampling.QUEUE_FIELDS * events), jnp.int32))
+            event_args = (weights, unembed, cache, abstract(jax.ShapeDtypeStruct((batch, args.width), jnp.float32)),
+                          rows, abstract(jax.ShapeDtypeStruct((batch, 2), jnp.uint32)),
+                          abstract(jax.ShapeDtypeStruct((batch, sampling.STATE + 3 * events), jnp.int32)),
+                          abstract(jax.ShapeDtypeStruct((), jnp.float32)))
+            programs = {"events": sampling._events.lower(*event_args, top_p=0.98, events=events,
+                                                         anticipatory=True).compile().as_text(),
+                        "stage": sampling._stage.lower(rows, rows).compile().as_text()}
+            # what an event must read at least (XLA gives no cost analysis without a card): each of its three
+            # tokens every layer's matrices and the whole cache, and each slot's unembedding block once
+            moved = 3 * (nbytes(sampler.weights.layers) + nbytes(cache)) + nbytes(sampler.unembed)
+            # what XLA's kernels move (each kernel's operands and result once: `kernel_costs`, a loop's body times
+            # its trips), and at the bandwidth; a call's launches, its loop's body counted once a trip
+            costs = {name: kernel_costs(text) for name, text in programs.items()}
+            launches = {name: sum(c.runs for c in found) for name, found in costs.items()}
+            loops = sum(loops for _, loops, _ in (summary(entry_launches(text)) for text in programs.values()))
+            for name, text in programs.items():
+                dump(args.dump, f"{name}-batch{batch}-{events}", text)
+            graphs = " / ".join(described(top_level_thunks(newest_thunk_sequence(args.thunks, f"jit__{name}")))
+                                for name in programs)
+            every = [cost for found in costs.values() for cost in found]
+            floor, _ = roofline(every, bandwidth, PEAK_TFLOPS * 1e12)
+            print(f"{batch:>5} {events:>7} {launches['events']:>8} {launches['stage']:>7} "
+                  f"{sum(launches.values()) / events:>9.0f} {loops:>11} {moved / 1e9:>8.2f} "
+                  f"{1000 * moved / bandwidth:>5.2f} {sum(c.runs * c.bytes for c in every) / events / 1e9:>7.2f} "
+                  f"{1000 * floor / events:>5.2f}   {graphs}")
+            if args.by_name:
+                by_name = collections.Counter()
+                for cost in costs["events"]:
+                    by_name[cost.what] += cost.runs
+                for what, n in by_name.most_common():
+                    print(f"{'':>8}{n:>6}  {what}")
 
 
 def train(args, device) -> None:
@@ -545,6 +549,8 @@ def main() -> None:
     sampling.add_argument("--width", type=int, default=1024)
     sampling.add_argument("--heads", type=int, default=16)
     sampling.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    sampling.add_argument("--events-per-call", type=int, nargs="+", default=[1, 8],
+                          help="the sampler's events a device call (SamplingOptions.events_per_call)")
     sampling.add_argument("--by-name", action="store_true", help="also list an event's launches by what they run")
     sampling.add_argument("--bandwidth", type=float, help="memory bandwidth in TB/s (default: the target's; an "
                                                           "H200: 4.8)")
@@ -576,7 +582,7 @@ def main() -> None:
     if args.mode == "sample":  # XLA's thunk sequences of the two programs, read back (set before jax starts)
         args.thunks = Path(tempfile.mkdtemp(prefix="gpu_compile-"))
         os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={args.thunks} "
-                                   "--xla_dump_hlo_module_re=^jit__(event|write|stage)$").strip()
+                                   "--xla_dump_hlo_module_re=^jit__(events|stage)$").strip()
     try:
         device = gpu_device(args.target)
         {"sample": sample, "train": train, "loss": loss}[args.mode](args, device)

@@ -9,12 +9,13 @@ tokens) of one sample, after a real prompt that fills the context:
 - Hugging Face's own KV cache (torch, eager attention, which these models need for correctness: SDPA ignores
   `scale_attn_by_inverse_layer_idx`; SDPA is also timed, as a speed bound only), one token at a time after a
   prefill of the context, at batch 1 and batch B.
-- ours: `amt.sampling.Sampler` (JAX, KV cache, one jitted call per event, each row's window moved and
-  prefilled again when its context fills), at batch 1 and batch B; its time includes the prompt's prefill and
-  the window moves. In float32 (the default, and the others' precision) and, with `--dtypes float32,bfloat16`,
+- ours: `amt.sampling.Sampler` (JAX, KV cache, one jitted call per `--events-per-call` events, each row's
+  window moved and prefilled again when its context fills), at batch 1 and batch B; its time includes the
+  prompt's prefill and the window moves. With several values (`--events-per-call 1,8`), each is timed in the same
+  run (the samples are the same whatever the value; the first is the ratios' and the trace's). In float32 (the default, and the others' precision) and, with `--dtypes float32,bfloat16`,
   again with bfloat16 weights and cache (`amt generate --dtype bfloat16`: for a GPU; slower on CPU).
 
-For ours at batch 1 it also says how much of an event's time the host spends inside its three device calls until
+For ours at batch 1 it also says how much of an event's time the host spends inside its device calls until
 they return (dispatch, argument handling, CUDA graph launches: the device runs on after they return), measured
 without a profiler (whose own cost inflated the H100 trace's launches).
 
@@ -23,7 +24,7 @@ XLA's and moves the ratios by a third). The measured figures, with the machine, 
 section.
 
 Usage: python benchmarks/sample.py [--events 150] [--batch 8] [--reference-tokens 3] [--hf-tokens 30]
-       [--layers 12 --width 768 --heads 12] [--dtypes float32[,bfloat16]] [--only-ours]
+       [--layers 12 --width 768 --heads 12] [--dtypes float32[,bfloat16]] [--events-per-call 8[,1]] [--only-ours]
        [--trace DIR [--trace-events 20]]
 """
 
@@ -50,8 +51,8 @@ class Paced(sampling.Sampler):
     replaced by one 50 ms after the current time (Lakh's density is ~20 events a second), so that windows
     move as they do for music (the computation per event is the same)."""
 
-    def forced_onset(self, s):
-        return s.current_time + 5
+    def forced_step(self, s):
+        return 5, 10 ** 9  # (for the rest)
 
 
 def reference_method(torch_model, tokens: list[int], z: int, current_time: int, tokens_timed: int) -> float:
@@ -109,6 +110,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--dtypes", default="float32",
                         help="ours in each of these precisions, comma-separated: float32, bfloat16")
+    parser.add_argument("--events-per-call", default=str(sampling.SamplingOptions.events_per_call),
+                        help="ours with each of these events per device call, comma-separated (the first: the ratios')")
     parser.add_argument("--only-ours", action="store_true",
                         help="time ours alone (no Hugging Face export or torch): e.g. to compare XLA_FLAGS")
     parser.add_argument("--trace", default=None, metavar="DIR",
@@ -121,6 +124,11 @@ def main() -> None:
     dtypes = args.dtypes.split(",")
     if not dtypes or any(d not in ("float32", "bfloat16") for d in dtypes):
         parser.error(f"--dtypes {args.dtypes!r}: a comma-separated list of float32, bfloat16")
+    try:
+        per_call = [int(k) for k in args.events_per_call.split(",")]
+        assert per_call and min(per_call) >= 1
+    except (ValueError, AssertionError):
+        parser.error(f"--events-per-call {args.events_per_call!r}: a comma-separated list of positive integers")
     logging.getLogger("amt.sampling").setLevel(logging.ERROR)  # (max_events ends every timed run, on purpose)
 
     import haliax as hax
@@ -147,19 +155,20 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"model: {args.layers} layers x {args.width}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"torch on {torch_device} ({torch.get_num_threads()} threads), load average {load:.1f}; "
+          f"ours {per_call[0]} events a device call; "
           f"prompt {start:.1f} s of The Entertainer (a full context); XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
 
-    dispatching = {}  # (dtype, batch) -> seconds an event the host spent inside the event's three device calls
+    dispatching = {}  # (name, batch) -> seconds an event the host spent inside the device calls
 
-    def ours(sampler, batch: int, events: int, dtype: str) -> float:
-        warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch)
+    def ours(sampler, batch: int, events: int, name: str, events_per_call: int) -> float:
+        warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch, events_per_call=events_per_call)
         sampling.continuation(sampler, piece, start, start + 1000, warm)  # compile
-        options = sampling.SamplingOptions(seed=0, max_events=events, num_samples=batch)
-        # the host's time in the rows' transfer, `_stage`, `_event` and `_write` until each returns (they return
-        # before the device has finished: dispatch, argument handling and graph launches), without a profiler's cost
+        options = sampling.SamplingOptions(seed=0, max_events=events, num_samples=batch, events_per_call=events_per_call)
+        # the host's time in the rows' transfer, `_stage` and `_events` until each returns (they return before the
+        # device has finished: dispatch, argument handling and graph launches), without a profiler's cost
         spent = [0.0]
-        originals = {(sampling, name): getattr(sampling, name) for name in ("_stage", "_event", "_write")}
-        originals[jax, "device_put"] = jax.device_put  # (the sampler's rows, an event)
+        originals = {(sampling, call): getattr(sampling, call) for call in ("_stage", "_events")}
+        originals[jax, "device_put"] = jax.device_put  # (the sampler's rows, a call)
 
         def clocked(call):
             def wrapper(*args, **kwargs):
@@ -170,21 +179,24 @@ def main() -> None:
                     spent[0] += time.perf_counter() - begin
             return wrapper
 
-        for (module, name), call in originals.items():
-            setattr(module, name, clocked(call))
+        for (module, attribute), call in originals.items():
+            setattr(module, attribute, clocked(call))
         try:
             begin = time.perf_counter()
             sampling.continuation(sampler, piece, start, start + 1000, options)
             elapsed = time.perf_counter() - begin
         finally:
-            for (module, name), call in originals.items():
-                setattr(module, name, call)
+            for (module, attribute), call in originals.items():
+                setattr(module, attribute, call)
         assert all(len(g) == events for g in sampler.last_generated), [len(g) for g in sampler.last_generated]
-        dispatching[dtype, batch] = spent[0] / events
+        dispatching[name, batch] = spent[0] / events
         return elapsed / (batch * events)
 
-    timed = {dtype: (ours(s, 1, args.events, dtype), ours(s, args.batch, max(args.events // 2, 1), dtype))
-             for dtype, s in samplers.items()}
+    timed = {}  # "dtype" (the first --events-per-call) or "dtype, k a call" -> (batch 1, batch B) seconds an event
+    for dtype, s in samplers.items():
+        for k in per_call:
+            name = dtype if k == per_call[0] else f"{dtype}, {k} a call"
+            timed[name] = (ours(s, 1, args.events, name, k), ours(s, args.batch, max(args.events // 2, 1), name, k))
     lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
 
     def music(seconds_an_event: float) -> float:  # seconds of music a second
@@ -193,20 +205,21 @@ def main() -> None:
     def trace() -> None:  # after the figures (a profiler that fails or runs long costs none of them)
         from trace_summary import summarize
 
-        options = sampling.SamplingOptions(seed=0, max_events=args.trace_events, num_samples=1)
+        options = sampling.SamplingOptions(seed=0, max_events=args.trace_events, num_samples=1,
+                                           events_per_call=per_call[0])
         try:
             with jax.profiler.trace(args.trace, create_perfetto_trace=True):  # the first dtype's batch-1 run, shorter
                 sampling.continuation(sampler, piece, start, start + 1000, options)
-            lines = summarize(args.trace, "_event")
+            lines = summarize(args.trace, "_events")
         except Exception as error:  # noqa: BLE001 (reported: the figures above stand)
             lines = [f"the trace failed: {type(error).__name__}: {error}"]
         print(f"trace of {args.trace_events} events at batch 1 (the prompt's prefill before them), in {args.trace}:")
         print("\n".join(lines), flush=True)
 
-    def dispatch_line(dtype) -> str:
-        one = timed[dtype][0]
-        return (f"ours ({dtype}), batch 1: the host dispatches an event's transfer and calls in "
-                f"{dispatching[dtype, 1] * 1000:.2f} "
+    def dispatch_line(name) -> str:
+        one = timed[name][0]
+        return (f"ours ({name}), batch 1: the host dispatches an event's share of the transfers and calls in "
+                f"{dispatching[name, 1] * 1000:.2f} "
                 f"ms of its {one * 1000:.2f} (the rest: waiting for the device, the sampler's own loop)")
 
     if args.only_ours:

@@ -59,23 +59,28 @@ def sampler(tiny_model):
 
 class Steered(sampling.Sampler):
     """A sampler whose onsets are forced (a random model can't be steered in time): row r's next onset is
-    `steps[r]` bins after the current time (None: sampled), and from its `jumps[r]`-th event on, `jump` bins."""
+    `steps[r]` bins after the current time (None: sampled), and from its `jumps[r]`-th event on, `jump` bins (only
+    that event's, for the rows in `once`)."""
 
     steps: dict = {}
     jumps: dict = {}
+    once: set = set()
     jump = vocab.MAX_TIME - 1
     record_inputs = True
 
-    def forced_onset(self, s):
-        if s.row in self.jumps and s.sampled >= self.jumps[s.row]:
-            return s.current_time + self.jump
-        step = self.steps.get(s.row)
-        return None if step is None else max(s.current_time, self.start) + step
+    def forced_step(self, s):
+        if s.row in self.once and s.sampled == self.jumps[s.row]:
+            return self.jump, 1
+        if s.row in self.jumps and s.sampled >= self.jumps[s.row] and s.row not in self.once:
+            return self.jump, 10 ** 9  # (for the rest)
+        before = s.row in self.jumps and s.sampled < self.jumps[s.row]
+        steps = self.jumps[s.row] - s.sampled if before else 10 ** 6  # until the jump
+        return self.steps.get(s.row), steps
 
 
-def steered(model, steps, jumps=None, start=0, dtype="float32"):
+def steered(model, steps, jumps=None, start=0, dtype="float32", once=()):
     out = Steered(model, dtype)
-    out.steps, out.jumps, out.start = steps, jumps or {}, start
+    out.steps, out.jumps, out.start, out.once = steps, jumps or {}, start, set(once)
     return out
 
 
@@ -402,25 +407,72 @@ def test_pianoroll_marks_the_prompt_and_the_infilled_span(tmp_path):
     assert marked.stat().st_size > 10_000 and marked.read_bytes() != plain.read_bytes()
 
 
-def test_an_events_buffers_keep_their_addresses_from_one_event_to_the_next(tiny_model, monkeypatch):
-    """On a GPU an event is two CUDA graphs, and XLA re-records a graph whose buffers moved (on an H200 that cost
-    the host 4.6 ms of Medium's 16.2 ms an event under the profiler). So the cache, hidden state, inputs, key,
-    last triples and last keys and values an event reads must be where the previous event left them: donated
-    and written in place. Checked here on the CPU, which honours donation too: 2 samples, 40 events a bin apart
-    (no window move)."""
+def test_a_calls_buffers_keep_their_addresses_from_one_call_to_the_next(tiny_model, monkeypatch):
+    """On a GPU a call is a CUDA graph (or a loop of them), and XLA re-records a graph whose buffers moved (on an
+    H200 that cost the host 4.6 ms of Medium's 16.2 ms an event under the profiler). So the cache, hidden state,
+    inputs, keys and output a call reads must be where the previous call left them: donated and written in place.
+    Checked here on the CPU, which honours donation too: 2 samples, 40 events a bin apart (no window move), 4 a
+    call."""
     addresses = []
-    event = sampling._event
+    events = sampling._events
 
-    def recording(weights, unembed, cache, hidden, rows, key, last, last_recent, temperature, **static):
+    def recording(weights, unembed, cache, hidden, rows, keys, out, temperature, **static):
         addresses.append([leaf.unsafe_buffer_pointer() for leaf in
-                          jax.tree.leaves((cache, hidden, rows, key, last, last_recent, temperature))])
-        return event(weights, unembed, cache, hidden, rows, key, last, last_recent, temperature, **static)
+                          jax.tree.leaves((cache, hidden, rows, keys, out, temperature))])
+        return events(weights, unembed, cache, hidden, rows, keys, out, temperature, **static)
 
-    monkeypatch.setattr(sampling, "_event", recording)
+    monkeypatch.setattr(sampling, "_events", recording)
     sampler = steered(tiny_model, {0: 1, 1: 1})
-    sampler.generate(0, 5, options=sampling.SamplingOptions(num_samples=2, max_events=40))
+    sampler.generate(0, 5, options=sampling.SamplingOptions(num_samples=2, max_events=40, events_per_call=4))
     assert [len(g) for g in sampler.last_generated] == [40, 40]
-    assert len(addresses) == 40
-    moved = [(i, [j for j, (a, b) in enumerate(zip(addresses[i], addresses[1])) if a != b]) for i in range(2, 40)
+    assert len(addresses) == 11  # the first call stops after an event: the empty window's earliest time moved
+    moved = [(i, [j for j, (a, b) in enumerate(zip(addresses[i], addresses[1])) if a != b]) for i in range(2, 11)
              if addresses[i] != addresses[1]]
-    assert not moved, f"an event's buffers moved at events {moved}"
+    assert not moved, f"a call's buffers moved at calls {moved}"
+
+
+def check_cache_holds_the_windows(sampler):
+    """Each sample's row of the cache holds the keys and values of the tokens the host says the model saw (its
+    window, `last_windows`): the device fed what the host recorded (a prefill of the window, f32, within 1e-4; a
+    token fed otherwise moves them by ~0.1)."""
+    for row, window in enumerate(sampler.last_windows):
+        _, cache = sampler._prefill([window])
+        for ours, fresh in zip(sampler.last_cache.keys + sampler.last_cache.values, cache.keys + cache.values):
+            ours, fresh = np.asarray(ours[row]), np.asarray(fresh[0])
+            seen = (slice(None), slice(0, len(window))) if ours.shape[1] == sampler.context else (Ellipsis, slice(0, len(window)))
+            np.testing.assert_allclose(ours[seen], fresh[seen], atol=1e-4, err_msg=f"sample {row}")
+
+
+def _music(sampler, task, events_per_call, **options):
+    out = task(sampling.SamplingOptions(events_per_call=events_per_call, **options))
+    check_cache_holds_the_windows(sampler)
+    return out, sampler.last_sequences, sampler.last_stops
+
+
+@pytest.mark.parametrize("anticipatory", [True, False])
+def test_the_music_does_not_depend_on_the_events_per_call(tiny_model, anticipatory):
+    """Several events a device call (the device takes the host's steps, and stops a sample where the host has work
+    to do before its next one) give the same samples as one a call, token for token, on the production path:
+    accompaniment (given notes as controls, Algorithm 1, or played in as events, Algorithm 2's backfill) with
+    windows that move (context full, time near 100 s), 3 samples that finish at different times, top-p < 1; and
+    from nothing (the empty window's earliest time moves with its first event). After each, the cache holds what
+    the host recorded as fed."""
+    piece = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
+    melody = max(ops.instruments(piece), key=lambda i: ops.instruments(piece)[i] if i != vocab.DRUMS else -1)
+    # sample 0 paced (5 bins an event: its context fills), 1 paced with one jump at its 150th event (its window's
+    # time nears 100 s; Algorithm 2: the jump passes given notes, which are then played before it samples again), 2
+    # sampled (a random model's onsets jump: it ends first)
+    sampler = steered(tiny_model, {0: 5, 1: 3, 2: None}, {1: 150}, once={1})
+    tasks = [lambda options: sampling.accompany(sampler, piece, [melody], 2, 150, options, anticipatory=anticipatory),
+             lambda options: sampling.unconditional(sampler, 20, options)]
+    for task in tasks if anticipatory else tasks[:1]:
+        options = dict(num_samples=3, seed=4, top_p=0.9, max_events=500)
+        one, sequences, stops = _music(sampler, task, 1, **options)
+        moves = check_outputs(sampler, max_instruments=16)
+        assert moves[0] >= 1 and len(sequences[2]) < len(sequences[0]), (moves, stops)
+        assert task is tasks[1] or moves[1] >= 1, (moves, stops)
+        for events_per_call in (5, 16):
+            many, many_sequences, many_stops = _music(sampler, task, events_per_call, **options)
+            assert many_stops == stops
+            for a, b in zip(sequences + one, many_sequences + many):
+                np.testing.assert_array_equal(a, b)

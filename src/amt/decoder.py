@@ -288,14 +288,20 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
     return _layer_norm(x, weights.lnf_w, weights.lnf_b, weights.eps), KVCache(tuple(keys), tuple(values))
 
 
-def write_into(cache: KVCache, recent: KVCache, start) -> KVCache:
-    """`recent` written into the cache at positions start.. (`start`: one per row, or one for all)."""
+def write_into(cache: KVCache, recent: KVCache, start, rows=None) -> KVCache:
+    """`recent` written into the cache at positions start.. (`start`: one per row, or one for all); only into the
+    rows where `rows` (batch,) is true, if given (the others keep what they hold)."""
     batch = cache.keys[0].shape[0]
     start = jnp.broadcast_to(jnp.asarray(start), (batch,))
-    put = jax.vmap(lambda a, b, s: jax.lax.dynamic_update_slice(a, b, (0, s, 0)))  # keys: positions in the middle
-    put_transposed = jax.vmap(lambda a, b, s: jax.lax.dynamic_update_slice(a, b, (0, 0, s)))  # values: last
-    return KVCache(tuple(map(put, cache.keys, recent.keys, [start] * len(cache.keys))),
-                   tuple(map(put_transposed, cache.values, recent.values, [start] * len(cache.values))))
+    rows = jnp.ones(batch, bool) if rows is None else rows
+
+    def put(a, b, s, write, axis):  # one row: b into a at s along axis (keys: positions in the middle; values: last)
+        at = tuple(s if i == axis else 0 for i in range(a.ndim))
+        return jax.lax.dynamic_update_slice(a, jnp.where(write, b, jax.lax.dynamic_slice(a, at, b.shape)), at)
+
+    return KVCache(tuple(jax.vmap(functools.partial(put, axis=1))(a, b, start, rows) for a, b in zip(cache.keys, recent.keys)),
+                   tuple(jax.vmap(functools.partial(put, axis=2))(a, b, start, rows)
+                         for a, b in zip(cache.values, recent.values)))
 
 
 # the cache with `recent` written at positions start.. (in place: the cache is donated; 0.3 ms)

@@ -14,13 +14,18 @@ its get_instruments counts it) only those may be sampled (one channel stays for 
 nucleus (top-p) sampling from a seeded generator (same seed, same music).
 
 How it runs: N samples of one request run as one batch whose rows are independent: each has its own length,
-position, window and offset in the cache. One jitted call per event (`_event`) samples the onset, duration
-and note of every row on the device, each under its constraints and fed to the model before the next, and
-returns only the three tokens; the Python loop between events inserts the controls due (a row then plays its
-triple instead of sampling), and moves a row's window when it must (its context is full, its earliest time
-changed, or time in it nears 100 s) by prefilling that row alone and putting it in its row of the cache. A
-finished row stays in the batch, idle. Per event at GPT-2 Small size on CPU (batch 1) that is about three
-decoder steps; benchmarks/sample.py compares it like for like with the reference's method and with Hugging
+position, window and offset in the cache. One jitted call (`_events`) takes up to `events_per_call` (8) steps
+of every row on the device: a step plays the row's next given triple if it is due (a control, or Algorithm 2's
+given note), else samples the onset, duration and note under the constraints, each fed to the model before the
+next; it returns only the sampled tokens and how many steps each row took. The Python loop between calls then
+replays those steps in its own bookkeeping (the same rules: it raises if the device stepped where the host would
+not), and does what only it does: moves a row's window when it must (its context is full, its earliest time
+changed, or time in it nears 100 s) by prefilling that row alone and putting it in its row of the cache, and
+refills its queue of given triples; the device stops a row at such a point and lets it idle. Each row draws from
+its own generator (the seed and its row), so the music is the same whatever `events_per_call` is (a test), and a
+finished row stays in the batch, idle. Several steps a call cut the round trips (on a GPU the host's launch work
+bounds one sample's event, not the card: README). Per event at GPT-2 Small size on CPU (batch 1) that is about
+three decoder steps; benchmarks/sample.py compares it like for like with the reference's method and with Hugging
 Face's KV cache.
 
 After `generate`, `Sampler.last_sequences` holds what each sample was conditioned on (check given controls
@@ -28,7 +33,8 @@ there: `misplaced_controls`; the output holds them whatever the model saw), `las
 notes, `last_stops` why each sample stopped ("end", or "max_events", which is also logged as a warning).
 
 Differences from the reference, on purpose:
-- N samples of one request run as one batch (one jitted call per event for all of them).
+- N samples of one request run as one batch (one jitted call per `events_per_call` events for all of them), each
+  with its own generator.
 - Top-p keeps the tokens at least as probable as a threshold found by a search on its bits, 4 at a time
   (`_nucleus`), not a sorted cumsum: the same tokens except at exact ties and last-ulp rounding of the
   cumulative sum.
@@ -96,17 +102,16 @@ def allowed_tokens(phase: int, min_onset, instrument_allowed, rest_allowed):
             | ((v == vocab.REST)[None] & jnp.asarray(rest_allowed)[:, None]))
 
 
-def constrained_sample(logits, key, *, phase: int, min_onset, instrument_allowed, rest_allowed, top_p: float,
+def constrained_sample(logits, keys, *, phase: int, min_onset, instrument_allowed, rest_allowed, top_p: float,
                        temperature):
     """One token per row of (batch, block) logits of the slot `phase`'s vocabulary block (0 onset, 1 duration,
-    2 note)."""
+    2 note), each row drawn with its own key (`keys`: (batch, 2))."""
     low, _ = SLOTS[phase]
     allowed = allowed_tokens(phase, min_onset, instrument_allowed, rest_allowed)
     logits = jnp.where(allowed, logits / temperature, -jnp.inf)
-    if top_p >= 1.0:
-        return low + jax.random.categorical(key, logits, axis=-1)
-    return low + jax.random.categorical(key, jnp.where(_nucleus(jax.nn.softmax(logits, axis=-1), top_p), logits, -jnp.inf),
-                                        axis=-1)
+    if top_p < 1.0:
+        logits = jnp.where(_nucleus(jax.nn.softmax(logits, axis=-1), top_p), logits, -jnp.inf)
+    return low + jax.vmap(jax.random.categorical)(keys, logits)
 
 
 def _nucleus(probabilities, top_p: float):
@@ -139,68 +144,125 @@ def _nucleus(probabilities, top_p: float):
     return probabilities >= jax.lax.bitcast_convert_type(found, probabilities.dtype)[:, None]
 
 
-# what the host tells the device about each row for its next event, packed into one int32 array (batch, ROW_INPUTS):
-# one host-to-device copy an event instead of six (each a dispatch: ~0.5 ms an event on CPU, and the device waits)
-POSITION, GIVEN, GIVEN_AT, MIN_ONSET, FORCED, ALLOWED = 0, 1, 4, 5, 6, 7  # GIVEN: 3 columns, ALLOWED: MAX_INSTR
-ROW_INPUTS = ALLOWED + vocab.MAX_INSTR
+# What the host tells the device about each row for a call, packed into one int32 array (batch, columns): one
+# host-to-device copy a call (each copy is a dispatch: ~0.5 ms on CPU, and the device waits). Times are relative to
+# the row's window (absolute minus its offset).
+POSITION = 0  # the row's next position in its cache
+CURRENT = 1  # its current time (the last sampled onset; Algorithm 2: or a given note's, played)
+START = 2  # the start time: no onset before max(START, CURRENT)
+END = 3  # a sampled onset at or after it ends the sample
+EVENTS_LEFT = 4  # events it may sample in this call before the host looks again (max_events, `forced_step`); 0: idle
+FORCED = 5  # -1, or an onset this many bins after max(START, CURRENT) replaces each sampled one (`forced_step`)
+WINDOW_MIN = 6  # the earliest time in the window (EMPTY: none): when it is not 0 the window must be fed again
+QUEUED = 7  # how many of the row's given triples (pending first, then those to come) are in its queue
+PENDING = 8  # how many of those are due already, whatever the time (Algorithm 2's backfill: the host decided)
+SEEN = 9  # MAX_INSTR + 1 columns: the instruments in the row's history (REST_INSTRUMENT the last), 1 or 0
+# then the row's next given triples, in order, as many as the call has steps (a step plays one at most), each in
+# QUEUE_FIELDS columns: the triple (its time token relative to the window), its time (relative), its due time (relative)
+QUEUE = SEEN + vocab.MAX_INSTR + 1
+QUEUE_FIELDS = 5
+STATE = 5  # `_events`' output: per row, its steps, position, current time, window's earliest time, triples played
+EMPTY = 2 ** 30  # WINDOW_MIN of an empty window
+NEVER = vocab.MAX_TIME  # beyond any sampled onset
 
 
-# Every buffer an event reads or writes keeps its device address from one event to the next: on a GPU `_event` and
-# `_write` are a CUDA graph each, and XLA re-records a graph whose buffers moved (on an H200, Medium, batch 1, under
+def _instrument(note):
+    """The reference's get_instruments, elementwise on note tokens (events or controls): REST is REST_INSTRUMENT."""
+    pitched = jnp.where(note >= vocab.CONTROL_OFFSET, note - vocab.ANOTE_OFFSET, note - vocab.NOTE_OFFSET)
+    return jnp.where(note == vocab.REST, REST_INSTRUMENT, pitched // vocab.MAX_PITCH)
+
+
+# Every buffer a call reads or writes keeps its device address from one call to the next: on a GPU `_events` is a
+# CUDA graph (or a loop of them), and XLA re-records a graph whose buffers moved (on an H200, Medium, batch 1, under
 # the profiler: 4.6 ms of the host's time an event, and 4.3 ms to launch the graphs after it, against 3.8 ms of
-# kernels). So what an event writes (its triples, hidden state, next key, new keys and values) goes into the
-# buffers of the same arrays from the event before, donated; the cache is written in place by `_write`; the host's
-# rows are staged into one buffer by `_stage`. (The cache is not written inside `_event`: XLA's CPU backend then copies all of it, twice, every event.)
-# keep_unused: `last` and `last_recent` are read by nothing, and jit would drop them, donations and all (it keeps the
-# weights' unread lm_head too: a pointer, not a copy).
-@functools.partial(jax.jit, static_argnames="top_p", donate_argnames=("hidden", "key", "last", "last_recent"),
-                   keep_unused=True)
-def _event(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, rows, key, last,
-           last_recent: decoder.KVCache, temperature, *, top_p: float):
-    """One event per row, row r at its own positions rows[r, POSITION]..+2, in one call and one round trip (not
-    one a token): the onset, duration and note are sampled under the constraints, each fed to the model before
-    the next. A row plays its given triple (rows[r, GIVEN:GIVEN + 3], time relative to the window) instead when
-    its sampled onset reaches rows[r, GIVEN_AT]: 0 for a control due now, the given note's time for Algorithm 2's
-    backfill, otherwise never (MAX_TIME). rows[r, MIN_ONSET]: the earliest onset (relative); rows[r, FORCED]: an
-    onset (relative) that replaces the sampled one, or -1 (a hook for tests that must steer a random model in
-    time); rows[r, ALLOWED:]: the instruments a note may have (1 or 0).
+# kernels). So what a call writes (the cache, hidden state, keys, its output) goes into the buffers of the same arrays
+# from the call before, donated; the host's rows are staged into one buffer by `_stage`.
+@functools.partial(jax.jit, static_argnames=("top_p", "events", "anticipatory"),
+                   donate_argnames=("cache", "hidden", "keys", "out"))
+def _events(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, rows, keys, out, temperature, *,
+            top_p: float, events: int, anticipatory: bool):
+    """Up to `events` steps of every row in one call (one round trip, not one an event), each the host's step as
+    `Sampler._run` replays it: the given triples due are played first, one a step, in order (a control is due when
+    the current time reaches its time minus delta; Algorithm 2's given notes when it reaches their time); otherwise
+    an event is sampled, its onset, duration and note each under the constraints (no onset before the current or
+    start time, at most 15 instruments, REST only after a zero duration) and fed to the model before the next. In
+    Algorithm 2 a sampled onset that reaches the next given note plays that note instead (the backfill). A row stops
+    where the host has work to do before its next step: its context is full, its window must move (time in it nears
+    100 s, its earliest time changed, or a given triple is earlier than it), it has sampled EVENTS_LEFT events, its
+    onset reached the end, or it backfilled. (Its queue of given triples, as long as the call has steps, never runs
+    out before the host's list does.) The first step
+    runs whatever (the host has just done that work); a stopped row's later steps change nothing of it.
 
-    `hidden` (batch, embed) is the state that predicts the onset; `unembed` the unembedding's block for
-    each slot (half the vocabulary is never sampled: controls and specials); `key` the generator's state, split
-    here (on the device, as the host split it before: the same samples); `last` and `last_recent` the previous
-    call's triples and keys and values (their buffers are reused). Returns the sampled triples (batch, 3), the
-    hidden state after the event, its keys and values (for `_write`) and the next key."""
-    position, given, given_at = rows[:, POSITION], rows[:, GIVEN:GIVEN + 3], rows[:, GIVEN_AT]
-    min_onset, forced, instrument_allowed = rows[:, MIN_ONSET], rows[:, FORCED], rows[:, ALLOWED:] > 0
-    recent = decoder.empty_cache(weights, hidden.shape[0], 0)  # grows by a position a token
-    key, subkey = jax.random.split(key)
-    keys = jax.random.split(subkey, 3)
-    sampled, plays_given = [], None
-    for phase in range(3):
-        token = constrained_sample(decoder.unembed(hidden, unembed[phase]), keys[phase], phase=phase,
-                                   min_onset=min_onset, instrument_allowed=instrument_allowed,
-                                   rest_allowed=sampled[1] == vocab.DUR_OFFSET if phase == 2 else None,
-                                   top_p=top_p, temperature=temperature)
-        if phase == 0:
-            token = jnp.where(forced >= 0, vocab.TIME_OFFSET + forced, token)
-            plays_given = token - vocab.TIME_OFFSET >= given_at
-        sampled.append(token)
-        hidden, recent = decoder.forward(weights, cache, recent, jnp.where(plays_given, given[:, phase], token)[:, None],
-                                         position)
-        hidden = hidden[:, 0]
-    del last, last_recent
-    return jnp.stack(sampled, axis=1), hidden, recent, key
+    `hidden` (batch, embed): the state that predicts each row's onset; `keys` (batch, 2): each row's generator, split
+    once a step the row takes, so a sample's music depends on its seed and row only, not on `events` or on the
+    other rows; `unembed`: the unembedding's block for each slot (half the vocabulary is never sampled: controls and
+    specials). Returns `out` (batch, STATE + 3 events): the steps each row took, its position, current time,
+    window's earliest time and given triples played after them (for the host to check against its replay), then
+    the triple each step sampled (what was fed instead when a given triple played is the host's to know); and the
+    cache, hidden state and keys after them."""
+    batch, context = hidden.shape[0], weights.shape[3]
+    start, end, forced, queued, sticky = rows[:, START], rows[:, END], rows[:, FORCED], rows[:, QUEUED], rows[:, PENDING]
+    queue = rows[:, QUEUE:].reshape(batch, events, QUEUE_FIELDS)
+    instruments = jnp.arange(vocab.MAX_INSTR + 1)
 
+    def step(j, carry):
+        cache, hidden, keys, triples, (position, current, head, window_min, seen, left, taken, active) = carry
+        now = jnp.maximum(start, current)
+        has_head = head < queued
+        entry = jnp.take_along_axis(queue, jnp.minimum(head, events - 1)[:, None, None], axis=1)[:, 0]
+        given, given_time, due = entry[:, :3], entry[:, 3], entry[:, 4]
+        pending = has_head & ((head < sticky) | (current >= due))
+        stale = (window_min != EMPTY) & (window_min != 0)
+        stops = (position + 3 > context) | (now >= WINDOW_TIME_LIMIT) | (stale & ~pending) | (pending & (given_time < 0))
+        active = active & (left > 0) & ((j == 0) | ~stops)
+        min_onset = jnp.clip(now, 0, vocab.MAX_TIME - 1)
+        allowed = jnp.where((seen.sum(-1) >= MAX_SAMPLED_INSTRUMENTS)[:, None], seen[:, :vocab.MAX_INSTR], True)
+        given_at = jnp.where(pending, 0, jnp.where(has_head & (not anticipatory), given_time, NEVER))
+        split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)  # the row's next key, then one a slot
+        new_hidden, recent, sampled, plays_given = hidden, decoder.empty_cache(weights, batch, 0), [], None
+        for phase in range(3):
+            token = constrained_sample(decoder.unembed(new_hidden, unembed[phase]), split[:, 1 + phase],
+                                       phase=phase, min_onset=min_onset, instrument_allowed=allowed,
+                                       rest_allowed=sampled[1] == vocab.DUR_OFFSET if phase == 2 else None,
+                                       top_p=top_p, temperature=temperature)
+            if phase == 0:
+                token = jnp.where(forced >= 0, vocab.TIME_OFFSET + jnp.clip(now + forced, 0, vocab.MAX_TIME - 1), token)
+                plays_given = token - vocab.TIME_OFFSET >= given_at
+            sampled.append(token)
+            new_hidden, recent = decoder.forward(weights, cache, recent,
+                                                 jnp.where(plays_given, given[:, phase], token)[:, None], position)
+            new_hidden = new_hidden[:, 0]
+        onset = sampled[0] - vocab.TIME_OFFSET
+        ends = active & ~pending & (onset >= end)
+        event = active & ~pending & ~ends & ~plays_given
+        played = active & ~ends & plays_given  # a due triple, or Algorithm 2's backfill
+        grows = event | played
+        seen = seen | (grows[:, None]
+                       & (instruments[None] == _instrument(jnp.where(event, sampled[2], given[:, 2]))[:, None]))
+        window_min = jnp.where(grows, jnp.minimum(window_min, jnp.where(event, onset, given_time)), window_min)
+        current = jnp.where(event, onset, current)
+        if not anticipatory:  # a given note played as an event moves time forward
+            current = jnp.where(played, jnp.maximum(current, given_time), current)
+        cache = decoder.write_into(cache, recent, position, active)  # (an idle row's cache as it was)
+        triples = triples.at[:, j].set(jnp.stack(sampled, axis=1))
+        carry = (position + 3 * grows, current, head + played, window_min, seen, left - event, taken + active,
+                 active & ~ends & ~(played & ~pending))
+        return (cache, jnp.where(active[:, None], new_hidden, hidden), jnp.where(active[:, None], split[:, 0], keys),
+                triples, carry)
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _write(cache: decoder.KVCache, recent: decoder.KVCache, rows) -> decoder.KVCache:
-    """`decoder.write` at each row's position, read from the rows' packed inputs already on the device."""
-    return decoder.write_into(cache, recent, rows[:, POSITION])
+    state = (rows[:, POSITION], rows[:, CURRENT], jnp.zeros(batch, jnp.int32), rows[:, WINDOW_MIN],
+             rows[:, SEEN:QUEUE] > 0, rows[:, EVENTS_LEFT], jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool))
+    triples = jnp.zeros((batch, events, 3), jnp.int32)
+    cache, hidden, keys, triples, state = jax.lax.fori_loop(0, events, step, (cache, hidden, keys, triples, state))
+    position, current, head, window_min, _, _, taken, _ = state
+    out = out * 0 + jnp.concatenate([jnp.stack([taken, position, current, window_min, head], axis=1),
+                                     triples.reshape(batch, -1)], axis=1)
+    return out, hidden, cache, keys
 
 
 @functools.partial(jax.jit, donate_argnums=0)
 def _stage(staged, rows):
-    """`rows` (just copied to the device) in `staged`'s buffer, so that `_event` always reads them at one address.
+    """`rows` (just copied to the device) in `staged`'s buffer, so that `_events` always reads them at one address.
     (`staged * 0 + rows`, not `rows`: jit would hand back an input returned as it is, not write it in place.)"""
     return staged * 0 + rows
 
@@ -275,6 +337,9 @@ class SamplingOptions:
     window_chunk: int = 128  # events dropped from the window at a time once the context is full
     max_events: int = 20_000  # per sample: a model that never reaches the end time still stops (and says so)
     delta: int = vocab.DELTA_BINS
+    # steps of every sample per device call (the host replays them after): fewer round trips, the same music whatever
+    # the value (each sample's generator is its own, split once a step it takes); see `_events`
+    events_per_call: int = 8
 
 
 class Sampler:
@@ -284,7 +349,9 @@ class Sampler:
     absolute time: what to check controls against), `last_generated` (the sampled events of each sample,
     RESTs removed: to tell generated notes from given ones), `last_stops` ("end" or "max_events" per sample).
     With `record_inputs = True`, `last_inputs[i]` lists, for every event sample i sampled, (how many of its
-    tokens there were, the tokens its row of the model had seen: flag, window, relative time)."""
+    tokens there were, the tokens its row of the model had seen: flag, window, relative time), and at the end
+    `last_windows[i]` holds the tokens its row had seen then, `last_cache` the cache (what the model saw: to check
+    the two agree)."""
 
     record_inputs = False
 
@@ -296,8 +363,10 @@ class Sampler:
         # contiguous copies: a dot with a column slice of the whole unembedding copied the slice every time
         self.unembed = tuple(self.weights.lm_head[:, low:high] for low, high in SLOTS)
 
-    def forced_onset(self, sample: _Sample) -> int | None:
-        """A hook for tests: an absolute onset to use instead of sampling one (None: sample)."""
+    def forced_step(self, sample: _Sample) -> tuple[int | None, int] | None:
+        """A hook for tests and benchmarks (a random model can't be steered in time): (bins, events): for the
+        sample's next `events` events, each onset is put `bins` after the current time (max of the start time and
+        the last onset) instead of sampled (`bins` None: sampled). None: sampled, until asked again."""
         return None
 
     def generate(self, start_time: float, end_time: float, inputs=None, controls=None,
@@ -388,7 +457,6 @@ class Sampler:
         full = (self.context - 1) // 3  # events that fit the context after the flag
         sliding = max(full - options.window_chunk, 1)
         n = len(samples)
-        key = jax.random.PRNGKey(options.seed)
         # the first window is the same for every sample: prefill it once and copy it to every row
         for s in samples:
             events = len(s.tokens) // 3
@@ -398,70 +466,110 @@ class Sampler:
         cache = jax.tree.map(lambda a: jnp.repeat(a, n, axis=0), cache)
         # controls are inserted `delta` ahead (Algorithm 1); Algorithm 2 inserts given notes as events, on time
         delta, condition_offset = (options.delta, vocab.ATIME_OFFSET) if anticipatory else (0, vocab.TIME_OFFSET)
-        never = vocab.MAX_TIME  # beyond any sampled onset
-        # the buffers `_event` reads and writes in place (see there), made once
-        rows, last = jnp.zeros((n, ROW_INPUTS), jnp.int32), jnp.zeros((n, 3), jnp.int32)
-        recent = decoder.empty_cache(self.weights, n, 3)
+        # each row's own generator: a sample's music depends on the seed and its row, not on how the calls fall
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.PRNGKey(options.seed), jnp.arange(n))
+        # the buffers `_events` reads and writes in place (see there), made once
+        width = QUEUE + QUEUE_FIELDS * options.events_per_call  # the rows' inputs (see `_events`)
+        rows, out = jnp.zeros((n, width), jnp.int32), jnp.zeros((n, STATE + 3 * options.events_per_call), jnp.int32)
         temperature = jnp.float32(options.temperature)
         while True:
             active = [i for i, s in enumerate(samples) if not s.done]
             if not active:
+                if self.record_inputs:
+                    self.last_windows, self.last_cache = [list(s.fed) for s in samples], cache
                 return
-            inputs = np.zeros((n, ROW_INPUTS), dtype=np.int32)
-            inputs[:, GIVEN_AT], inputs[:, FORCED], inputs[:, ALLOWED:] = never, -1, 1
+            inputs = np.zeros((n, width), dtype=np.int32)  # EVENTS_LEFT 0: a finished row idles
             for i in active:
                 s = samples[i]
-                while s.controls and s.current_time >= s.controls[0][0] - condition_offset - delta:
-                    s.pending.append(s.controls.pop(0))  # the controls now due go in first
+                self._take_due(s, delta, condition_offset)
                 now = max(start, s.current_time)
                 first = self._moves_to(s, now, sliding, condition_offset)
                 if first is not None:
                     row_hidden, row_cache = self._prefill([self._window(s, flag, first, now)])
                     hidden = hidden.at[i].set(row_hidden[0])
                     cache = decoder.set_row(cache, row_cache, i)
-                inputs[i, MIN_ONSET], inputs[i, ALLOWED:] = self._constraints(s, now)
-                if s.pending or (not anticipatory and s.controls):  # Algorithm 2: backfill if the onset passes it
-                    inputs[i, GIVEN:GIVEN + 3] = s.pending[0] if s.pending else s.controls[0]
-                    inputs[i, GIVEN] -= s.offset
-                    inputs[i, GIVEN_AT] = 0 if s.pending else inputs[i, GIVEN] - vocab.TIME_OFFSET
-                onset = self.forced_onset(s)
-                if onset is not None and not s.pending:
-                    inputs[i, FORCED] = min(max(onset - s.offset, 0), vocab.MAX_TIME - 1)
-                if self.record_inputs and not s.pending:
-                    self.last_inputs[i].append((len(s.tokens), list(s.fed)))
-            inputs[:, POSITION] = [s.position for s in samples]
+                inputs[i] = self._row_inputs(s, start, end, options, delta, condition_offset)
             rows = _stage(rows, jax.device_put(inputs))  # one copy to the device (jnp.asarray: a copy and a program run)
-            last, hidden, recent, key = _event(self.weights, self.unembed, cache, hidden, rows, key, last, recent,
-                                               temperature, top_p=float(options.top_p))
-            cache = _write(cache, recent, rows)
-            sampled = np.array(last)  # a copy: on a CPU np.asarray's view would keep `last` from being donated
+            out, hidden, cache, keys = _events(self.weights, self.unembed, cache, hidden, rows, keys, out, temperature,
+                                               top_p=float(options.top_p), events=options.events_per_call,
+                                               anticipatory=anticipatory)
+            result = np.array(out)  # a copy: on a CPU np.asarray's view would keep `out` from being donated
             for i in active:
                 s = samples[i]
-                if not s.pending:
-                    onset = int(sampled[i, 0]) - vocab.TIME_OFFSET + s.offset
-                    if onset >= end:
-                        s.done, s.stop = True, "end"
-                        continue
-                    if onset - s.offset < inputs[i, GIVEN_AT]:  # (sampled onsets are below `never`)
-                        triple = [vocab.TIME_OFFSET + onset, int(sampled[i, 1]), int(sampled[i, 2])]
-                        s.append(triple)
-                        s.generated.append(triple)
-                        s.current_time = onset
-                        s.sampled += 1
-                        if s.sampled >= options.max_events:
-                            s.done, s.stop = True, "max_events"
-                            logger.warning("sample %d stopped at max_events=%d, at %.2f s (before the end time, "
-                                           "%.2f s)", i, options.max_events, onset / vocab.TIME_RESOLUTION,
-                                           end / vocab.TIME_RESOLUTION)
-                        continue
-                    # Algorithm 2's backfill: given notes up to the sampled onset go first (the first one was
-                    # played instead of the event); the model then samples its event again, having seen them
-                    while s.controls and s.controls[0][0] - vocab.TIME_OFFSET <= onset:
-                        s.pending.append(s.controls.pop(0))
-                triple = s.pending.pop(0)  # a control (or, in Algorithm 2, a given note), played
+                given = len(s.pending) + len(s.controls)
+                for j in range(int(result[i, 0])):
+                    if j:  # the host's checks before a step, which the device made too (it stops where they act)
+                        self._take_due(s, delta, condition_offset)
+                        if s.done or self._moves_to(s, max(start, s.current_time), sliding, condition_offset) is not None:
+                            raise RuntimeError(f"sampler: sample {i} stepped on at step {j} of a call where its window "
+                                               "had to move or it was done (the device's stops differ from the host's)")
+                    self._step(s, [int(t) for t in result[i, STATE + 3 * j: STATE + 3 * j + 3]], end, options,
+                               anticipatory)
+                # the device's state after its steps is the host's after replaying them
+                expected = [s.position, s.current_time - s.offset,
+                            EMPTY if s.window_min is None else s.window_min - s.offset,
+                            given - len(s.pending) - len(s.controls)]
+                if result[i, 1:STATE].tolist() != expected:
+                    raise RuntimeError(f"sampler: sample {i}'s state after a call is {result[i, 1:STATE].tolist()} on "
+                                       f"the device and {expected} on the host (position, current time, earliest "
+                                       "time, given triples played)")
+
+    def _take_due(self, s: _Sample, delta: int, condition_offset: int) -> None:
+        """The controls due now (Algorithm 2: the given notes) go to `s.pending`, to be played before sampling."""
+        while s.controls and s.current_time >= s.controls[0][0] - condition_offset - delta:
+            s.pending.append(s.controls.pop(0))
+
+    def _row_inputs(self, s: _Sample, start: int, end: int, options: SamplingOptions, delta: int,
+                    condition_offset: int) -> np.ndarray:
+        """Row `s`'s inputs to `_events` (the columns named there), its times relative to its window."""
+        row = np.zeros(QUEUE + QUEUE_FIELDS * options.events_per_call, dtype=np.int32)
+        row[POSITION], row[CURRENT], row[START] = s.position, s.current_time - s.offset, start - s.offset
+        row[END] = min(end - s.offset, EMPTY)
+        forced = self.forced_step(s)
+        step, steps = forced if forced is not None else (None, options.max_events)
+        row[EVENTS_LEFT] = max(min(options.max_events - s.sampled, steps), 1)
+        row[FORCED] = -1 if step is None else step
+        row[WINDOW_MIN] = EMPTY if s.window_min is None else s.window_min - s.offset
+        length = options.events_per_call
+        queue = (s.pending[:length] + s.controls[:length])[:length]
+        row[QUEUED], row[PENDING] = len(queue), min(len(s.pending), length)
+        row[SEEN + np.asarray(sorted(s.instruments), dtype=np.int64)] = 1
+        for k, (time, duration, note) in enumerate(queue):
+            when = time - condition_offset - s.offset
+            row[QUEUE + QUEUE_FIELDS * k: QUEUE + QUEUE_FIELDS * (k + 1)] = [time - s.offset, duration, note, when,
+                                                                             when - delta]
+        return row
+
+    def _step(self, s: _Sample, sampled: list[int], end: int, options: SamplingOptions, anticipatory: bool) -> None:
+        """Sample `s`'s step, as the device took it: the pending triple played, or the sampled event appended, or the
+        end reached, or (Algorithm 2) the sampled onset passed given notes, the first of which was played."""
+        if self.record_inputs and not s.pending:
+            self.last_inputs[s.row].append((len(s.tokens), list(s.fed)))
+        if not s.pending:
+            onset = sampled[0] - vocab.TIME_OFFSET + s.offset
+            if onset >= end:
+                s.done, s.stop = True, "end"
+                return
+            if anticipatory or not s.controls or onset < s.controls[0][0] - vocab.TIME_OFFSET:
+                triple = [vocab.TIME_OFFSET + onset, sampled[1], sampled[2]]
                 s.append(triple)
-                if not anticipatory:  # a given note played as an event moves time forward
-                    s.current_time = max(s.current_time, triple[0] - vocab.TIME_OFFSET)
+                s.generated.append(triple)
+                s.current_time = onset
+                s.sampled += 1
+                if s.sampled >= options.max_events:
+                    s.done, s.stop = True, "max_events"
+                    logger.warning("sample %d stopped at max_events=%d, at %.2f s (before the end time, %.2f s)",
+                                   s.row, options.max_events, onset / vocab.TIME_RESOLUTION,
+                                   end / vocab.TIME_RESOLUTION)
+                return
+            # Algorithm 2's backfill: given notes up to the sampled onset go first (the first one was played instead
+            # of the event); the model then samples its event again, having seen them
+            while s.controls and s.controls[0][0] - vocab.TIME_OFFSET <= onset:
+                s.pending.append(s.controls.pop(0))
+        triple = s.pending.pop(0)  # a control (or, in Algorithm 2, a given note), played
+        s.append(triple)
+        if not anticipatory:  # a given note played as an event moves time forward
+            s.current_time = max(s.current_time, triple[0] - vocab.TIME_OFFSET)
 
 
 def misplaced_controls(sequence, controls, delta: int = vocab.DELTA_BINS, anticipatory: bool = True) -> list:
