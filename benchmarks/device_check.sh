@@ -20,10 +20,11 @@
 # no trace),
 # sample-medium-nographs (ours again with XLA's CUDA graphs switched off: an event is one graph by default,
 # benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), sample-medium-ours (ours
-# alone, with the trace: a later visit's check of a change to our sampler; 100 s did not hold it on the H200),
+# alone, 8 events a call and 1, with the trace: a later visit's check of a change to our sampler; 100 s did not
+# hold it on the H200), sample-medium-while (ours, 8 a call, with loops allowed inside CUDA graphs),
 # tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README); the next, after the install:
-#   BUDGET=540 bash benchmarks/device_check.sh sample-medium-ours sample-medium-nographs train-variant tests
+#   BUDGET=540 bash benchmarks/device_check.sh sample-medium-ours sample-medium-while sample-medium-nographs tests
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -70,7 +71,7 @@ esac
 DRY=
 if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
 ALL_STEPS=(train train-variant train-unfused train-profile sample-medium sample-small sample-medium-nographs
-           sample-medium-ours tests)
+           sample-medium-ours sample-medium-while tests)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
 for name in "${STEPS[@]}"; do
@@ -220,6 +221,15 @@ run_sample-medium-nographs() {
     # launch-bound one sample's step is (the flag parses on CPU too, where it does nothing)
     XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_FLAGS="--xla_gpu_enable_command_buffer=" \
         step sample-medium-nographs 150 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours --events-per-call 8,1
+}
+run_sample-medium-while() {
+    # ours with XLA's command buffers allowed to hold loops and conditionals too (WHILE, CONDITIONAL: CUDA graphs'
+    # conditional nodes): a call of 8 events could then be one graph launch instead of one a loop iteration
+    # (gpu_compile.py finds the loop outside the graph when it compiles without a card: whether a card's driver
+    # changes that is what this step sees). Compare with sample-medium-ours's 8 a call, same machine.
+    XLA_PYTHON_CLIENT_PREALLOCATE=false \
+        XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
+        step sample-medium-while 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours --events-per-call 8
 }
 run_tests() {
     # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS, the GPU first; on CPU

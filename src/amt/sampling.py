@@ -378,6 +378,8 @@ class Sampler:
         controls = ops.as_triples(np.zeros((0, 3), np.int64) if controls is None else controls)
         if len(controls) and not np.all(ops.is_control(controls)):
             raise ValueError("controls must be in the control block (use amt.ops.to_controls)")
+        if not (isinstance(options.events_per_call, int) and options.events_per_call >= 1):
+            raise ValueError(f"SamplingOptions.events_per_call={options.events_per_call!r}: a positive integer")
         before = ops.clip(inputs, 0, start, clip_duration=False, seconds=False)
         future = ops.clip(inputs, start + 1, max(ops.max_time(inputs, seconds=False), start + 1),
                           clip_duration=False, seconds=False)
