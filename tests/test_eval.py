@@ -1,5 +1,6 @@
 """Evaluation: Table 1's numbers checked against the model's own logits; generation metrics on real clips."""
 
+import dataclasses
 import json
 import math
 import random
@@ -505,6 +506,16 @@ def test_interarrival_sampling_moves_its_window_past_the_context():
     for stream in streams:
         assert np.array_equal(stream[: len(prompt)], prompt)
         assert (stream[stream < vocab.MIDI_START_OFFSET]).sum() < 900
+    # several tokens a device call, one a call: the same samples (calls cut short by the window's moves and by
+    # max_tokens, the generator split once a token either way)
+    def run(end, **changes):
+        return sampler.continue_tokens(prompt, 4.0, end, dataclasses.replace(options, **changes))
+
+    for tokens_per_call in (1, 5):
+        assert all(np.array_equal(a, b) for a, b in zip(streams, run(9.0, tokens_per_call=tokens_per_call)))
+    capped = [run(60.0, tokens_per_call=k, max_tokens=37) for k in (1, 8)]
+    assert [len(s) - len(prompt) for s in capped[0]] == [37] * 4
+    assert all(np.array_equal(a, b) for a, b in zip(*capped))
 
 
 def test_interarrival_recipes_are_the_arrival_recipes_with_the_interarrival_vocabulary():

@@ -5,7 +5,7 @@ ids) with no anticipation, so it can only continue a prompt. The reference turns
 file, reads it back as interarrival tokens, drops everything after the last note-on, samples with top-p 0.95
 up to 1,024 tokens, and turns the result back into events through MIDI (`interarrival_to_midi`, then
 `midi_to_events`), clipped to the clip's end. This module does the same with our KV-cached decoder
-(`amt.decoder`): one jitted call per token, N samples of one prompt as one batch.
+(`amt.decoder`): one jitted call per `tokens_per_call` tokens (8), N samples of one prompt as one batch.
 
 Differences from the reference, on purpose:
 - The prompt starts with a SEPARATOR, as every file does in the training rows (`InterarrivalPacker`); the
@@ -44,6 +44,7 @@ class InterarrivalOptions:
     num_samples: int = 1
     window_chunk: int = 256  # tokens dropped from the window at a time once the context is full
     max_tokens: int = 20_000  # per sample
+    tokens_per_call: int = 8  # tokens each device call takes (fewer round trips; the same samples whatever the value)
 
 
 def is_interarrival_model(model) -> bool:
@@ -74,24 +75,55 @@ def tokens_to_events(tokens, end_seconds: float | None = None) -> np.ndarray:
     return ops.sort(events) if len(events) else events
 
 
-@functools.partial(jax.jit, static_argnames="top_p")
-def _token(weights: decoder.DecoderWeights, cache: decoder.KVCache, hidden, position, key, note_on_allowed, *,
-           top_p: float, temperature):
-    """One token per row, sampled under the constraints and fed to the model: returns the tokens, the next
-    hidden state and the keys and values of the new position (for `decoder.write`)."""
-    logits = decoder.unembed(hidden, weights.lm_head)
+# what the host tells the device about each row for a call, one int32 array (batch, ROW_INPUTS); times in bins
+NOW, END, DONE, PLAYED = 0, 1, 2, 3  # the time reached, the end time, 1 if finished; PLAYED: MAX_INSTR columns,
+ROW_INPUTS = PLAYED + vocab.MAX_INSTR  # the pitched instruments its note-ons have used (1 or 0)
+
+
+@functools.partial(jax.jit, static_argnames=("top_p", "tokens"), donate_argnames=("cache", "hidden", "key"))
+def _tokens(weights: decoder.DecoderWeights, cache: decoder.KVCache, hidden, rows, position, steps, key, *,
+            top_p: float, temperature, tokens: int):
+    """`steps` (at most `tokens`) tokens of every row in one call, at positions position.. (the same for every
+    row), each sampled under the constraints (no SEPARATOR, no zero shift, no note-on of a 16th pitched
+    instrument) and fed to the model, its keys and values written into the cache. A row finishes at the shift that
+    would reach its end time (that token is fed, not kept: the host drops it); a finished row steps on, idle. The
+    generator is split once a step, for all rows, as one call a token split it. Returns the tokens (batch, tokens),
+    the rows' times and finished flags after them, the cache, hidden state and generator."""
     v = jnp.arange(vocab.MIDI_VOCAB_SIZE)
     instrument = jnp.clip((v - vocab.MIDI_START_OFFSET) // vocab.MAX_PITCH, 0, vocab.MAX_INSTR - 1)
     is_on = (v >= vocab.MIDI_START_OFFSET) & (v < vocab.MIDI_END_OFFSET)
-    allowed = (v != vocab.MIDI_SEPARATOR) & (v != vocab.MIDI_TIME_OFFSET)
-    allowed = allowed[None] & (~is_on[None] | note_on_allowed[:, instrument])
-    logits = jnp.where(allowed, logits / temperature, -jnp.inf)
-    if top_p < 1.0:
-        logits = jnp.where(_nucleus(jax.nn.softmax(logits, axis=-1), top_p), logits, -jnp.inf)
-    token = jax.random.categorical(key, logits, axis=-1)
-    hidden, recent = decoder.forward(weights, cache, decoder.empty_cache(weights, hidden.shape[0], 0), token[:, None],
-                                     position)
-    return token, hidden[:, 0], recent
+    never = (v == vocab.MIDI_SEPARATOR) | (v == vocab.MIDI_TIME_OFFSET)
+    pitched = jnp.arange(vocab.MAX_INSTR) != vocab.DRUMS
+    end = rows[:, END]
+
+    def step(j, carry):
+        cache, hidden, key, out, now, done, played = carry
+        runs = j < steps
+        split_key, subkey = jax.random.split(key)
+        full = (played & pitched).sum(-1) >= MAX_SAMPLED_INSTRUMENTS  # then only those (drums always)
+        note_on_allowed = ~full[:, None] | played | ~pitched[None]
+        allowed = ~never[None] & (~is_on[None] | note_on_allowed[:, instrument])
+        logits = jnp.where(allowed, decoder.unembed(hidden, weights.lm_head) / temperature, -jnp.inf)
+        if top_p < 1.0:
+            logits = jnp.where(_nucleus(jax.nn.softmax(logits, axis=-1), top_p), logits, -jnp.inf)
+        token = jax.random.categorical(subkey, logits, axis=-1)
+        new_hidden, recent = decoder.forward(weights, cache, decoder.empty_cache(weights, hidden.shape[0], 0),
+                                             token[:, None], position + j)
+        cache = decoder.write_into(cache, recent, position + j, jnp.broadcast_to(runs, done.shape))
+        keeps = runs & ~done
+        shift = token < vocab.MIDI_START_OFFSET
+        ends = keeps & shift & (now + token >= end)
+        now = jnp.where(keeps & shift & ~ends, now + token, now)
+        on = keeps & (token >= vocab.MIDI_START_OFFSET) & (token < vocab.MIDI_END_OFFSET)
+        played = played | (on[:, None] & (jnp.arange(vocab.MAX_INSTR)[None] == instrument[token][:, None])
+                           & pitched[None])
+        return (cache, jnp.where(runs, new_hidden[:, 0], hidden), jnp.where(runs, split_key, key),
+                out.at[:, j].set(token), now, done | ends, played)
+
+    carry = (cache, hidden, key, jnp.zeros((hidden.shape[0], tokens), jnp.int32), rows[:, NOW], rows[:, DONE] > 0,
+             rows[:, PLAYED:] > 0)
+    cache, hidden, key, out, now, done, _ = jax.lax.fori_loop(0, tokens, step, carry)
+    return out, now, done, cache, hidden, key
 
 
 class InterarrivalSampler:
@@ -132,29 +164,31 @@ class InterarrivalSampler:
         while not done.all() and sampled < options.max_tokens:
             if position >= self.context:
                 hidden, cache, position = prefill(keep)
-            allowed = np.ones((n, vocab.MAX_INSTR), bool)
+            steps = min(options.tokens_per_call, self.context - position, options.max_tokens - sampled)
+            rows = np.zeros((n, ROW_INPUTS), dtype=np.int32)
+            rows[:, NOW], rows[:, END], rows[:, DONE] = now, end, done
             for i, used in enumerate(instruments):
-                if len(used) >= MAX_SAMPLED_INSTRUMENTS:
-                    allowed[i, :vocab.DRUMS] = False
-                    allowed[i, sorted(used)] = True
-            key, subkey = jax.random.split(key)
-            tokens, hidden, recent = _token(self.weights, cache, hidden, jnp.asarray(position), subkey,
-                                            jnp.asarray(allowed), top_p=float(options.top_p),
-                                            temperature=options.temperature)
-            cache = decoder.write(cache, recent, jnp.asarray(position))
-            position += 1
-            sampled += 1
-            for i, token in enumerate(np.asarray(tokens).tolist()):
-                if done[i]:
-                    continue
-                if token < vocab.MIDI_START_OFFSET:
-                    if now[i] + token >= end:
-                        done[i] = True
+                rows[i, PLAYED + np.asarray(sorted(used), dtype=np.int64)] = 1
+            tokens, device_now, device_done, cache, hidden, key = _tokens(
+                self.weights, cache, hidden, jnp.asarray(rows), jnp.int32(position), jnp.int32(steps), key,
+                top_p=float(options.top_p), temperature=options.temperature, tokens=options.tokens_per_call)
+            tokens = np.asarray(tokens)
+            for j in range(steps):  # the same rules on the host, which keeps the streams
+                for i, token in enumerate(tokens[:, j].tolist()):
+                    if done[i]:
                         continue
-                    now[i] += token
-                elif token < vocab.MIDI_END_OFFSET and (token - vocab.MIDI_START_OFFSET) // vocab.MAX_PITCH != vocab.DRUMS:
-                    instruments[i].add((token - vocab.MIDI_START_OFFSET) // vocab.MAX_PITCH)
-                streams[i].append(token)
+                    if token < vocab.MIDI_START_OFFSET:
+                        if now[i] + token >= end:
+                            done[i] = True
+                            continue
+                        now[i] += token
+                    elif token < vocab.MIDI_END_OFFSET and (token - vocab.MIDI_START_OFFSET) // vocab.MAX_PITCH != vocab.DRUMS:
+                        instruments[i].add((token - vocab.MIDI_START_OFFSET) // vocab.MAX_PITCH)
+                    streams[i].append(token)
+            if not (np.array_equal(np.asarray(device_now), now) and np.array_equal(np.asarray(device_done), done)):
+                raise RuntimeError("interarrival sampler: the device's times or finished samples differ from the host's")
+            position += steps
+            sampled += steps
         return [np.asarray(s, dtype=np.int64) for s in streams]
 
     def continuation(self, events, prompt_seconds: float, end_seconds: float,
