@@ -24,7 +24,8 @@
 # hold it on the H200), sample-medium-while (ours, 8 a call, with loops allowed inside CUDA graphs),
 # tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README); the next, after the install:
-#   BUDGET=540 bash benchmarks/device_check.sh sample-medium-ours sample-medium-while sample-medium-nographs tests
+#   BUDGET=540 bash benchmarks/device_check.sh sample-medium-ours sample-medium-while tests
+# then at once, with what is left: sample-medium-nographs tests
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -194,10 +195,11 @@ run_train-profile() {
     return "$status"
 }
 # (sampling and the tests: JAX and torch share the card, so JAX takes memory as it needs it, not 75% up front)
-traced_medium() {  # NAME TRACE [ARGS...]: Medium's sampling (more arguments for sample.py), then a trace into $OUT/TRACE
-    local name=$1 trace=$OUT/$2 status
-    shift 2
-    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step "$name" "${LIMIT:-150}" "$PY" benchmarks/sample.py "${MEDIUM[@]}" "$@" \
+traced_medium() {  # NAME TRACE LIMIT [ARGS...]: Medium's sampling (more arguments for sample.py), then a trace into
+    # $OUT/TRACE, the step at most LIMIT s
+    local name=$1 trace=$OUT/$2 limit=$3 status
+    shift 3
+    XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=30 step "$name" "$limit" "$PY" benchmarks/sample.py "${MEDIUM[@]}" "$@" \
         --trace "$trace" --trace-events "$TRACE_EVENTS"
     status=$?
     # what comes back: the summary (in the log) and the Perfetto JSON (benchmarks/trace_summary.py reads it again)
@@ -205,12 +207,12 @@ traced_medium() {  # NAME TRACE [ARGS...]: Medium's sampling (more arguments for
     return "$status"
 }
 run_sample-medium() {
-    traced_medium sample-medium trace-medium
+    traced_medium sample-medium trace-medium 150
 }
 run_sample-medium-ours() {
     # ours alone (both precisions, 8 events a device call and 1, as before it could take more): a later visit's check
     # of a change to our sampler, the others' figures known
-    LIMIT=200 traced_medium sample-medium-ours trace-medium-ours --only-ours --events-per-call 8,1
+    traced_medium sample-medium-ours trace-medium-ours 200 --only-ours --events-per-call 8,1
 }
 run_sample-small() {
     XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-small 100 "$PY" benchmarks/sample.py "${SMALL[@]}"

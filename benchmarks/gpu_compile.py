@@ -572,6 +572,8 @@ def main() -> None:
                         help="a micro-step's (Small's GPU recipe: 32 x 1,024)")
     losses.add_argument("--width", type=int, default=768)
     args = parser.parse_args()
+    if args.mode == "sample" and min(args.events_per_call) < 1:
+        sys.exit(f"gpu_compile: --events-per-call {args.events_per_call}: positive integers")
     if not args.target.is_file():
         sys.exit(f"gpu_compile: no target description at {args.target}")
     if args.mode == "train" and not Path(args.recipe).is_file():

@@ -76,14 +76,16 @@ class Steered(sampling.Sampler):
     steps: dict = {}
     jumps: dict = {}
     once: set = set()
+    jump_bins: dict = {}  # a row's own jump, instead of `jump`
     jump = vocab.MAX_TIME - 1
     record_inputs = True
 
     def forced_step(self, s):
+        jump = self.jump_bins.get(s.row, self.jump)
         if s.row in self.once and s.sampled == self.jumps[s.row]:
-            return self.jump, 1
+            return jump, 1
         if s.row in self.jumps and s.sampled >= self.jumps[s.row] and s.row not in self.once:
-            return self.jump, 10 ** 9  # (for the rest)
+            return jump, 10 ** 9  # (for the rest)
         before = s.row in self.jumps and s.sampled < self.jumps[s.row]
         steps = self.jumps[s.row] - s.sampled if before else 10 ** 6  # until the jump
         return self.steps.get(s.row), steps
@@ -471,13 +473,15 @@ def test_the_music_does_not_depend_on_the_events_per_call(tiny_model, anticipato
     piece = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
     melody = max(ops.instruments(piece), key=lambda i: ops.instruments(piece)[i] if i != vocab.DRUMS else -1)
     # sample 0 paced (5 bins an event: its context fills), 1 paced with one jump at its 150th event (its window's
-    # time nears 100 s; Algorithm 2: the jump passes given notes, which are then played before it samples again), 2
-    # sampled (a random model's onsets jump: it ends first)
-    sampler = steered(tiny_model, {0: 5, 1: 3, 2: None}, {1: 150}, once={1})
+    # time nears 100 s; Algorithm 2: the jump passes given notes), 2 sampled (a random model's onsets jump: it ends
+    # first), 3 paced with one 2.5 s jump at its 60th event (Algorithm 2: the given notes it passes are played, one
+    # a step, before it samples again, within a call)
+    sampler = steered(tiny_model, {0: 5, 1: 3, 2: None, 3: 4}, {1: 150, 3: 60}, once={1, 3})
+    sampler.jump_bins = {3: 250}
     tasks = [lambda options: sampling.accompany(sampler, piece, [melody], 2, 150, options, anticipatory=anticipatory),
              lambda options: sampling.unconditional(sampler, 20, options)]
     for task in tasks if anticipatory else tasks[:1]:
-        options = dict(num_samples=3, seed=4, top_p=0.9, max_events=500)
+        options = dict(num_samples=4, seed=4, top_p=0.9, max_events=500)
         one, sequences, stops = _music(sampler, task, 1, **options)
         moves = check_outputs(sampler, max_instruments=16)
         assert moves[0] >= 1 and len(sequences[2]) < len(sequences[0]), (moves, stops)

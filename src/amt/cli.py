@@ -245,7 +245,7 @@ def _add_generate(subparsers, common, help) -> None:
                    "token reads, for a GPU or TPU (on a CPU it is slower)")
     p.add_argument("--events-per-call", type=_positive(int), default=None,
                    help="events each sample takes a device call (default: amt.sampling's, 8): fewer round trips "
-                   "for more; the music is the same whatever the value")
+                   "for more; the music is the same whatever the value (up to rounding)")
     p.add_argument("-o", "--out", default="generated.mid", help="output MIDI file (a PNG piano roll beside it)")
 
 

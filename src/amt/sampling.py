@@ -22,8 +22,9 @@ replays those steps in its own bookkeeping (the same rules: it raises if the dev
 not), and does what only it does: moves a row's window when it must (its context is full, its earliest time
 changed, or time in it nears 100 s) by prefilling that row alone and putting it in its row of the cache, and
 refills its queue of given triples; the device stops a row at such a point and lets it idle. Each row draws from
-its own generator (the seed and its row), so the music is the same whatever `events_per_call` is (a test), and a
-finished row stays in the batch, idle. Several steps a call cut the round trips (on a GPU the host's launch work
+its own generator (the seed and its row), so the music is the same whatever `events_per_call` is (token for token
+on the CPU, a test; only if XLA compiled one step a call to other roundings than several could a near-tie differ),
+and a finished row stays in the batch, idle. Several steps a call cut the round trips (on a GPU the host's launch work
 bounds one sample's event, not the card: README). Per event at GPT-2 Small size on CPU (batch 1) that is about
 three decoder steps; benchmarks/sample.py compares it like for like with the reference's method and with Hugging
 Face's KV cache.
@@ -161,7 +162,7 @@ SEEN = 9  # MAX_INSTR + 1 columns: the instruments in the row's history (REST_IN
 # QUEUE_FIELDS columns: the triple (its time token relative to the window), its time (relative), its due time (relative)
 QUEUE = SEEN + vocab.MAX_INSTR + 1
 QUEUE_FIELDS = 5
-STATE = 5  # `_events`' output: per row, its steps, position, current time, window's earliest time, triples played
+STATE = 7  # `_events`' output, per row: its steps, then the state the host checks its replay against (`_run`)
 EMPTY = 2 ** 30  # WINDOW_MIN of an empty window
 NEVER = vocab.MAX_TIME  # beyond any sampled onset
 
@@ -188,17 +189,18 @@ def _events(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hi
     start time, at most 15 instruments, REST only after a zero duration) and fed to the model before the next. In
     Algorithm 2 a sampled onset that reaches the next given note plays that note instead (the backfill). A row stops
     where the host has work to do before its next step: its context is full, its window must move (time in it nears
-    100 s, its earliest time changed, or a given triple is earlier than it), it has sampled EVENTS_LEFT events, its
-    onset reached the end, or it backfilled. (Its queue of given triples, as long as the call has steps, never runs
-    out before the host's list does.) The first step
+    100 s, its earliest time changed, or a given triple is earlier than it), it has sampled EVENTS_LEFT events, or
+    its onset reached the end. After a backfill the given notes up to the sampled onset are due, whatever the time
+    (the host's rule), and played one a step. (A row's queue of given triples, as long as the call has steps, never
+    runs out before the host's list does: a step plays one at most.) The first step
     runs whatever (the host has just done that work); a stopped row's later steps change nothing of it.
 
     `hidden` (batch, embed): the state that predicts each row's onset; `keys` (batch, 2): each row's generator, split
-    once a step the row takes, so a sample's music depends on its seed and row only, not on `events` or on the
+    once a step the row takes, so a sample's music depends on its seed and row only (up to rounding), not on `events` or on the
     other rows; `unembed`: the unembedding's block for each slot (half the vocabulary is never sampled: controls and
     specials). Returns `out` (batch, STATE + 3 events): the steps each row took, its position, current time,
-    window's earliest time and given triples played after them (for the host to check against its replay), then
-    the triple each step sampled (what was fed instead when a given triple played is the host's to know); and the
+    window's earliest time, given triples played, instruments seen and events sampled after them (for the host to
+    check against its replay), then the triple each step sampled (what was fed instead when a given triple played is the host's to know); and the
     cache, hidden state and keys after them."""
     batch, context = hidden.shape[0], weights.shape[3]
     start, end, forced, queued, sticky = rows[:, START], rows[:, END], rows[:, FORCED], rows[:, QUEUED], rows[:, PENDING]
@@ -206,12 +208,12 @@ def _events(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hi
     instruments = jnp.arange(vocab.MAX_INSTR + 1)
 
     def step(j, carry):
-        cache, hidden, keys, triples, (position, current, head, window_min, seen, left, taken, active) = carry
+        cache, hidden, keys, triples, (position, current, head, window_min, seen, left, taken, active, through) = carry
         now = jnp.maximum(start, current)
         has_head = head < queued
         entry = jnp.take_along_axis(queue, jnp.minimum(head, events - 1)[:, None, None], axis=1)[:, 0]
         given, given_time, due = entry[:, :3], entry[:, 3], entry[:, 4]
-        pending = has_head & ((head < sticky) | (current >= due))
+        pending = has_head & ((head < sticky) | (current >= due) | (given_time <= through))
         stale = (window_min != EMPTY) & (window_min != 0)
         stops = (position + 3 > context) | (now >= WINDOW_TIME_LIMIT) | (stale & ~pending) | (pending & (given_time < 0))
         active = active & (left > 0) & ((j == 0) | ~stops)
@@ -245,18 +247,22 @@ def _events(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hi
             current = jnp.where(played, jnp.maximum(current, given_time), current)
         cache = decoder.write_into(cache, recent, position, active)  # (an idle row's cache as it was)
         triples = triples.at[:, j].set(jnp.stack(sampled, axis=1))
+        # Algorithm 2's backfill (a given note played instead of the sampled event): the given notes up to the
+        # sampled onset are due now
+        through = jnp.where(played & ~pending, jnp.maximum(through, onset), through)
         carry = (position + 3 * grows, current, head + played, window_min, seen, left - event, taken + active,
-                 active & ~ends & ~(played & ~pending))
+                 active & ~ends, through)
         return (cache, jnp.where(active[:, None], new_hidden, hidden), jnp.where(active[:, None], split[:, 0], keys),
                 triples, carry)
 
     state = (rows[:, POSITION], rows[:, CURRENT], jnp.zeros(batch, jnp.int32), rows[:, WINDOW_MIN],
-             rows[:, SEEN:QUEUE] > 0, rows[:, EVENTS_LEFT], jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool))
+             rows[:, SEEN:QUEUE] > 0, rows[:, EVENTS_LEFT], jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool),
+             jnp.full(batch, -EMPTY, jnp.int32))
     triples = jnp.zeros((batch, events, 3), jnp.int32)
     cache, hidden, keys, triples, state = jax.lax.fori_loop(0, events, step, (cache, hidden, keys, triples, state))
-    position, current, head, window_min, _, _, taken, _ = state
-    out = out * 0 + jnp.concatenate([jnp.stack([taken, position, current, window_min, head], axis=1),
-                                     triples.reshape(batch, -1)], axis=1)
+    position, current, head, window_min, seen, left, taken, _, _ = state
+    checked = [position, current, window_min, head, seen.sum(-1, dtype=jnp.int32), rows[:, EVENTS_LEFT] - left]
+    out = out * 0 + jnp.concatenate([jnp.stack([taken] + checked, axis=1), triples.reshape(batch, -1)], axis=1)
     return out, hidden, cache, keys
 
 
@@ -338,7 +344,7 @@ class SamplingOptions:
     max_events: int = 20_000  # per sample: a model that never reaches the end time still stops (and says so)
     delta: int = vocab.DELTA_BINS
     # steps of every sample per device call (the host replays them after): fewer round trips, the same music whatever
-    # the value (each sample's generator is its own, split once a step it takes); see `_events`
+    # the value, up to rounding (each sample's generator is its own, split once a step it takes); see `_events`
     events_per_call: int = 8
 
 
@@ -498,7 +504,9 @@ class Sampler:
             result = np.array(out)  # a copy: on a CPU np.asarray's view would keep `out` from being donated
             for i in active:
                 s = samples[i]
-                given = len(s.pending) + len(s.controls)
+                given, sampled = len(s.pending) + len(s.controls), s.sampled
+                if result[i, 0] == 0:  # (the first step runs whatever: a row that took none would loop for ever)
+                    raise RuntimeError(f"sampler: sample {i} took no step in a call")
                 for j in range(int(result[i, 0])):
                     if j:  # the host's checks before a step, which the device made too (it stops where they act)
                         self._take_due(s, delta, condition_offset)
@@ -510,11 +518,11 @@ class Sampler:
                 # the device's state after its steps is the host's after replaying them
                 expected = [s.position, s.current_time - s.offset,
                             EMPTY if s.window_min is None else s.window_min - s.offset,
-                            given - len(s.pending) - len(s.controls)]
+                            given - len(s.pending) - len(s.controls), len(s.instruments), s.sampled - sampled]
                 if result[i, 1:STATE].tolist() != expected:
                     raise RuntimeError(f"sampler: sample {i}'s state after a call is {result[i, 1:STATE].tolist()} on "
                                        f"the device and {expected} on the host (position, current time, earliest "
-                                       "time, given triples played)")
+                                       "time, given triples played, instruments, events sampled)")
 
     def _take_due(self, s: _Sample, delta: int, condition_offset: int) -> None:
         """The controls due now (Algorithm 2: the given notes) go to `s.pending`, to be played before sampling."""
@@ -529,8 +537,8 @@ class Sampler:
         row[END] = min(end - s.offset, EMPTY)
         forced = self.forced_step(s)
         step, steps = forced if forced is not None else (None, options.max_events)
-        row[EVENTS_LEFT] = max(min(options.max_events - s.sampled, steps), 1)
-        row[FORCED] = -1 if step is None else step
+        row[EVENTS_LEFT] = max(min(options.max_events - s.sampled, steps, EMPTY), 1)
+        row[FORCED] = -1 if step is None else min(step, EMPTY)
         row[WINDOW_MIN] = EMPTY if s.window_min is None else s.window_min - s.offset
         length = options.events_per_call
         queue = (s.pending[:length] + s.controls[:length])[:length]
