@@ -516,6 +516,8 @@ def test_interarrival_sampling_moves_its_window_past_the_context():
     capped = [run(60.0, tokens_per_call=k, max_tokens=37) for k in (1, 8)]
     assert [len(s) - len(prompt) for s in capped[0]] == [37] * 4
     assert all(np.array_equal(a, b) for a, b in zip(*capped))
+    with pytest.raises(ValueError, match="tokens_per_call=0"):
+        run(9.0, tokens_per_call=0)
 
 
 def test_interarrival_recipes_are_the_arrival_recipes_with_the_interarrival_vocabulary():

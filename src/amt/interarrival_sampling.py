@@ -139,6 +139,8 @@ class InterarrivalSampler:
                         options: InterarrivalOptions = InterarrivalOptions()) -> list[np.ndarray]:
         """Token streams (the prompt, then the sampled tokens) for `options.num_samples` samples: sampling
         stops before the shift that would reach `end_seconds` (time counted from the prompt's start)."""
+        if not (isinstance(options.tokens_per_call, int) and options.tokens_per_call >= 1):
+            raise ValueError(f"InterarrivalOptions.tokens_per_call={options.tokens_per_call!r}: a positive integer")
         prompt = np.asarray(prompt, dtype=np.int64)
         n = options.num_samples
         shifts = np.where(prompt < vocab.MIDI_START_OFFSET, prompt - vocab.MIDI_TIME_OFFSET, 0)
