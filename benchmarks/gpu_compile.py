@@ -370,7 +370,7 @@ def sample(args, device) -> None:
     for batch in args.batch:
         for events in args.events_per_call:
             cache = abstract(jax.eval_shape(lambda: decoder.empty_cache(sampler.weights, batch, sampler.context)))
-            rows = abstract(jax.ShapeDtypeStruct((batch, sampling.QUEUE + sampling.QUEUE_FIELDS * events), jnp.int32))
+            rows = abstract(jax.ShapeDtypeStruct((batch, sampling._row_width(events)), jnp.int32))
             event_args = (weights, unembed, cache, abstract(jax.ShapeDtypeStruct((batch, args.width), jnp.float32)),
                           rows, abstract(jax.ShapeDtypeStruct((batch, 2), jnp.uint32)),
                           abstract(jax.ShapeDtypeStruct((batch, sampling.STATE + 3 * events), jnp.int32)),

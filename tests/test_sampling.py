@@ -139,7 +139,7 @@ def test_cached_logits_equal_the_full_forward_pass_at_every_position(scaled_mode
             if position < 255:
                 np.testing.assert_allclose(np.asarray(decoder.unembed(hidden, weights.lm_head))[0, 0], expected[position],
                                            atol=atol, err_msg=str(position))
-        cache = decoder.write(cache, recent, jnp.asarray(start))
+        cache = decoder.write_into(cache, recent, jnp.asarray(start))
     # rows of a batch at different lengths: each its own sequence
     rows = np.stack([tokens[:128], np.concatenate([tokens[:40], np.zeros(88, np.int64)])])
     hidden, cache = decoder.prefill(weights, jnp.asarray(rows, jnp.int32), jnp.asarray([100, 40]))

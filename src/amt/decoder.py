@@ -14,7 +14,7 @@ On CPU a step is memory-bound (GPT-2 Small, batch 1: reading the weights and the
 this machine's ~24 GB/s): per-layer weight matrices (not slices of stacked arrays), per-layer cache arrays
 and the unembedding pre-transposed each cut the step time severalfold. Attention is an einsum for one token
 too: on jax 0.7.2 elementwise products were faster, on jax 0.10 they took ~9 ms a layer against ~0.3 (one
-step ~120 -> ~25 ms under load). Steps only read the cache (`forward`; `write` puts an event's keys and
+step ~120 -> ~25 ms under load). Steps only read the cache (`forward`; `write_into` puts an event's keys and
 values in place), and a prefill runs only the real tokens and one position's unembedding: with the sampler
 unembedding only the sampled slot's block, and ~2.5 -> ~1.5 s for a 640-token window.
 
@@ -249,7 +249,7 @@ def forward(weights: DecoderWeights, cache: KVCache | None, recent: KVCache, tok
     positions before the row's `start` (read only; none if `cache` is None), to `recent` and to each other
     (causally). Returns the hidden states and `recent` with the tokens' keys and values appended (R + T).
 
-    The cache is only read: the new keys and values go to the small `recent`, and `write` puts them into the
+    The cache is only read: the new keys and values go to the small `recent`, and `write_into` puts them into the
     cache in place (donated) once per event; a step that returned an updated cache copied all of it (the
     whole cache, at every call: 75 MB a sample at GPT-2 Small size). `recent` grows by concatenation (its
     length is static: each of an event's tokens compiles its own shapes), not by writes into a buffer of the
@@ -302,10 +302,6 @@ def write_into(cache: KVCache, recent: KVCache, start, rows=None) -> KVCache:
     return KVCache(tuple(jax.vmap(functools.partial(put, axis=1))(a, b, start, rows) for a, b in zip(cache.keys, recent.keys)),
                    tuple(jax.vmap(functools.partial(put, axis=2))(a, b, start, rows)
                          for a, b in zip(cache.values, recent.values)))
-
-
-# the cache with `recent` written at positions start.. (in place: the cache is donated; 0.3 ms)
-write = jax.jit(write_into, donate_argnums=0)
 
 
 @functools.partial(jax.jit, donate_argnums=0)

@@ -167,10 +167,24 @@ EMPTY = 2 ** 30  # WINDOW_MIN of an empty window
 NEVER = vocab.MAX_TIME  # beyond any sampled onset
 
 
-def _instrument(note):
-    """The reference's get_instruments, elementwise on note tokens (events or controls): REST is REST_INSTRUMENT."""
-    pitched = jnp.where(note >= vocab.CONTROL_OFFSET, note - vocab.ANOTE_OFFSET, note - vocab.NOTE_OFFSET)
-    return jnp.where(note == vocab.REST, REST_INSTRUMENT, pitched // vocab.MAX_PITCH)
+def _row_width(events: int) -> int:
+    """Columns of a row's inputs to a call of `events` steps."""
+    return QUEUE + QUEUE_FIELDS * events
+
+
+def _instrument(note, xp=jnp):
+    """The reference's get_instruments, elementwise on note tokens (events or controls): REST is REST_INSTRUMENT.
+    `xp`: jax.numpy on the device, numpy on the host."""
+    pitched = xp.where(note >= vocab.CONTROL_OFFSET, note - vocab.ANOTE_OFFSET, note - vocab.NOTE_OFFSET)
+    return xp.where(note == vocab.REST, REST_INSTRUMENT, pitched // vocab.MAX_PITCH)
+
+
+def constraints(now, seen):
+    """The earliest onset (relative to the window) and the instruments a sampled note may have, per row, for the
+    next event: `now` (batch,), the current time relative to the window; `seen` (batch, MAX_INSTR + 1), the
+    instruments in the history (`seen_flags`): any until 15 are used (REST counted, as the reference counts it),
+    then only those. Plain array operators: `_events` computes them on the device, a test on the host."""
+    return now.clip(0, vocab.MAX_TIME - 1), seen[:, :vocab.MAX_INSTR] | (seen.sum(-1) < MAX_SAMPLED_INSTRUMENTS)[:, None]
 
 
 # Every buffer a call reads or writes keeps its device address from one call to the next: on a GPU `_events` is a
@@ -217,8 +231,7 @@ def _events(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hi
         stale = (window_min != EMPTY) & (window_min != 0)
         stops = (position + 3 > context) | (now >= WINDOW_TIME_LIMIT) | (stale & ~pending) | (pending & (given_time < 0))
         active = active & (left > 0) & ((j == 0) | ~stops)
-        min_onset = jnp.clip(now, 0, vocab.MAX_TIME - 1)
-        allowed = jnp.where((seen.sum(-1) >= MAX_SAMPLED_INSTRUMENTS)[:, None], seen[:, :vocab.MAX_INSTR], True)
+        min_onset, allowed = constraints(now, seen)
         given_at = jnp.where(pending, 0, jnp.where(has_head & (not anticipatory), given_time, NEVER))
         split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)  # the row's next key, then one a slot
         new_hidden, recent, sampled, plays_given = hidden, decoder.empty_cache(weights, batch, 0), [], None
@@ -281,21 +294,11 @@ def instruments_in(triples) -> set[int]:
     return found | {REST_INSTRUMENT} if np.any(triples[:, 2] == vocab.REST) else found
 
 
-def instrument_mask(instruments: set[int]) -> np.ndarray:
-    """(MAX_INSTR,) instruments a sampled note may have, given those in the history (`instruments_in`): any
-    until 15 are used (REST counted, as the reference counts it), then only those."""
-    allowed = np.ones(vocab.MAX_INSTR, dtype=bool)
-    if len(instruments) >= MAX_SAMPLED_INSTRUMENTS:
-        allowed[:] = False
-        allowed[sorted(i for i in instruments if i < vocab.MAX_INSTR)] = True
-    return allowed
-
-
-def _instrument_of(triple) -> int:
-    note = triple[2]
-    if note == vocab.REST:
-        return REST_INSTRUMENT
-    return (note - (vocab.ANOTE_OFFSET if note >= vocab.CONTROL_OFFSET else vocab.NOTE_OFFSET)) // vocab.MAX_PITCH
+def seen_flags(instruments: set[int]) -> np.ndarray:
+    """(MAX_INSTR + 1,) booleans: the instruments of a history (`instruments_in`; REST_INSTRUMENT the last)."""
+    flags = np.zeros(vocab.MAX_INSTR + 1, dtype=bool)
+    flags[sorted(instruments)] = True
+    return flags
 
 
 @dataclass
@@ -323,7 +326,7 @@ class _Sample:
         self.tokens.extend(triple)
         self.fed.extend([triple[0] - self.offset, triple[1], triple[2]])
         self.position += 3
-        self.instruments.add(_instrument_of(triple))
+        self.instruments.add(int(_instrument(triple[2], np)))
         t = triple[0] - (vocab.ATIME_OFFSET if triple[2] >= vocab.CONTROL_OFFSET else vocab.TIME_OFFSET)
         self.window_min = t if self.window_min is None else min(self.window_min, t)
 
@@ -453,8 +456,10 @@ class Sampler:
 
     @staticmethod
     def _constraints(s: _Sample, now: int) -> tuple[int, np.ndarray]:
-        """The earliest onset (relative to the window) and the instruments allowed for `s`'s next event."""
-        return min(max(now - s.offset, 0), vocab.MAX_TIME - 1), instrument_mask(s.instruments)
+        """The earliest onset (relative to the window) and the instruments allowed for `s`'s next event, by the
+        rule `_events` applies on the device (`constraints`)."""
+        min_onset, allowed = constraints(np.asarray([now - s.offset]), seen_flags(s.instruments)[None])
+        return int(min_onset[0]), allowed[0]
 
     def _prefill(self, windows: list[list[int]]):
         batch = decoder.pad_window(np.asarray(windows, dtype=np.int32), self.context)
@@ -477,7 +482,7 @@ class Sampler:
         # each row's own generator: a sample's music depends on the seed and its row, not on how the calls fall
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.PRNGKey(options.seed), jnp.arange(n))
         # the buffers `_events` reads and writes in place (see there), made once
-        width = QUEUE + QUEUE_FIELDS * options.events_per_call  # the rows' inputs (see `_events`)
+        width = _row_width(options.events_per_call)
         rows, out = jnp.zeros((n, width), jnp.int32), jnp.zeros((n, STATE + 3 * options.events_per_call), jnp.int32)
         temperature = jnp.float32(options.temperature)
         while True:
@@ -532,7 +537,7 @@ class Sampler:
     def _row_inputs(self, s: _Sample, start: int, end: int, options: SamplingOptions, delta: int,
                     condition_offset: int) -> np.ndarray:
         """Row `s`'s inputs to `_events` (the columns named there), its times relative to its window."""
-        row = np.zeros(QUEUE + QUEUE_FIELDS * options.events_per_call, dtype=np.int32)
+        row = np.zeros(_row_width(options.events_per_call), dtype=np.int32)
         row[POSITION], row[CURRENT], row[START] = s.position, s.current_time - s.offset, start - s.offset
         row[END] = min(end - s.offset, EMPTY)
         forced = self.forced_step(s)
@@ -543,7 +548,7 @@ class Sampler:
         length = options.events_per_call
         queue = (s.pending[:length] + s.controls[:length])[:length]
         row[QUEUED], row[PENDING] = len(queue), min(len(s.pending), length)
-        row[SEEN + np.asarray(sorted(s.instruments), dtype=np.int64)] = 1
+        row[SEEN:QUEUE] = seen_flags(s.instruments)
         for k, (time, duration, note) in enumerate(queue):
             when = time - condition_offset - s.offset
             row[QUEUE + QUEUE_FIELDS * k: QUEUE + QUEUE_FIELDS * (k + 1)] = [time - s.offset, duration, note, when,
