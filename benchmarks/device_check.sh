@@ -12,7 +12,8 @@
 #   bash benchmarks/device_check.sh --check-requirements [DIR]   # requirements of our set the machine still breaks
 #   bash benchmarks/device_check.sh --inventory       # list the machine's packages into $OUT and stop
 #
-# Steps: train (the GPU recipe as written: cuDNN's fused attention, recomputation), train-variant (the same
+# Steps: train (the GPU recipe as written: cuDNN's fused attention, recomputation), train-gif (the recipe with
+# `model.grad_in_forward_token_block_size 4096`: the loss's gradients in its forward pass), train-variant (the same
 # without gradient checkpointing: worth making the recipe's default on one 80 GB card?), train-unfused (the
 # recipe with Levanter's own attention, `model.fused_attention false`: what the fused attention gains),
 # train-profile (the recipe with one step profiled: where the card's time goes), sample-medium (ours against
@@ -24,8 +25,8 @@
 # hold it on the H200), sample-medium-while (ours, 8 a call, with loops allowed inside CUDA graphs),
 # tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README); the next, after the install:
-#   BUDGET=540 bash benchmarks/device_check.sh sample-medium-ours sample-medium-while tests
-# then at once, with what is left: sample-medium-nographs tests
+#   BUDGET=540 bash benchmarks/device_check.sh sample-medium-ours sample-medium-while train train-gif tests
+# then at once, with what is left: tests sample-medium-nographs
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -71,7 +72,7 @@ esac
 
 DRY=
 if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
-ALL_STEPS=(train train-variant train-unfused train-profile sample-medium sample-small sample-medium-nographs
+ALL_STEPS=(train train-gif train-variant train-unfused train-profile sample-medium sample-small sample-medium-nographs
            sample-medium-ours sample-medium-while tests)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
@@ -124,6 +125,8 @@ VARIANT=(--model.gradient_checkpointing false)
 # one 1,024-wide block, the whole score matrix written out (the recipe's until the H100 visit: 16.4% MFU against
 # 26.3% fused)
 UNFUSED=(--model.fused_attention false)
+# the loss's gradients in its forward pass, 4,096 positions a block (the dry run's micro-step: 512 positions, padded)
+GIF=(--model.grad_in_forward_token_block_size 4096)
 # what goes between TRAIN and more overrides: nothing where TRAIN holds overrides already (the dry run's), else --
 SEP=(--)
 [[ " ${TRAIN[*]} " == *" -- "* ]] && SEP=()
@@ -178,6 +181,17 @@ run_train() {
         status=$?
     fi
     return "$status"
+}
+run_train-gif() {
+    # the recipe with the loss's gradients taken in its forward pass (Levanter's grad-in-forward kernel: 3 products
+    # of the 55,028-way head instead of 4; floor 1.07 -> 0.98 s on an H100, gpu_compile.py): compare with `train`,
+    # same machine. Needs the kernel (marin-levanter 0.2.227): skipped where the Levanter here lacks it
+    if ! "$PY" -c "import sys; from amt.train import _weighted_sum_kernel; sys.exit(_weighted_sum_kernel() is None)" \
+            2>/dev/null; then
+        log "train-gif: skipped, this Levanter has no grad-in-forward loss kernel"
+        return 3
+    fi
+    train_step train-gif 150 "${TRAIN[@]}" "${SEP[@]}" "${GIF[@]}"
 }
 run_train-variant() {
     train_step train-variant 150 "${TRAIN[@]}" "${SEP[@]}" "${VARIANT[@]}"

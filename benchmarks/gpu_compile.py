@@ -24,7 +24,8 @@ what it does give, before a short visit to a GPU:
   `Trainer._train_step` puts them together: the loss under the recipe's mixed precision, its gradient
   accumulated over micro-steps of `per_device_parallelism` (`levanter.grad_accum.microbatched`), the recipe's
   optimizer update; no hooks or metrics. The loss is the kernel `amt train` chooses on a GPU (workaround 6 in
-  `amt.train`: Levanter's XLA kernel with its bf16 backward). With `--roofline N`, an estimate of the step's
+  `amt.train`: Levanter's XLA kernel with its bf16 backward; with `-- --model.grad_in_forward_token_block_size N`
+  Levanter's grad-in-forward kernel, as that option runs it). With `--roofline N`, an estimate of the step's
   floor: each kernel's bytes (its operands and result once; a slice of a stacked buffer, or an update in place,
   counted as the slice or the update) and its matrix products' flops, times its loops' known trip counts, at the
   card's bandwidth or its bf16 peak, whichever bounds it; the MFU that floor would allow; the N slowest JAX
@@ -416,10 +417,14 @@ def train(args, device) -> None:
     from levanter.models.lm_model import LmExample
 
     from amt import vocab
-    from amt.train import TrainConfig, fused_attention, parameter_count, training_flops_per_token, xla_loss_on_gpus
+    from amt.train import (TrainConfig, fused_attention, grad_in_forward_problem, loss_gradients_in_forward,
+                           parameter_count, training_flops_per_token, xla_loss_on_gpus)
 
     config = draccus.parse(TrainConfig, config_path=args.recipe, args=args.overrides)
     model_config, trainer = config.model, config.trainer
+    if problem := grad_in_forward_problem(model_config):
+        sys.exit(problem)
+    in_forward = model_config.grad_in_forward_token_block_size
     Batch = hax.Axis(trainer.batch_axis_name or "batch", trainer.train_batch_size)
     Pos = model_config.max_Pos
     micro = trainer.per_device_parallelism if trainer.per_device_parallelism > 0 else Batch.size
@@ -456,11 +461,14 @@ def train(args, device) -> None:
     print(f"{args.recipe} {' '.join(args.overrides)}: GPT-2 {parameter_count(model_config) / 1e6:.0f}M, batch "
           f"{Batch.size} x {Pos.size} in micro-steps of {micro}, {trainer.mp}, attention "
           f"{'fused (cuDNN)' if model_config.fused_attention else model_config.attn_backend or 'default'}, "
-          f"recomputation {model_config.gradient_checkpointing}, the loss as amt train runs it on a GPU (workaround 6); compiled for {device.device_kind} without one "
+          f"recomputation {model_config.gradient_checkpointing}, the loss as amt train runs it on a GPU "
+          f"({f'gradients in its forward, {in_forward:,} positions a block' if in_forward else 'workaround 6'}); "
+          f"compiled for {device.device_kind} without one "
           f"(jax {jax.__version__})")
     begin = time.monotonic()
     with hax.partitioning.set_mesh(mesh), hax.axis_mapping(trainer.compute_axis_mapping), \
-            xla_loss_on_gpus(backend="gpu"), fused_attention(model_config.fused_attention, backend="gpu"):
+            xla_loss_on_gpus(backend="gpu"), fused_attention(model_config.fused_attention, backend="gpu"), \
+            loss_gradients_in_forward(in_forward):
         # (the host is a CPU: choose as amt train does on the card)
         lowered = jax.jit(pure, donate_argnums=(0, 1)).lower(abstract(params), abstract(state), tokens,
                                                              abstract(jax.ShapeDtypeStruct((2,), jnp.uint32)))

@@ -1,6 +1,7 @@
 """One training step on a simulated 8-device CPU mesh (data 4 x model 2); prints each parameter's sharding, and
-the step's loss again with `model.fused_attention` (batch and heads folded into one axis, here sharded over both
-mesh axes: what the 8-GPU recipe's attention does to a sharded batch, in XLA's form).
+the step's loss again with `model.fused_attention` (the batch over the data axis, the heads over the model
+axis: what the 8-GPU recipe's attention does to a sharded batch, in XLA's form), and with
+`model.grad_in_forward_token_block_size` where the installed Levanter has its kernel.
 
 Run as a subprocess by test_train.py (the device count must be set before jax starts):
     python tests/mesh_step.py CACHE_DIR
@@ -22,7 +23,8 @@ from haliax.partitioning import round_axis_for_partitioning  # noqa: E402
 from levanter.trainer import Trainer, initialize  # noqa: E402
 from levanter.utils.tree_utils import inference_mode  # noqa: E402
 
-from amt.train import TrainConfig, fused_attention, one_process_unless_a_cluster  # noqa: E402
+from amt.train import (TrainConfig, _weighted_sum_kernel, fused_attention, loss_gradients_in_forward,  # noqa: E402
+                       one_process_unless_a_cluster)
 
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "amt-tiny.yaml")
 
@@ -62,6 +64,10 @@ def main(cache_dir: str) -> None:
                 plain = eqx.filter_jit(loss_and_gradient_norm)(state.model)
                 with fused_attention():  # (a function of its own: equinox caches a function's trace)
                     fused = eqx.filter_jit(lambda model: loss_and_gradient_norm(model))(state.model)
+                in_forward = None  # the loss's gradients in its forward, each shard's sums added over the mesh
+                if _weighted_sum_kernel() is not None:
+                    with loss_gradients_in_forward(96):  # (2 x 256 positions a shard: a padded last block)
+                        in_forward = eqx.filter_jit(lambda model: loss_and_gradient_norm(model))(state.model)
         finally:
             jax.nn.dot_product_attention = library
         info = trainer.train_step(state, batch)
@@ -74,7 +80,8 @@ def main(cache_dir: str) -> None:
                                                         for i, ax in enumerate(leaf.axes)}
         print(json.dumps({"mesh": mesh, "loss": float(info.loss), "shardings": shardings,
                           "attention": {"levanter": [float(x) for x in plain], "fused": [float(x) for x in fused],
-                                        "fused_calls": len(traced)}}))
+                                        "fused_calls": len(traced)},
+                          "grad_in_forward": None if in_forward is None else [float(x) for x in in_forward]}))
 
 
 if __name__ == "__main__":

@@ -194,6 +194,63 @@ def test_the_loss_is_levanters_xla_kernel_on_gpus_too(monkeypatch):
         original.cache_clear()  # (the next caller asks the real backend again)
 
 
+def test_the_loss_with_gradients_in_forward_is_levanters_loss(make_tiny_model, monkeypatch):
+    """`model.grad_in_forward_token_block_size`: inside `loss_gradients_in_forward` the training loss (a weighted
+    mean, Levanter's train_lm's) goes through Levanter's grad-in-forward kernel, at the production context with a
+    loss mask, a z-loss and a block that does not divide the positions (the last one padded): its value and every
+    parameter's gradient equal Levanter's loss's; per-position losses (evaluation) still take Levanter's. Where the
+    installed Levanter lacks the kernel (0.2.20, Python 3.11: CI) the option is refused in one line naming the key
+    and the version; a value that is no positive count is refused everywhere. (On a simulated 8-device mesh: the
+    mesh test.)"""
+    import equinox as eqx
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+    from levanter.layers.attention import AttentionMask
+    from levanter.models.lm_model import LmExample
+
+    import amt.train as train
+    from amt.train import MusicGpt2Config, grad_in_forward_problem, loss_gradients_in_forward
+
+    for bad in (0, -4, True):
+        problem = grad_in_forward_problem(MusicGpt2Config(grad_in_forward_token_block_size=bad))
+        assert "model.grad_in_forward_token_block_size" in problem and repr(bad) in problem
+    assert grad_in_forward_problem(MusicGpt2Config()) is None
+    kernel = train._weighted_sum_kernel()
+    if kernel is None:
+        problem = grad_in_forward_problem(MusicGpt2Config(grad_in_forward_token_block_size=4096))
+        assert "model.grad_in_forward_token_block_size" in problem and "marin-levanter 0.2.20" in problem
+        with pytest.raises(ValueError, match="grad_in_forward_token_block_size"):
+            with loss_gradients_in_forward(4096):
+                pass
+        return
+    assert grad_in_forward_problem(MusicGpt2Config(grad_in_forward_token_block_size=4096)) is None
+    calls = []
+    monkeypatch.setattr(train, "_weighted_sum_kernel", lambda: lambda *a, **k: calls.append(1) or kernel(*a, **k))
+
+    model = make_tiny_model(1024)
+    Batch, Pos = hax.Axis("batch", 3), model.Pos
+    tokens = hax.named(jax.random.randint(jax.random.PRNGKey(1), (3, 1024), 0, vocab.VOCAB_SIZE), (Batch, Pos))
+    weight = (hax.named(jax.random.uniform(jax.random.PRNGKey(2), (3, 1024)), (Batch, Pos)) < 0.8).astype(jnp.float32)
+    example = LmExample(tokens=tokens, loss_weight=weight, attn_mask=AttentionMask.causal())
+
+    def gradients():
+        with jax.default_matmul_precision("highest"):
+            value, grads = eqx.filter_value_and_grad(
+                lambda m: m.compute_next_token_loss(example, logsumexp_weight=1e-4).scalar())(model)
+        return float(value), [np.asarray(g) for g in jax.tree.leaves(eqx.filter(grads, eqx.is_array))]
+
+    plain, plain_grads = gradients()
+    with loss_gradients_in_forward(1000):  # 3,072 positions: blocks of 1,000, the fourth padded
+        ours, our_grads = gradients()
+        assert calls == [1]
+        per_position = model.compute_next_token_loss(example, reduction=None, reduction_axis=())
+        assert calls == [1] and per_position.axes == (Batch, Pos)
+    assert ours == pytest.approx(plain, rel=1e-6)
+    for a, b in zip(our_grads, plain_grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(b))))
+
+
 def test_fused_attention_computes_what_levanters_attention_does(make_tiny_model, monkeypatch):
     """`model.fused_attention`: inside `fused_attention` GPT-2's attention goes through
     jax.nn.dot_product_attention (cuDNN's on a GPU in bf16; XLA's form in float32 and off GPUs, the same
@@ -372,12 +429,17 @@ def test_a_training_step_on_a_simulated_8_device_mesh_shards_by_named_axes(demo_
     report = json.loads(out.strip().splitlines()[-1])
     assert report["mesh"] == {"replica": 1, "data": 4, "model": 2, "replica_dcn": 1}
     assert report["loss"] == pytest.approx(np.log(vocab.VOCAB_SIZE), abs=0.2)
-    # the fused attention on the sharded batch (batch and heads folded, over both mesh axes): the same loss and
-    # gradient norm as Levanter's attention (with the causal mask dropped: 1e-5 and 3% off)
+    # the fused attention on the sharded batch (the batch over the data axis, the heads over the model axis): the
+    # same loss and gradient norm as Levanter's attention (with the causal mask dropped: 1e-5 and 3% off)
     attention = report["attention"]
     assert attention["fused_calls"] == 1
     assert attention["fused"][0] == pytest.approx(attention["levanter"][0], rel=3e-6)
     assert attention["fused"][1] == pytest.approx(attention["levanter"][1], rel=1e-4)
+    # the loss's gradients in its forward on that mesh (each shard's sums added over it; where Levanter has the
+    # kernel): without the sums, one shard's loss (4e-5 off)
+    if report["grad_in_forward"] is not None:
+        assert report["grad_in_forward"][0] == pytest.approx(attention["levanter"][0], rel=3e-6)
+        assert report["grad_in_forward"][1] == pytest.approx(attention["levanter"][1], rel=1e-4)
     shardings = report["shardings"]
     assert len(shardings) >= 15
     for name, axes in shardings.items():

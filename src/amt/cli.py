@@ -194,9 +194,11 @@ def _run_train(args, rest: list[str]) -> int:
                          "--trainer.num_train_steps; `amt train --config_path RECIPE --help` lists them)") from None
     except draccus.utils.DecodingError as error:
         raise UsageError(str(error)) from None
-    from amt.train import compact_console, platforms_problem
+    from amt.train import compact_console, grad_in_forward_problem, platforms_problem
 
     if not config.dry_run and (problem := platforms_problem(os.environ.get("JAX_PLATFORMS", ""))):
+        raise UsageError(problem)
+    if problem := grad_in_forward_problem(config.model):
         raise UsageError(problem)
 
     with compact_console(config.trainer.num_train_steps, getattr(args, "verbose", False)):
