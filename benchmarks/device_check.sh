@@ -13,8 +13,8 @@
 #   bash benchmarks/device_check.sh --inventory       # list the machine's packages into $OUT and stop
 #
 # Steps: train (the GPU recipe as written: cuDNN's fused attention, recomputation), train-gif (the recipe with
-# `model.grad_in_forward_token_block_size 4096`: the loss's gradients in its forward pass), train-variant (the same
-# without gradient checkpointing: worth making the recipe's default on one 80 GB card?), train-unfused (the
+# `model.grad_in_forward_token_block_size 4096`: the loss's gradients in its forward pass), train-variant (the
+# recipe without gradient checkpointing: worth making the recipe's default on one 80 GB card?), train-unfused (the
 # recipe with Levanter's own attention, `model.fused_attention false`: what the fused attention gains),
 # train-profile (the recipe with one step profiled: where the card's time goes), sample-medium (ours against
 # Hugging Face's KV cache, ours in float32 and in bfloat16, then a trace of 20 events), sample-small (the same,
@@ -125,7 +125,7 @@ VARIANT=(--model.gradient_checkpointing false)
 # one 1,024-wide block, the whole score matrix written out (the recipe's until the H100 visit: 16.4% MFU against
 # 26.3% fused)
 UNFUSED=(--model.fused_attention false)
-# the loss's gradients in its forward pass, 4,096 positions a block (the dry run's micro-step: 512 positions, padded)
+# the loss's gradients in its forward pass, 4,096 positions a block (fewer where a micro-step has fewer: the dry run's 512)
 GIF=(--model.grad_in_forward_token_block_size 4096)
 # what goes between TRAIN and more overrides: nothing where TRAIN holds overrides already (the dry run's), else --
 SEP=(--)
@@ -186,10 +186,14 @@ run_train-gif() {
     # the recipe with the loss's gradients taken in its forward pass (Levanter's grad-in-forward kernel: 3 products
     # of the 55,028-way head instead of 4; floor 1.07 -> 0.98 s on an H100, gpu_compile.py): compare with `train`,
     # same machine. Needs the kernel (marin-levanter 0.2.227): skipped where the Levanter here lacks it
-    if ! "$PY" -c "import sys; from amt.train import _weighted_sum_kernel; sys.exit(_weighted_sum_kernel() is None)" \
-            2>/dev/null; then
+    local have
+    have=$("$PY" -c "from amt.train import _weighted_sum_kernel; print(_weighted_sum_kernel() is not None)" 2>&1 | tail -1)
+    if [[ $have == False ]]; then
         log "train-gif: skipped, this Levanter has no grad-in-forward loss kernel"
         return 3
+    elif [[ $have != True ]]; then
+        log "train-gif failed: amt.train does not import: $have"
+        return 1
     fi
     train_step train-gif 150 "${TRAIN[@]}" "${SEP[@]}" "${GIF[@]}"
 }
