@@ -244,9 +244,9 @@ run_sample-medium-nographs() {
 }
 run_sample-medium-while() {
     # ours with XLA's command buffers allowed to hold loops and conditionals too (WHILE, CONDITIONAL: CUDA graphs'
-    # conditional nodes): a call of 8 events could then be one graph launch instead of one a loop iteration
-    # (gpu_compile.py finds the loop outside the graph when it compiles without a card: whether a card's driver
-    # changes that is what this step sees). Compare with sample-medium-ours's 8 a call, same machine.
+    # conditional nodes): a call of 8 events is then one graph launch instead of one a loop iteration
+    # (gpu_compile.py, compiling for the card's driver, CUDA 13.0: `1 CommandBuffer`; with the default flags a graph
+    # and a loop run from the host). Compare with sample-medium-ours's 8 a call, same machine.
     XLA_PYTHON_CLIENT_PREALLOCATE=false \
         XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
         step sample-medium-while 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours --events-per-call 8

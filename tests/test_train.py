@@ -246,7 +246,7 @@ def test_the_loss_with_gradients_in_forward_is_levanters_loss(make_tiny_model, m
         assert calls == [1]
         per_position = model.compute_next_token_loss(example, reduction=None, reduction_axis=())
         assert calls == [1] and per_position.axes == (Batch, Pos)
-    assert ours == pytest.approx(plain, rel=1e-6)
+    assert ours == pytest.approx(plain, rel=1e-5)  # (a GPU sums in another order; a dropped z-loss: 1e-3 off)
     for a, b in zip(our_grads, plain_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(b))))
 
