@@ -493,3 +493,40 @@ def test_the_music_does_not_depend_on_the_events_per_call(tiny_model, anticipato
                 np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="events_per_call=0"):
         sampling.unconditional(sampler, 5, sampling.SamplingOptions(events_per_call=0))
+
+
+def test_algorithm_2_plays_the_notes_a_backfill_passed_before_it_samples_again(tiny_model, monkeypatch):
+    """Algorithm 2: when a sampled onset passes given notes, the first is played in its place (the backfill) and the
+    rest it passed are due at once, played one a step even where the next sampled onset falls short of them. The
+    device applies that rule within a call, the host between calls: the samples at 8 events a call equal those at
+    one. Onsets steered by each step's own key (a random model's do not jump this way): 30 bins past the current
+    time (past about two of the melody's notes) one step in three, else 2 (short of the next), so a short onset
+    follows a backfill; without the rule on the device its music differs from the host's (or the host's replay
+    stops on it)."""
+    real = sampling.constrained_sample
+
+    def steered_onsets(logits, keys, *, phase, min_onset, **constraints):
+        token = real(logits, keys, phase=phase, min_onset=min_onset, **constraints)
+        if phase != 0:
+            return token
+        jumps = jax.vmap(lambda key: jax.random.bernoulli(jax.random.fold_in(key, 7), 1 / 3))(keys)
+        return vocab.TIME_OFFSET + jnp.clip(min_onset + jnp.where(jumps, 30, 2), 0, vocab.MAX_TIME - 1)
+
+    piece = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
+    melody = max(ops.instruments(piece), key=lambda i: ops.instruments(piece)[i] if i != vocab.DRUMS else -1)
+    monkeypatch.setattr(sampling, "constrained_sample", steered_onsets)
+    jax.clear_caches()  # (the device's program is traced again with the steered onsets, and again after the test)
+    try:
+        sampler = sampling.Sampler(tiny_model)
+        sampler.record_inputs = True
+        music = {}
+        for events_per_call in (1, 8):
+            options = sampling.SamplingOptions(num_samples=2, seed=3, max_events=120, events_per_call=events_per_call)
+            music[events_per_call] = sampling.accompany(sampler, piece, [melody], 2, 12, options,
+                                                        anticipatory=False)
+            check_cache_holds_the_windows(sampler)
+        for one, eight in zip(music[1], music[8]):
+            np.testing.assert_array_equal(one, eight)
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
