@@ -45,22 +45,21 @@ def tiny_model(make_tiny_model):
 
 @pytest.fixture(scope="module")
 def scaled_model(tiny_model):
-    """The tiny model with LayerNorms that scale and shift (a new model's are 1 and 0, under which the decoder's
-    folding of each LayerNorm into the product after it would pass unseen if it dropped either)."""
+    """The tiny model with LayerNorms that scale and shift and with nonzero biases (a new model's LayerNorms are 1
+    and 0 and its biases 0, under which the decoder's folding of each LayerNorm into the product after it, or a
+    bias it dropped, would pass unseen)."""
     import equinox as eqx
 
-    blocks = tiny_model.transformer.blocks.stacked
-    norms = [blocks.ln_1.weight, blocks.ln_1.bias, blocks.ln_2.weight, blocks.ln_2.bias,
-             tiny_model.transformer.ln_f.weight, tiny_model.transformer.ln_f.bias]
-    keys = jax.random.split(jax.random.PRNGKey(7), len(norms))
-    scaled = [norm.array * 0 + (1.0 if index % 2 == 0 else 0.0) + 0.5 * jax.random.normal(key, norm.array.shape)
-              for index, (norm, key) in enumerate(zip(norms, keys))]
-    return eqx.tree_at(lambda m: [n.array for n in (m.transformer.blocks.stacked.ln_1.weight,
-                                                    m.transformer.blocks.stacked.ln_1.bias,
-                                                    m.transformer.blocks.stacked.ln_2.weight,
-                                                    m.transformer.blocks.stacked.ln_2.bias,
-                                                    m.transformer.ln_f.weight, m.transformer.ln_f.bias)],
-                       tiny_model, scaled)
+    def parameters(m):
+        blocks = m.transformer.blocks.stacked
+        return [blocks.ln_1.weight, blocks.ln_1.bias, blocks.ln_2.weight, blocks.ln_2.bias, m.transformer.ln_f.weight,
+                m.transformer.ln_f.bias, blocks.attn.c_attn.bias, blocks.attn.c_proj.bias, blocks.mlp.c_fc.bias,
+                blocks.mlp.c_proj.bias]
+
+    keys = jax.random.split(jax.random.PRNGKey(7), len(parameters(tiny_model)))
+    scaled = [a.array * 0 + (1.0 if index in (0, 2, 4) else 0.0) + 0.5 * jax.random.normal(key, a.array.shape)
+              for index, (a, key) in enumerate(zip(parameters(tiny_model), keys))]
+    return eqx.tree_at(lambda m: [a.array for a in parameters(m)], tiny_model, scaled)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +78,12 @@ class Steered(sampling.Sampler):
     jump_bins: dict = {}  # a row's own jump, instead of `jump`
     jump = vocab.MAX_TIME - 1
     record_inputs = True
+
+    def _step(self, s, sampled, end, options, anticipatory):
+        if s.pending:  # a given triple played is fed at its time in the window (not before the window's start)
+            time = s.pending[0][0] - (vocab.ATIME_OFFSET if anticipatory else vocab.TIME_OFFSET)
+            assert 0 <= time - s.offset < vocab.MAX_TIME, (s.row, s.pending[0], s.offset)
+        return super()._step(s, sampled, end, options, anticipatory)
 
     def forced_step(self, s):
         jump = self.jump_bins.get(s.row, self.jump)
@@ -118,7 +123,7 @@ def check_outputs(sampler, max_instruments=sampling.MAX_SAMPLED_INSTRUMENTS):
 
 
 # bfloat16 weights and cache (for accelerators): the products' inputs rounded to 8 bits of mantissa; the tiny
-# model's logits spread ~3.3e-3 with its LayerNorms scaled (`scaled_model`), a trained model's ~2.6 (0.05 off)
+# model's logits spread ~3.7e-3 with its LayerNorms and biases set (`scaled_model`), a trained model's ~2.6 (0.05 off)
 @pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("bfloat16", 5e-4)])
 def test_cached_logits_equal_the_full_forward_pass_at_every_position(scaled_model, dtype, atol):
     tiny_model = scaled_model
@@ -196,6 +201,7 @@ def test_windows_move_instead_of_stopping_at_100_seconds(tiny_model, caplog):
     with caplog.at_level(logging.WARNING, logger="amt.sampling"):
         sampling.Sampler.generate(sampler, 0, 400, options=sampling.SamplingOptions(num_samples=2, max_events=5))
     assert sampler.last_stops == ["max_events"] * 2
+    assert [len(generated) for generated in sampler.last_generated] == [5, 5]  # no more, no fewer
     assert "max_events=5" in caplog.text
 
 
@@ -242,6 +248,35 @@ def test_top_p_keeps_the_references_nucleus():
             differ += int(not np.array_equal(kept, expected))
             assert np.sum(kept != expected) <= 1  # a last-ulp cumsum, at most one token at the edge
     assert differ <= 3, differ
+
+
+def test_sampling_divides_the_logits_by_the_temperature_under_the_note_slots_rules():
+    """`constrained_sample` draws from softmax(logits / temperature) over the allowed tokens: at temperature 0.5
+    the frequencies of 4,000 draws are those probabilities (a temperature that multiplied would give others);
+    REST only where allowed (after a zero duration), whatever instruments are allowed (REST is not an
+    instrument's note); a disallowed instrument's notes never."""
+    low, high = sampling.SLOTS[2]
+    logits = np.full((1, high - low), -1e9, np.float32)
+    candidates = np.array([60, 128 + 64, vocab.REST - vocab.NOTE_OFFSET, 3 * 128 + 1])  # instruments 0, 1, REST, 3
+    logits[0, candidates + vocab.NOTE_OFFSET - low] = [1.0, 0.2, 0.6, 5.0]
+    allowed = np.zeros((1, vocab.MAX_INSTR), bool)
+    allowed[0, [0, 1]] = True
+
+    def draws(temperature, rest_allowed, instrument_allowed=allowed, n=4000):
+        keys = jax.random.split(jax.random.PRNGKey(0), n)
+        sample = jax.jit(jax.vmap(lambda key: sampling.constrained_sample(
+            jnp.asarray(logits), key[None], phase=2, min_onset=jnp.zeros(1, jnp.int32),
+            instrument_allowed=jnp.asarray(instrument_allowed), rest_allowed=jnp.asarray([rest_allowed]), top_p=1.0,
+            temperature=jnp.float32(temperature))[0]))
+        return np.asarray(sample(keys)) - vocab.NOTE_OFFSET
+
+    tokens = draws(0.5, True)
+    assert set(tokens) <= set(candidates[:3])  # instrument 3 not allowed
+    expected = np.exp(np.array([1.0, 0.2, 0.6]) / 0.5)
+    frequencies = np.array([np.mean(tokens == c) for c in candidates[:3]])
+    np.testing.assert_allclose(frequencies, expected / expected.sum(), atol=0.025)
+    assert set(draws(0.5, False)) <= set(candidates[:2])  # no REST after a nonzero duration
+    assert vocab.REST - vocab.NOTE_OFFSET not in set(draws(1.0, False, np.ones((1, vocab.MAX_INSTR), bool), 500))
 
 
 def controls_of(piece, instruments, end):

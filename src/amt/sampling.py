@@ -426,15 +426,21 @@ class Sampler:
         return out
 
     # --- the loop -----------------------------------------------------------------------------------
-    def _window(self, s: _Sample, flag: int, first: int, now: int) -> list[int]:
+    def _window(self, s: _Sample, flag: int, first: int, now: int, given: int | None = None) -> list[int]:
         """Set sample `s`'s window to its triples from `first` on, later if need be so that `now` stays below
-        WINDOW_TIME_LIMIT in the window's time; returns the window's tokens (flag first, relative time: the
-        reference's rule, minus the window's earliest time)."""
+        WINDOW_TIME_LIMIT in the window's time, but not so late that `given` (the time of the given triple to be
+        played next, if any) falls before the window's earliest time: a triple is fed at its time in the window,
+        and one before it has none (its token would fall in another block of the vocabulary; after a jump of
+        tens of seconds the window kept only the latest 50 s and fed such a control). Returns the window's tokens
+        (flag first, relative time: the reference's rule, minus the window's earliest time)."""
         history = ops.as_triples(np.asarray(s.tokens, dtype=np.int64))
         t = ops.times(history)
         latest = np.minimum.accumulate(t[::-1])[::-1] if len(t) else t  # earliest time from each triple on
         if first < len(t) and now - latest[first] >= WINDOW_TIME_LIMIT:
-            first = max(first, int(np.searchsorted(latest, now - WINDOW_TIME_KEEP)))
+            later = int(np.searchsorted(latest, now - WINDOW_TIME_KEEP))
+            if given is not None:  # the last start whose earliest time is not after the given triple's
+                later = min(later, int(np.searchsorted(latest, given, side="right")) - 1)
+            first = max(first, later)
         s.window_start = first
         s.window_min = int(latest[first]) if first < len(t) else None
         s.offset = s.window_min if s.window_min is not None else now  # the reference: 0 for an empty history
@@ -498,7 +504,8 @@ class Sampler:
                 now = max(start, s.current_time)
                 first = self._moves_to(s, now, sliding, condition_offset)
                 if first is not None:
-                    row_hidden, row_cache = self._prefill([self._window(s, flag, first, now)])
+                    given = s.pending[0][0] - condition_offset if s.pending else None  # (played at step 0)
+                    row_hidden, row_cache = self._prefill([self._window(s, flag, first, now, given)])
                     hidden = hidden.at[i].set(row_hidden[0])
                     cache = decoder.set_row(cache, row_cache, i)
                 inputs[i] = self._row_inputs(s, start, end, options, delta, condition_offset)
