@@ -537,7 +537,8 @@ def test_algorithm_2_plays_the_notes_a_backfill_passed_before_it_samples_again(t
     one. Onsets steered by each step's own key (a random model's do not jump this way): 30 bins past the current
     time (past about two of the melody's notes) one step in three, else 2 (short of the next), so a short onset
     follows a backfill; without the rule on the device its music differs from the host's (or the host's replay
-    stops on it)."""
+    stops on it). From the start (an empty prompt) the given notes' instrument is new to the sample: a played given
+    note counts among its instruments (the 15-instrument rule) on the device as on the host."""
     real = sampling.constrained_sample
 
     def steered_onsets(logits, keys, *, phase, min_onset, **constraints):
@@ -557,7 +558,7 @@ def test_algorithm_2_plays_the_notes_a_backfill_passed_before_it_samples_again(t
         music = {}
         for events_per_call in (1, 8):
             options = sampling.SamplingOptions(num_samples=2, seed=3, max_events=120, events_per_call=events_per_call)
-            music[events_per_call] = sampling.accompany(sampler, piece, [melody], 2, 12, options,
+            music[events_per_call] = sampling.accompany(sampler, piece, [melody], 0, 12, options,
                                                         anticipatory=False)
             check_cache_holds_the_windows(sampler)
         for one, eight in zip(music[1], music[8]):
