@@ -189,15 +189,24 @@ def test_a_batch_whose_samples_finish_at_different_times(tiny_model):
 
 
 def test_windows_move_instead_of_stopping_at_100_seconds(tiny_model, caplog):
-    """Sparse music (an event every 7 or 9 s): time within a window nears the vocabulary's 100 s, the window
-    moves (to its latest 50 s) and generation goes on to the end time."""
-    sampler = steered(tiny_model, {0: 900, 1: 700})
-    sampler.generate(0, 400, options=sampling.SamplingOptions(num_samples=2))
-    assert sampler.last_stops == ["end", "end"]
-    assert np.array_equal(ops.times(sampler.last_generated[0]), np.arange(900, 40000, 900))
-    assert np.array_equal(ops.times(sampler.last_generated[1]), np.arange(700, 40000, 700))
+    """Sparse music (an event every 7, 9 or 9.1 s): time within a window nears the vocabulary's 100 s, the window
+    moves (to its latest 50 s) and generation goes on to the end time. No window the model sees reaches 90 s (the
+    900-bin row's 10th event lands on it exactly; the 910-bin row's passes it, and with a later limit its next
+    onset would not fit the vocabulary); each move keeps exactly the triples of the latest 50 s."""
+    sampler = steered(tiny_model, {0: 900, 1: 700, 2: 910})
+    sampler.generate(0, 400, options=sampling.SamplingOptions(num_samples=3))
+    assert sampler.last_stops == ["end"] * 3
+    for row, step in enumerate((900, 700, 910)):
+        assert np.array_equal(ops.times(sampler.last_generated[row]), np.arange(step, 40000, step))
     moves = check_outputs(sampler)  # (the windows' relative times stay in the vocabulary)
     assert min(moves) >= 3, moves
+    for sequence, inputs in zip(sampler.last_sequences, sampler.last_inputs):
+        times = ops.times(ops.as_triples(sequence[1:]))
+        for (length, window), (_, before) in zip(inputs[1:], inputs):
+            assert ops.times(ops.as_triples(window[1:])).max(initial=0) < 90 * vocab.TIME_RESOLUTION
+            if len(window) < len(before):  # moved (for time: the context never fills here)
+                first, now = length // 3 - (len(window) - 1) // 3, times[length // 3 - 1]
+                assert times[first - 1] < now - 50 * vocab.TIME_RESOLUTION <= times[first]
     with caplog.at_level(logging.WARNING, logger="amt.sampling"):
         sampling.Sampler.generate(sampler, 0, 400, options=sampling.SamplingOptions(num_samples=2, max_events=5))
     assert sampler.last_stops == ["max_events"] * 2
