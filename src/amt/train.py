@@ -357,6 +357,12 @@ def loss_gradients_in_forward(token_block_size: Optional[int]):
         weights = hax.broadcast_to(weight, rows).rearrange(rows).array
         head = pred_lm_head.rearrange((Embed, Vocab)).array
 
+        # the mesh axes the rows are on (none without a mesh): each shard sums its own, the sums are added over them
+        mesh = hax.partitioning._get_mesh()  # (as Levanter's own loss finds it)
+        specs = [hax.partitioning.physical_axis_name(axis, mapping) for axis in rows]
+        mesh_axes = () if mesh is None or getattr(mesh, "empty", False) else tuple(
+            name for spec in specs if spec is not None for name in ((spec,) if isinstance(spec, str) else spec))
+
         def on_shard(x, labels, weights, head):
             flat = weights.reshape(-1)
             block = min(token_block_size, flat.shape[0])  # (a block past the positions would be padding only)
@@ -368,12 +374,7 @@ def loss_gradients_in_forward(token_block_size: Optional[int]):
                 total, count = jax.lax.psum((total, count), mesh_axes)
             return total if reduction is hax.sum else jnp.where(count != 0, total / count, jnp.zeros_like(total))
 
-        mesh = hax.partitioning._get_mesh()  # (as Levanter's own loss finds it)
-        specs = [hax.partitioning.physical_axis_name(axis, mapping) for axis in rows]
-        mesh_axes = tuple(name for spec in specs if spec is not None
-                          for name in ((spec,) if isinstance(spec, str) else spec))
-        if mesh is None or getattr(mesh, "empty", False) or not mesh_axes:
-            mesh_axes = ()
+        if not mesh_axes:
             return hax.named(on_shard(x, labels, weights, head), ())
         rows_spec = PartitionSpec(*specs)
         sharded = jax.shard_map(on_shard, mesh=mesh, in_specs=(PartitionSpec(*specs, None), rows_spec, rows_spec,
