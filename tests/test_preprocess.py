@@ -154,6 +154,24 @@ def test_tar_and_dataset_sources_give_the_same_rows(corpus, tmp_path):
     assert preprocess.cache_fingerprint(tmp_path / "from_dataset") == preprocess.cache_fingerprint(folder_out)
 
 
+def test_a_folder_lists_every_midi_name_in_sorted_order(midi_dir, tmp_path):
+    """The job's shards (so its rows) follow the folder listing: sorted, whatever the file system's order,
+    and MIDI suffixes in any case (.MID, .Midi, .KAR) are read, not silently left out."""
+    good = (midi_dir / "miditok" / "multitrack" / "Funkytown.mid").read_bytes()
+    names = [f"{name}{suffix}" for name, suffix in zip(
+        ["zeta", "alpha", "Mid", "b", "x_9", "x_10", "omega", "a0", "q", "c"] * 2,
+        [".mid"] * 10 + [".MID", ".Midi", ".KAR", ".kar", ".midi", ".mId", ".MIDI", ".Kar", ".mid", ".mid"])]
+    for i, name in enumerate(names):
+        folder = tmp_path / "src" / ("sub" if i % 3 == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(good)
+    (tmp_path / "src" / "notes.txt").write_text("not MIDI")
+    listed = [item.name for item in sources.iter_items(str(tmp_path / "src"))]
+    assert sorted(listed) == sorted(p.relative_to(tmp_path / "src").as_posix()
+                                    for p in (tmp_path / "src").rglob("*") if p.is_file() and p.suffix != ".txt")
+    assert listed == sorted(listed, key=lambda name: Path(name).parts)
+
+
 def test_interarrival_encoding(corpus, tmp_path):
     stats = _run(corpus, tmp_path / "out", encoding="interarrival", split="none")
     rows = _load_rows(tmp_path / "out", "train")
@@ -315,6 +333,34 @@ def test_held_out_caches_do_not_depend_on_augment_shard_size_or_workers(held_out
         assert preprocess.verify_cache(tmp_path / "fps3" / split) == len(reference)
         assert preprocess.verify_cache(tmp_path / "fps3" / split, max_rows=10) == len(reference)
     assert results["a10"]["splits"]["train"]["sequences"] > 5 * results["a1"]["splits"]["train"]["sequences"]
+
+
+def test_a_job_killed_between_writing_rows_and_committing_them_resumes_exactly(held_out_corpus, tmp_path,
+                                                                              monkeypatch):
+    """The worst moment for a kill: rows flushed to the caches and lines to the text files, progress.json not
+    yet replaced, with a held-out stream's window open. The rerun cuts the caches and text back to the last
+    commit, restores that window and redoes the shards after it, exactly once."""
+    options = dict(augment=2, files_per_shard=3, flush_rows=1, text=True)
+    _run(held_out_corpus, tmp_path / "clean", **options)
+    real_write = preprocess._write_json_atomic
+
+    def dies_at_the_seventh_commit(path, obj):  # shards 5-6 hold validation files (names sort by digit)
+        if path.name == preprocess.PROGRESS_FILE and obj.get("next_shard") == 7:
+            raise KeyboardInterrupt("killed")
+        real_write(path, obj)
+
+    monkeypatch.setattr(preprocess, "_write_json_atomic", dies_at_the_seventh_commit)
+    with pytest.raises(KeyboardInterrupt):
+        _run(held_out_corpus, tmp_path / "killed", **options)
+    monkeypatch.setattr(preprocess, "_write_json_atomic", real_write)
+    progress = json.loads((tmp_path / "killed" / preprocess.PROGRESS_FILE).read_text())
+    assert progress["next_shard"] == 6 and progress["open_windows"]["validation"]["buffer"]
+    assert (tmp_path / "killed" / "validation.txt").stat().st_size > progress["text_bytes"]["validation"]
+    _run(held_out_corpus, tmp_path / "killed", **options)
+    assert preprocess.cache_fingerprint(tmp_path / "killed") == preprocess.cache_fingerprint(tmp_path / "clean")
+    for split in ("train", "validation", "test"):
+        assert (tmp_path / "killed" / f"{split}.txt").read_bytes() == (tmp_path / "clean" / f"{split}.txt").read_bytes()
+        assert preprocess.verify_cache(tmp_path / "killed" / split) == len(_load_rows(tmp_path / "clean", split))
 
 
 @pytest.fixture(scope="module")
