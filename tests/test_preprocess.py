@@ -1,5 +1,6 @@
 """The preprocessing job: caches Levanter reads, bad files skipped with reasons, resumable after kill -9."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -126,6 +127,23 @@ def test_finished_job_is_not_redone_and_changed_options_are_refused(corpus, tmp_
     assert json.loads((out / "stats.json").read_text())["config"]["augment"] == 2
 
 
+def test_every_option_that_shapes_the_rows_is_in_the_job_identity():
+    """A job resumes only under the same identity: each option that changes what is written changes it (resumed
+    under another seed, a cache would hold two jobs' rows), each that does not (processes, flush size, where
+    shards run) leaves it, so a resume may change those. A new option must be put on one side or the other."""
+    base = PreprocessConfig(source="src", out="out")
+    shaping = dict(source="elsewhere", augment=2, seed=1, split="none", text=True, cache=False,
+                   encoding="interarrival", files_per_shard=7, dataset_column="bytes",
+                   filters=sequences.FileFilter(min_events=50), max_file_bytes=1, max_file_notes=1,
+                   max_file_seconds=1.0)
+    free = dict(out="other", workers=4, ray_address="auto", overwrite=True, flush_rows=1, progress_bar=False)
+    assert set(shaping) | set(free) == {f.name for f in dataclasses.fields(PreprocessConfig)}
+    for name, value in shaping.items():
+        assert dataclasses.replace(base, **{name: value}).identity() != base.identity(), name
+    for name, value in free.items():
+        assert dataclasses.replace(base, **{name: value}).identity() == base.identity(), name
+
+
 def test_bad_options_and_missing_source_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         _run(tmp_path / "nowhere", tmp_path / "out")
@@ -143,8 +161,18 @@ def test_tar_and_dataset_sources_give_the_same_rows(corpus, tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         for name in files:
             tar.add(corpus / name, arcname=name)
-    _run(archive, tmp_path / "tar")
+        # members with MIDI names that hold no file: recorded as skipped, not silently left out
+        link = tarfile.TarInfo("link.mid")
+        link.type, link.linkname = tarfile.SYMTYPE, files[0]
+        folder = tarfile.TarInfo("folder.mid")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(link)
+        tar.addfile(folder)
+    stats = _run(archive, tmp_path / "tar")
     assert preprocess.cache_fingerprint(tmp_path / "tar") == preprocess.cache_fingerprint(folder_out)
+    skipped = {s["file"]: (s["reason"], s["detail"]) for s in stats["skipped_files"]}
+    assert skipped["link.mid"] == ("not_a_file", "a link in the archive")
+    assert skipped["folder.mid"] == ("not_a_file", "a directory in the archive")
 
     import datasets
 
@@ -152,6 +180,22 @@ def test_tar_and_dataset_sources_give_the_same_rows(corpus, tmp_path):
     dataset.save_to_disk(str(tmp_path / "dataset"))
     _run(tmp_path / "dataset", tmp_path / "from_dataset")
     assert preprocess.cache_fingerprint(tmp_path / "from_dataset") == preprocess.cache_fingerprint(folder_out)
+
+
+def test_each_file_draws_its_own_augmentations(midi_dir, tmp_path):
+    """The augmentations of a file draw from (seed, its whole MD5, copy): two Lakh files of the same first hex
+    digit (the same split) holding the same notes get different anticipated controls, while the same file
+    under the same name gives the same rows. An uppercase Lakh name is the same MD5 as its lowercase."""
+    data = (midi_dir / "miditok" / "multitrack" / "Funkytown.mid").read_bytes()
+    names = {"a": "0" + "a" * 31 + ".mid", "a again": "0" + "a" * 31 + ".mid", "b": "0" + "b" * 31 + ".mid"}
+    prints = {}
+    for key, name in names.items():
+        (tmp_path / key).mkdir()
+        (tmp_path / key / name).write_bytes(data)
+        _run(tmp_path / key, tmp_path / f"out {key}", split="none", augment=2)
+        prints[key] = preprocess.cache_fingerprint(tmp_path / f"out {key}")
+    assert prints["a"] == prints["a again"] != prints["b"]
+    assert sources.content_md5("0" + "A" * 31 + ".MID", b"") == "0" + "a" * 31
 
 
 def test_a_folder_lists_every_midi_name_in_sorted_order(midi_dir, tmp_path):
@@ -335,12 +379,14 @@ def test_held_out_caches_do_not_depend_on_augment_shard_size_or_workers(held_out
     assert results["a10"]["splits"]["train"]["sequences"] > 5 * results["a1"]["splits"]["train"]["sequences"]
 
 
+@pytest.mark.parametrize("cache", [True, False], ids=["caches-and-text", "text-only"])
 def test_a_job_killed_between_writing_rows_and_committing_them_resumes_exactly(held_out_corpus, tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, cache):
     """The worst moment for a kill: rows flushed to the caches and lines to the text files, progress.json not
     yet replaced, with a held-out stream's window open. The rerun cuts the caches and text back to the last
-    commit, restores that window and redoes the shards after it, exactly once."""
-    options = dict(augment=2, files_per_shard=3, flush_rows=1, text=True)
+    commit, restores that window and redoes the shards after it, exactly once. A text-only job (`--no-cache
+    --text`) commits as often (it once committed only at its end: killed, it started again from shard 0)."""
+    options = dict(augment=2, files_per_shard=3, flush_rows=1, text=True, cache=cache)
     _run(held_out_corpus, tmp_path / "clean", **options)
     real_write = preprocess._write_json_atomic
 
@@ -357,10 +403,12 @@ def test_a_job_killed_between_writing_rows_and_committing_them_resumes_exactly(h
     assert progress["next_shard"] == 6 and progress["open_windows"]["validation"]["buffer"]
     assert (tmp_path / "killed" / "validation.txt").stat().st_size > progress["text_bytes"]["validation"]
     _run(held_out_corpus, tmp_path / "killed", **options)
-    assert preprocess.cache_fingerprint(tmp_path / "killed") == preprocess.cache_fingerprint(tmp_path / "clean")
     for split in ("train", "validation", "test"):
         assert (tmp_path / "killed" / f"{split}.txt").read_bytes() == (tmp_path / "clean" / f"{split}.txt").read_bytes()
-        assert preprocess.verify_cache(tmp_path / "killed" / split) == len(_load_rows(tmp_path / "clean", split))
+        if cache:
+            assert preprocess.verify_cache(tmp_path / "killed" / split) == len(_load_rows(tmp_path / "clean", split))
+    if cache:
+        assert preprocess.cache_fingerprint(tmp_path / "killed") == preprocess.cache_fingerprint(tmp_path / "clean")
 
 
 @pytest.fixture(scope="module")

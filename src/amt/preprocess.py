@@ -442,9 +442,11 @@ class _Outputs:
     def write(self, split: str, rows: np.ndarray) -> None:
         """Buffer rows (text goes straight to its file: a resumed job cuts it back to the last commit)."""
         progress = self.progress
+        # rows written since the last commit, whatever holds them: a text-only job commits as often (it once never
+        # did before its end, so a killed one started again from its first shard)
+        self.pending_rows += len(rows)
         if self.config.cache:
             self.pending[split].append(rows)
-            self.pending_rows += len(rows)
         if self.config.text:
             text = self._text(split)
             text.write("".join(" ".join(map(str, row.tolist())) + "\n" for row in rows).encode())
