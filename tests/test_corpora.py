@@ -1,15 +1,18 @@
 """The music21 corpus builder: one program per part, names the MD5 split follows, cached, resumable, bad pieces
-recorded (skipped when music21 is not installed: it is the optional `corpora` extra)."""
+recorded (the tests that read or build scores are skipped when music21 is not installed: it is the optional
+`corpora` extra; those of the builder's own logic run without it)."""
 
 import csv
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("music21")
+from amt import corpora, midi, ops, sources
 
-from amt import corpora, midi, ops, sources  # noqa: E402
+needs_music21 = pytest.mark.skipif(importlib.util.find_spec("music21") is None,
+                                   reason="music21 is the optional `corpora` extra")
 
 
 def _manifest(out: Path) -> list[dict]:
@@ -27,6 +30,7 @@ def built(tmp_path_factory):
     return out, args
 
 
+@needs_music21
 def test_parts_get_distinct_programs_that_midi_reads_back(built):
     out, _ = built
     rows = _manifest(out)
@@ -45,6 +49,7 @@ def test_parts_get_distinct_programs_that_midi_reads_back(built):
     assert "essenFolksong" in attribution and "non-commercial" in attribution
 
 
+@needs_music21
 def test_names_fix_the_split_whatever_the_bytes(built):
     out, _ = built
     for row in _manifest(out):
@@ -55,6 +60,7 @@ def test_names_fix_the_split_whatever_the_bytes(built):
         assert sources.content_md5(row["name"], data + b"\0") == stem
 
 
+@needs_music21
 def test_second_run_skips_and_an_interrupted_run_resumes_with_the_same_bytes(built, capsys):
     out, args = built
     rows = _manifest(out)
@@ -73,6 +79,7 @@ def test_second_run_skips_and_an_interrupted_run_resumes_with_the_same_bytes(bui
     assert _manifest(out) == rows
 
 
+@needs_music21
 def test_a_failing_piece_is_recorded_and_the_job_goes_on(tmp_path, monkeypatch):
     real = corpora.score_to_midi
 
@@ -117,6 +124,7 @@ def test_a_stuck_piece_times_out():
     time.sleep(0.3)
 
 
+@needs_music21
 def test_a_tune_whose_repeats_cannot_be_expanded_is_played_once_through():
     from music21 import converter
 
@@ -133,3 +141,152 @@ def test_an_abc_book_is_cut_into_tunes_that_keep_its_header():
     assert header == "%abc-2.1\nI:linebreak $\n\n"
     assert tunes == ["X:1\nT:One\nK:D\nDEF|\n\n", "X:2\nT:Two\nK:G\nGAB|\n"]
     assert corpora.split_abc("T:no tune\n") == ("T:no tune\n", [])
+
+
+def test_a_piece_with_as_many_parts_as_its_ensemble_takes_all_of_it():
+    """The ensemble is the most parts a collection plays: a three-part fiddle tune is violin, viola, cello and a
+    six-part chorale uses every woodwind; only one part more is `too_many_parts` (the boundary is `>`)."""
+    assert corpora.programs_for(3, corpora.FIDDLE) == [40, 41, 42]
+    assert corpora.programs_for(6, corpora.WOODWINDS) == [73, 71, 69, 68, 60, 70]
+    with pytest.raises(ValueError, match="7 parts, the ensemble has 6 instruments"):
+        corpora.programs_for(7, corpora.WOODWINDS)
+
+
+def test_each_skipped_piece_is_recorded_under_its_reason():
+    """skipped.tsv's reason column (and stats.json's counts) tell a timeout, a score without notes and one with
+    too many parts from any other error, from the messages score_to_midi and programs_for raise."""
+    assert corpora._reason(TimeoutError("over 300 s")) == "timeout"
+    assert corpora._reason(ValueError("no notes")) == "no_notes"
+    with pytest.raises(ValueError) as too_many:
+        corpora.programs_for(4, corpora.FIDDLE)
+    assert corpora._reason(too_many.value) == "too_many_parts"
+    assert corpora._reason(ValueError("expanded 9x")) == "error"
+    assert corpora._reason(RuntimeError("no notes")) == "error"  # only score_to_midi's ValueError
+
+
+def _piece(name: str, source: str, bytes_md5: str) -> dict:
+    return {"name": name, "collection": "ryansMammoth", "source": source, "index": 1, "title": "", "parts": 1,
+            "programs": [40], "qpm": 100.0, "tempo": "default", "repeats": "expanded", "seconds": 30.0,
+            "notes": 100, "bytes_md5": bytes_md5}
+
+
+def test_pieces_with_the_same_bytes_are_kept_once_whatever_their_names(tmp_path):
+    """Duplicates are found by the MD5 of the MIDI bytes: every piece has its own name (the MD5 of its source and
+    index), so two sources that hold the same tune write different names with the same bytes. The first in source
+    order is kept; the later one's file is deleted and recorded as `duplicate`; a different piece stays."""
+    pieces = {"ryansMammoth/A.abc": [_piece("ryansMammoth/aaaa.mid", "ryansMammoth/A.abc", "11" * 16)],
+              "ryansMammoth/B.abc": [_piece("ryansMammoth/bbbb.mid", "ryansMammoth/B.abc", "11" * 16),
+                                     _piece("ryansMammoth/cccc.mid", "ryansMammoth/B.abc", "22" * 16)]}
+    (tmp_path / "ryansMammoth").mkdir()
+    for source, mine in pieces.items():
+        corpora.record_path(tmp_path, source).parent.mkdir(exist_ok=True)
+        corpora.record_path(tmp_path, source).write_text(json.dumps({"source": source, "pieces": mine,
+                                                                      "skipped": [], "seconds": 1.0}))
+        for piece in mine:
+            (tmp_path / piece["name"]).write_bytes(b"MThd")
+    summary = corpora.write_outputs(tmp_path, list(pieces), "10.5.1", ["ryansMammoth"])
+    assert [r["name"] for r in _manifest(tmp_path)] == ["ryansMammoth/aaaa.mid", "ryansMammoth/cccc.mid"]
+    assert summary["pieces"] == 2 and summary["skipped"] == {"duplicate": 1}
+    assert sorted(p.name for p in (tmp_path / "ryansMammoth").iterdir()) == ["aaaa.mid", "cccc.mid"]
+    with open(tmp_path / corpora.SKIPPED, encoding="utf-8") as file:
+        (skipped,) = list(csv.DictReader(file, delimiter="\t"))
+    assert skipped == {"source": "ryansMammoth/B.abc", "index": "1", "reason": "duplicate",
+                       "detail": "same MIDI bytes as ryansMammoth/aaaa.mid"}
+
+
+def _tune(pitches: str, repeat_times: int | None = None):
+    """A one-part score of one 4/4 measure, optionally between repeat signs played `repeat_times` times."""
+    from music21 import bar, meter, note, stream
+
+    measure = stream.Measure(number=1)
+    measure.append(meter.TimeSignature("4/4"))
+    for pitch in pitches.split():
+        measure.append(note.Note(pitch, quarterLength=4 / len(pitches.split())))
+    if repeat_times is not None:
+        measure.leftBarline = bar.Repeat(direction="start")
+        measure.rightBarline = bar.Repeat(direction="end", times=repeat_times)
+    part = stream.Part()
+    part.append(measure)
+    score = stream.Score()
+    score.append(part)
+    return score
+
+
+@needs_music21
+def test_repeats_are_written_out_up_to_4x_the_length_and_played_once_beyond():
+    """music21 expanded some ABC tunes to 40-66 minutes: an expansion more than MAX_EXPANSION (4) times the
+    written length is refused and the piece played once through (recorded in `repeats`); 4 times exactly is
+    written out."""
+    fiddle = corpora.COLLECTIONS["ryansMammoth"]
+    data, decided = corpora.score_to_midi(_tune("C5 D5 E5 F5", repeat_times=4), fiddle)
+    assert decided["repeats"] == "expanded" and corpora.midi_summary(data)[1] == 16
+    data, decided = corpora.score_to_midi(_tune("C5 D5 E5 F5", repeat_times=5), fiddle)
+    assert decided["repeats"] == "once through (ValueError: expanded 5x)"
+    assert corpora.midi_summary(data)[1] == 4
+
+
+@needs_music21
+def test_a_meter_placed_twice_in_a_part_is_written():
+    """music21's ABC reader can put one TimeSignature object in two measures of a part (O'Neill's tune 1 does);
+    its MIDI writer then refuses the score ("already found in this Stream") unless each placement is its own
+    object. A built score and the real tune are both written."""
+    from music21 import meter, note, stream
+
+    shared = meter.TimeSignature("3/4")
+    part = stream.Part()
+    for number, pitches in ((1, "C5 D5 E5"), (2, "F5 G5 A5")):
+        measure = stream.Measure(number=number)
+        measure.insert(0, shared)
+        for pitch in pitches.split():
+            measure.append(note.Note(pitch))
+        part.append(measure)
+    score = stream.Score()
+    score.append(part)
+    fiddle = corpora.COLLECTIONS["oneills1850"]
+    data, decided = corpora.score_to_midi(score, fiddle)
+    assert corpora.midi_summary(data)[1] == 6 and decided["qpm"] == 100  # 3/4: the quarter at 100
+    marks = list(score.recurse().getElementsByClass(meter.TimeSignature))
+    assert len(marks) == 2 and marks[0] is not marks[1]
+
+    tune = corpora.piece_loaders(corpora.corpus_root() / "oneills1850/0001-0050.abc")[0]()
+    marks = list(tune.recurse().getElementsByClass(meter.TimeSignature))
+    assert len({id(m) for m in marks}) < len(marks)  # music21 10.5.1 shares one
+    data, _ = corpora.score_to_midi(tune, fiddle)
+    assert corpora.midi_summary(data)[1] > 50
+
+
+def _build_with(monkeypatch, tmp_path, scores) -> dict:
+    """build_source on a made-up fiddle-tune file whose pieces parse to `scores`."""
+    monkeypatch.setattr(corpora, "piece_loaders", lambda path: [lambda score=s: score for s in scores])
+    return corpora.build_source("ryansMammoth/Made up.abc", str(tmp_path), timeout=60)
+
+
+@needs_music21
+def test_a_score_without_notes_is_recorded_as_no_notes(tmp_path, monkeypatch):
+    """A piece of rests writes no file and is recorded as `no_notes` (its own count in stats.json, not `error`);
+    the next piece of the file is written."""
+    from music21 import note, stream
+
+    rests = _tune("C5")
+    measure = rests.parts[0].getElementsByClass(stream.Measure)[0]
+    measure.replace(measure.notes[0], note.Rest(quarterLength=4))
+    record = _build_with(monkeypatch, tmp_path, [rests, _tune("G4 A4 B4 C5")])
+    assert record["skipped"] == [{"source": "ryansMammoth/Made up.abc", "index": 1, "reason": "no_notes",
+                                  "detail": "ValueError: no notes"}]
+    assert [p["index"] for p in record["pieces"]] == [2] and record["pieces"][0]["notes"] == 4
+
+
+@needs_music21
+def test_a_file_read_whole_that_holds_several_pieces_is_recorded_as_such(tmp_path, monkeypatch):
+    """A loader meant to give one piece may give an Opus (several scores): it is skipped with a detail saying so,
+    not passed on to score_to_midi (which fails on it with an AttributeError that says nothing useful)."""
+    from music21 import stream
+
+    opus = stream.Opus()
+    opus.append(_tune("C5 D5 E5 F5"))
+    opus.append(_tune("G4 A4 B4 C5"))
+    record = _build_with(monkeypatch, tmp_path, [opus])
+    assert record["pieces"] == []
+    assert record["skipped"] == [{"source": "ryansMammoth/Made up.abc", "index": 1, "reason": "error",
+                                  "detail": "ValueError: 2 pieces where one was expected"}]
+    assert not (tmp_path / "ryansMammoth").exists()
