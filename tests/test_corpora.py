@@ -194,6 +194,33 @@ def test_pieces_with_the_same_bytes_are_kept_once_whatever_their_names(tmp_path)
                        "detail": "same MIDI bytes as ryansMammoth/aaaa.mid"}
 
 
+def test_the_copy_that_stays_does_not_depend_on_which_collections_a_rerun_names(tmp_path):
+    """Two collections hold the same tune. Whatever a later build of the same folder names (one collection, or
+    both in the other order), the copy that stays is the same (COLLECTIONS' order: ryansMammoth's), every file
+    the manifest lists is there and the folder holds the tune once. (Decided in each run's order, a rerun over
+    oneills1850 listed a file deleted before, and both orders in turn deleted both copies.) A copy deleted by
+    hand is recorded as missing, not listed."""
+    sources = {"ryansMammoth/A.abc": "ryansMammoth/aaaa.mid", "oneills1850/B.abc": "oneills1850/bbbb.mid"}
+    for source, name in sources.items():
+        piece = {**_piece(name, source, "11" * 16), "collection": source.split("/")[0]}
+        corpora.record_path(tmp_path, source).parent.mkdir(exist_ok=True)
+        corpora.record_path(tmp_path, source).write_text(json.dumps({"source": source, "pieces": [piece],
+                                                                      "skipped": [], "seconds": 1.0}))
+        (tmp_path / name).parent.mkdir()
+        (tmp_path / name).write_bytes(b"MThd")
+    runs = [["ryansMammoth/A.abc", "oneills1850/B.abc"], ["oneills1850/B.abc"],
+            ["oneills1850/B.abc", "ryansMammoth/A.abc"]]
+    for run in runs:
+        summary = corpora.write_outputs(tmp_path, run, "10.5.1", [s.split("/")[0] for s in run])
+        listed = [r["name"] for r in _manifest(tmp_path)]
+        assert listed == ([] if run == ["oneills1850/B.abc"] else ["ryansMammoth/aaaa.mid"]), run
+        assert summary["skipped"] == {"duplicate": 1}, run
+        assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.mid")) == ["ryansMammoth/aaaa.mid"]
+    (tmp_path / "ryansMammoth" / "aaaa.mid").unlink()
+    summary = corpora.write_outputs(tmp_path, runs[0], "10.5.1", ["ryansMammoth", "oneills1850"])
+    assert _manifest(tmp_path) == [] and summary["skipped"] == {"missing": 2}
+
+
 def _tune(pitches: str, repeat_times: int | None = None):
     """A one-part score of one 4/4 measure, optionally between repeat signs played `repeat_times` times."""
     from music21 import bar, meter, note, stream

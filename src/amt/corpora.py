@@ -25,7 +25,7 @@ What the builder decides, and why:
   corpus>#<piece in the file>`: `amt preprocess --split md5` then splits by that name, not by the bytes, so
   a rebuild with other instrument or tempo rules (or another music21) keeps every piece in its split.
   `manifest.tsv` maps names back to sources and titles; pieces whose MIDI bytes equal an earlier piece's
-  are removed (`duplicate` in skipped.tsv).
+  (in `COLLECTIONS`' order, over every build of the folder) are removed (`duplicate` in skipped.tsv).
 - **Cache and resumption.** The unit of work is one source file (an ABC book holds many tunes); a record in
   `.records/` is written after its pieces, so a rerun skips finished sources and an interrupted run resumes.
   A piece that fails or runs past the time limit is skipped and recorded; it never stops the job.
@@ -399,8 +399,25 @@ def _check_collections(names: list[str]) -> None:
 
 
 def write_outputs(out: Path, sources: list[str], version: str, names: list[str]) -> dict:
-    """manifest.tsv, skipped.tsv and ATTRIBUTION.md from the records of `sources`; drop duplicate pieces."""
-    pieces, skipped, seen = [], [], {}
+    """manifest.tsv, skipped.tsv and ATTRIBUTION.md from the records of `sources`; drop duplicate pieces.
+
+    Which of several pieces with the same MIDI bytes stays is decided over every record in the folder (each
+    build's, whatever collections it named), in one fixed order (COLLECTIONS', then the source, then the piece),
+    the first whose file is there; the others' files are deleted. Decided in this run's order instead, a rerun
+    over other collections, or the same in another order, listed a file an earlier run had deleted, or deleted
+    the only copy left."""
+    order = {name: i for i, name in enumerate(COLLECTIONS)}
+    records = [json.loads(path.read_text()) for path in sorted((out / RECORDS).glob("*.json"))]
+    every = sorted((piece for record in records for piece in record["pieces"]),
+                   key=lambda p: (order.get(p["collection"], len(order)), p["source"], p["index"]))
+    kept = {}  # MIDI bytes -> the piece that stays
+    for piece in every:
+        if piece["bytes_md5"] not in kept and (out / piece["name"]).exists():
+            kept[piece["bytes_md5"]] = piece["name"]
+    for piece in every:
+        if kept.get(piece["bytes_md5"], piece["name"]) != piece["name"]:
+            (out / piece["name"]).unlink(missing_ok=True)
+    pieces, skipped = [], []
     for source in sources:
         path = record_path(out, source)
         if not path.exists():
@@ -408,13 +425,15 @@ def write_outputs(out: Path, sources: list[str], version: str, names: list[str])
         record = json.loads(path.read_text())
         skipped.extend(record["skipped"])
         for piece in record["pieces"]:
-            first = seen.setdefault(piece["bytes_md5"], piece["name"])
-            if first != piece["name"]:
-                (out / piece["name"]).unlink(missing_ok=True)
+            first = kept.get(piece["bytes_md5"])
+            if first is None:  # no copy on disk (deleted by hand): rebuilt once its record is removed
+                skipped.append({"source": piece["source"], "index": piece["index"], "reason": "missing",
+                                "detail": f"{piece['name']} is gone; remove {path.relative_to(out)} to rebuild it"})
+            elif first != piece["name"]:
                 skipped.append({"source": piece["source"], "index": piece["index"], "reason": "duplicate",
                                 "detail": f"same MIDI bytes as {first}"})
-                continue
-            pieces.append(piece)
+            else:
+                pieces.append(piece)
     columns = ["name", "collection", "source", "index", "title", "parts", "programs", "qpm", "tempo",
                "repeats", "seconds", "notes"]
     _write_tsv(out / MANIFEST, columns, [{**p, "programs": " ".join(map(str, p["programs"]))} for p in pieces])
