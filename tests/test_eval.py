@@ -21,6 +21,7 @@ from amt import (
     perplexity,
     preprocess,
     sequences,
+    sources,
     vocab,
 )
 
@@ -151,6 +152,41 @@ def test_bits_per_second_use_the_seconds_of_the_actual_sequences(real_sequences)
     assert perplexity.metrics(slow, losses)["bits_per_second"] == pytest.approx(m["bits_per_second"] / 2)
 
 
+def test_every_table_1_number_is_the_mean_of_its_own_tokens(real_sequences):
+    """The model test above scores a near-uniform random model, whose every token costs about ln 55,028 nats:
+    a wrong mask (SEPARATOR tokens left out of the loss, the controls' bits in the event bits) moves no number
+    past its tolerance there. Here each kind of token and each slot of a triple has losses of its own size, and
+    every number is checked against masks built from the triples themselves (ops), not from `triple_kinds`."""
+    n = len(real_sequences)
+    triples = ops.as_triples(real_sequences[:, 1:].reshape(-1))
+    control = np.repeat(ops.is_control(triples), 3).reshape(n, 1023)
+    separator = np.repeat(ops.is_separator(triples), 3).reshape(n, 1023)
+    event = ~control & ~separator
+    assert control.any() and separator.any()
+    slot = np.broadcast_to(np.arange(1023) % 3, (n, 1023))
+    losses = np.random.default_rng(1).uniform(0.5, 1.5, (n, 1023)) * (1 + slot) * np.where(control, 2.0, 1.0) + 20 * separator
+    m = perplexity.metrics(real_sequences, losses)
+    assert m["loss"] == pytest.approx(losses.mean()) and m["perplexity"] == pytest.approx(math.exp(losses.mean()))
+    assert (m["event_tokens"], m["control_tokens"]) == (event.sum(), control.sum())
+    for name, mask in (("event", event), ("control", control)):
+        assert m[f"{name}_loss"] == pytest.approx(losses[mask].mean())
+        assert m[f"{name}_perplexity"] == pytest.approx(math.exp(3 * losses[mask].mean()))
+        for s, slot_name in enumerate(["onset", "duration", "note"]):
+            assert m[f"{name}_{slot_name}_perplexity"] == pytest.approx(math.exp(losses[mask & (slot == s)].mean()))
+    seconds = sum(perplexity.sequence_seconds(s) for s in real_sequences)
+    assert m["bits_per_second"] == pytest.approx(losses.sum() / math.log(2) / seconds)
+    # the event tokens' bits only: the anticipatory copies' controls (and the SEPARATORs) are left out
+    assert m["event_bits_per_second"] == pytest.approx(losses[event].sum() / math.log(2) / seconds)
+
+    # interarrival rows: the loss is the mean over every predicted token (the uniform baseline above cannot tell)
+    _, interarrival = _both_encodings(["npm_misc/fur-elise.mid"])
+    losses = np.random.default_rng(2).uniform(0, 10, (len(interarrival), 1023)) * np.arange(1, 1024) / 1023
+    m = perplexity.metrics(interarrival, losses)
+    seconds = sum(perplexity.interarrival_seconds(s) for s in interarrival)
+    assert m["loss"] == pytest.approx(losses.mean()) and m["perplexity"] == pytest.approx(math.exp(losses.mean()))
+    assert m["bits_per_second"] == pytest.approx(losses.sum() / math.log(2) / seconds)
+
+
 def _both_encodings(names):
     """Test-split rows of the same files in both encodings, packed as `amt preprocess` packs them."""
     arrival, interarrival = sequences.SequencePacker(), sequences.InterarrivalPacker()
@@ -279,6 +315,17 @@ def test_features_of_a_known_clip():
     assert patterns.shape == (1, 16) and patterns[0].nonzero()[0].tolist() == [0, 8]
 
 
+def test_clip_comparisons_are_symmetric_and_differences_never_negative():
+    """`compare(a, b)` measures how far apart two clips are: the same number either way round, and a difference
+    is a distance (a signed one would let a system's too-dense clips cancel its too-sparse ones in the means)."""
+    clips = {name: _clip(*where) for name, where in CLIPS.items()}
+    for a in clips.values():
+        for b in clips.values():
+            ab, ba = clip_metrics.compare(a, b), clip_metrics.compare(b, a)
+            assert ab == pytest.approx(ba)
+            assert all(ab[k] >= 0 for k in ab if k.endswith("_difference"))
+
+
 def test_accompaniment_is_measured_without_the_given_melody_and_after_the_prompt():
     events = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
     events = events[ops.times(events) < 2000]
@@ -307,6 +354,17 @@ def test_accompaniment_is_measured_without_the_given_melody_and_after_the_prompt
     with_it = np.concatenate([given, at_end])
     assert generation_eval._accompaniment_checks(events, with_it, None, melody, first, last)["controls_kept"] == 1.0
     assert generation_eval._accompaniment_checks(events, with_it, None, melody, first, last + 1)["controls_kept"] == 0.0
+
+
+def test_the_measured_part_starts_after_the_prompt_and_is_moved_to_zero():
+    """`_part(events, first, last)`: the notes arriving in [first, last) bins, as a clip that starts at `first`
+    and lasts last - first (density and the onset grid's windows are over that length, so a part left at its
+    place in the clip would lose its last seconds from the grid)."""
+    events = _notes(0, 60, [500, 501, 1000, 1999, 2000])  # at the prompt's end (its own), after it, the clip's end
+    part = generation_eval._part(events, 501, 2000)
+    np.testing.assert_allclose(part.onset, [0.0, 4.99, 14.98])
+    assert part.seconds == pytest.approx(14.99)
+    assert clip_metrics.onset_grid(part).sum() == 3  # every onset on the grid, the last in its last window
 
 
 def test_eval_generation_command_reports_model_and_baselines(hf_folder, tmp_path):
@@ -447,6 +505,50 @@ def test_paper_melody_rules_as_melody_select():
     assert generation_eval.paper_continuation_reason(band[ops.times(band) >= 460], 5) == "fewer than 10 notes in the prompt"
 
 
+def test_paper_rules_at_their_boundaries_as_the_reference_compares():
+    """clip-select.py and melody-select.py compare with `>` / `<`: each rule's boundary case passes, one step past it
+    fails (10 prompt notes, 15 instruments, 4-10 instruments besides drums, a melody entering exactly at the
+    prompt's end and playing until exactly 2 s before the clip's end), and the excluded programs are never the melody
+    even when they play highest."""
+    ten = _notes(0, 60, range(50, 501, 50))  # 10 notes, the last exactly at the prompt's end (5 s, inclusive)
+    assert generation_eval.paper_continuation_reason(ten, 5) is None
+    assert generation_eval.paper_continuation_reason(ten[:-1], 5) == "fewer than 10 notes in the prompt"
+    fifteen = np.concatenate([ten] + [_notes(i, 60, [1000]) for i in range(1, 15)])
+    assert generation_eval.paper_continuation_reason(fifteen, 5) is None
+    assert generation_eval.paper_continuation_reason(np.concatenate([fifteen, _notes(15, 60, [1000])]), 5) == \
+        "more than 15 instruments"
+
+    every = range(0, 2000, 50)
+
+    def band(ensemble, melody_onsets=every):  # the flute (73) highest of the ensemble, drums
+        parts = [_notes(73, 70, melody_onsets)] + [_notes(i, 40, every) for i in range(1, ensemble)]
+        return ops.sort(np.concatenate(parts + [_notes(vocab.DRUMS, 36, every)]))
+
+    for ensemble in (4, 10):
+        assert generation_eval.paper_melody(band(ensemble), 5, 20) == (73, None)
+    for ensemble in (3, 11):
+        assert generation_eval.paper_melody(band(ensemble), 5, 20)[1] == \
+            f"{ensemble} instruments besides drums (needs 4-10)"
+    assert generation_eval.paper_melody(band(5, range(500, 1801, 50)), 5, 20) == (73, None)  # 5 s to 18 s exactly
+    assert generation_eval.paper_melody(band(5, range(501, 1801, 50)), 5, 20)[1] == "the melody does not play in the prompt"
+    assert generation_eval.paper_melody(band(5, range(500, 1800, 50)), 5, 20)[1] == "the melody ends early"
+    # programs 0, 9, 112-127 and drums are never the melody, however high they play
+    high = [_notes(program, 120, every) for program in (0, 9, 112, 127, vocab.DRUMS)]
+    assert generation_eval.paper_melody(ops.sort(np.concatenate([band(4)] + high)), 5, 20) == (73, None)
+
+
+def test_clips_come_from_the_asked_split_only():
+    """The evaluation draws its clips from Lakh's test split (by MD5, as `amt preprocess` splits): a file of
+    another split, which the model may have trained on, never gives a clip."""
+    for split in ("test", "train"):
+        config = generation_eval.GenerationEvalConfig(midi=str(DEMO), split=split, clips=2, clip_seconds=6,
+                                                      prompt_seconds=2)
+        clips, _ = generation_eval.choose_clips(config)
+        names = {clip.name for task in clips.values() for clip in task}
+        assert len(clips["continuation"]) == 2 and len(clips["accompaniment"]) >= 1
+        assert {sources.split_of(sources.content_md5(name, (DEMO / name).read_bytes())) for name in names} == {split}
+
+
 def test_same_song_retrieval_keeps_the_true_prompt_and_melody():
     song = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
     clip = generation_eval.TestClip("funkytown", generation_eval.cut_clip(song, 3000, 2000), None, song, 3000)
@@ -470,6 +572,21 @@ def test_set_overlapping_area_rewards_a_set_like_the_truth():
     for name in clip_metrics.SET_FEATURES:
         assert like[name] > 0.5 and (unlike[name] or 0) < like[name], name
     assert clip_metrics.overlapping_area([1.0, 1.0], [0.0, 2.0]) is None  # one distinct value: no KDE
+
+
+def test_set_overlapping_area_is_between_the_intra_and_the_inter_set_distances():
+    """mgeval's comparison by hand on one feature: the intra-set distances are those of each pair of distinct true
+    clips (no clip against itself), the inter-set ones those of the generated clip against each true clip (one
+    generated clip is enough to have them)."""
+    clips = [_clip(name, start, 5.0) for name, start in [("npm_misc/fur-elise.mid", s) for s in (5, 15, 25, 35)]
+             + [("miditok_multitrack/Funkytown.mid", s) for s in (20, 40, 60, 80)]]
+    counts = [len(c) for c in clips]
+    generated = clips[0]
+    intra = [abs(a - b) for i, a in enumerate(counts) for b in counts[i + 1:]]
+    inter = [abs(len(generated) - b) for b in counts]
+    areas = clip_metrics.set_overlapping_areas([generated], clips)
+    assert areas["note_count"] == pytest.approx(clip_metrics.overlapping_area(intra, inter))
+    assert all(area is not None for area in areas.values())
 
 
 def test_protocols_are_named_options_with_the_papers_settings_by_default():
