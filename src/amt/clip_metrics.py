@@ -192,7 +192,11 @@ SET_FEATURES = ("pitch_count", "pitch_range", "pitch_class_histogram", "note_cou
 def overlapping_area(a: np.ndarray, b: np.ndarray, points: int = 1000) -> float | None:
     """mgeval's overlap_area: the integral of min(p, q) of two samples' Gaussian KDEs (scipy, Scott's rule),
     on a grid over both samples' range widened by 3 bandwidths; None if a sample has fewer than 2 distinct
-    values (a KDE of one value is singular)."""
+    values (a KDE of one value is singular). Not mgeval's number: mgeval integrates over the samples' range
+    only, [min, max], leaving the KDEs' tails out, so that identical samples score below 1 there and the
+    shortfall depends on the sample size (normal samples, here: 0.84 for 10 values, 0.91 for 28, 0.97 for 100;
+    ours 1 for each). Widened, 1 means the same distribution whatever the number of clips; the values are not
+    comparable with figures published from mgeval."""
     from scipy.stats import gaussian_kde
 
     a, b = np.asarray(a, float), np.asarray(b, float)

@@ -483,8 +483,10 @@ DEFINITIONS = {
     "set overlapping area": "per feature, the overlapping area (integral of min) of the Gaussian KDEs (scipy) of "
                             "the intra-set pairwise distances of the true clips and the inter-set distances "
                             "(each system clip vs each true clip); 1 = as close to the truths as they are to each "
-                            "other. Yang & Lerch 2020 (mgeval). Features: pitch count, pitch range, pitch-class "
-                            "histogram, note count, mean IOI, note-length histogram (log bins in seconds).",
+                            "other. Yang & Lerch 2020 (mgeval), integrated over the distances' range widened by 3 "
+                            "KDE bandwidths (mgeval: their range only, so identical sets score below 1 there; not "
+                            "comparable with mgeval's published figures). Features: pitch count, pitch range, "
+                            "pitch-class histogram, note count, mean IOI, note-length histogram (log bins in seconds).",
 }
 
 
