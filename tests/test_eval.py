@@ -269,6 +269,21 @@ def test_every_step_of_a_run_in_step_order(tmp_path):
         perplexity.expand_checkpoints([str(tmp_path)])
 
 
+def test_markdown_table_puts_each_number_under_its_own_header():
+    """The README's Table 1 is read by its headers: every number of a row, each made distinct here, is in the
+    column its header names (the onset, duration and note perplexities are neighbours of one format; a swap would
+    print plausible numbers under the wrong slot)."""
+    row = {"checkpoint": "runs/x/step-7", "step": 7, "encoding": "arrival", "loss": 1.234, "event_perplexity": 5.678,
+           "event_onset_perplexity": 11.11, "event_duration_perplexity": 22.22, "event_note_perplexity": 33.33,
+           "seconds": 44.4, "bits_per_second": 55.5, "onset_past_mass": 0.066, "onset_next_second_mass": 0.077}
+    header, rule, line = perplexity.markdown_table([row]).split("\n")
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in line.strip("|").split("|")]))
+    assert cells == {"checkpoint": "runs/x/step-7", "step": "7", "encoding": "arrival", "loss": "1.234",
+                     "event ppl": "5.678", "onset": "11.11", "duration": "22.22", "note": "33.33", "seconds": "44.4",
+                     "bits/s": "55.5", "onset mass in the past": "0.066", "in the next second": "0.077"}
+    assert rule.count("|---") == len(cells)
+
+
 def _clip(name: str, start: float, seconds: float = 15.0) -> clip_metrics.Clip:
     events = ops.as_triples(midi.midi_to_events(DEMO / name))
     t = ops.times(events)
@@ -313,6 +328,23 @@ def test_features_of_a_known_clip():
     np.testing.assert_allclose(clip_metrics.inter_onset_intervals(clip), [1.0])
     patterns = clip_metrics.onset_grid(clip)
     assert patterns.shape == (1, 16) and patterns[0].nonzero()[0].tolist() == [0, 8]
+
+
+def test_durations_are_seconds_of_10_ms_bins():
+    """A duration token counts 10 ms bins (vocab.TIME_RESOLUTION = 100 a second): notes of 50 and 200 bins last
+    0.5 s and 2 s, and fall in the duration histogram's bins of 0.5 s and 2 s (18 and 24 of the 32 log bins
+    from 10 ms to 10 s), which the duration intersection and mgeval's note-length histogram compare."""
+    events = np.array([[0, vocab.DUR_OFFSET + 50, vocab.NOTE_OFFSET + 60], [100, vocab.DUR_OFFSET + 200, vocab.NOTE_OFFSET + 64]])
+    clip = clip_metrics.Clip.from_events(events, seconds=3.0)
+    np.testing.assert_allclose(clip.duration, [0.5, 2.0])
+    histogram = clip_metrics.set_features(clip)["note_length_histogram"]
+    assert np.flatnonzero(histogram).tolist() == [18, 24] and histogram[[18, 24]].tolist() == [0.5, 0.5]
+    # the same two notes at 0.05 s and 0.2 s (5 and 20 bins) share no duration bin with them
+    short = clip_metrics.Clip.from_events(np.array([[0, vocab.DUR_OFFSET + 5, vocab.NOTE_OFFSET + 60],
+                                                   [100, vocab.DUR_OFFSET + 20, vocab.NOTE_OFFSET + 64]]), seconds=3.0)
+    np.testing.assert_allclose(short.duration, [0.05, 0.2])
+    assert clip_metrics.compare(short, clip)["duration_histogram_intersection"] == 0.0
+    assert clip_metrics.compare(clip, clip)["duration_histogram_intersection"] == 1.0
 
 
 def test_clip_comparisons_are_symmetric_and_differences_never_negative():
@@ -561,6 +593,111 @@ def test_same_song_retrieval_keeps_the_true_prompt_and_melody():
     retrieved = augment.extract_instruments(generation_eval.cut_clip(song, start, 2000), [melody])[0]
     after = spliced[ops.times(spliced) > 500]
     assert len(after) and set(map(tuple, after.tolist())) <= set(map(tuple, ops.clip(retrieved, 5, 20).tolist()))
+
+
+def _piano(*notes):
+    """Piano events from (onset bin, duration bins, pitch) triples."""
+    return np.array([[t, vocab.DUR_OFFSET + d, vocab.NOTE_OFFSET + pitch] for t, d, pitch in notes]).reshape(-1, 3)
+
+
+def test_same_song_retrieval_splices_the_retrieved_part_just_after_the_prompt():
+    """The retrieval baseline on a hand-built song: the segment drawn at 10 s (bins 1000-3000) gives its notes
+    after its own prompt (after 15 s), moved to the clip's time; a note exactly at its prompt's end (15 s) is not
+    spliced in (the true prompt keeps its own note at 5 s: no second note at the splice), one exactly at its end
+    (30 s) comes with its duration cut to 0, and one held past its end is cut there. The segment's start is drawn
+    from every start that leaves a whole clip in the song."""
+    song = _piano((100, 40, 60), (300, 40, 62), (500, 40, 64),  # the true clip's prompt, the last exactly at 5 s
+                  (1200, 40, 65), (1500, 30, 67), (1700, 50, 69), (2900, 300, 71), (3000, 50, 72), (3100, 50, 74))
+    clip = generation_eval.TestClip("hand-built", generation_eval.cut_clip(song, 0, 2000), None, song, 0)
+
+    class Draw:  # the retrieval's random start, fixed (and the range it was drawn from, recorded)
+        def randrange(self, low, high):
+            self.range = (low, high)
+            return 1000
+
+    draw = Draw()
+    spliced, start = generation_eval.same_song_retrieval(clip, 5, 20, draw)
+    assert start == 1000 and draw.range == (0, 3100 - 2000 + 1)
+    assert spliced.tolist() == _piano((100, 40, 60), (300, 40, 62), (500, 40, 64),  # the true prompt
+                                      (700, 50, 69), (1900, 100, 71), (2000, 0, 72)).tolist()  # the retrieved part
+    # the reference's clip of a song (clip-select.py, accompany.py): [start, start + length], durations cut at its end
+    assert generation_eval.cut_clip(song, 1000, 2000).tolist() == _piano(
+        (200, 40, 65), (500, 30, 67), (700, 50, 69), (1900, 100, 71), (2000, 0, 72)).tolist()
+
+
+def test_continuation_is_sampled_from_the_prompts_last_onset_and_measured_after_the_prompt(monkeypatch, tmp_path):
+    """prompt.py continues a clip from its prompt's last onset (`start_time = ops.max_time(prompt)`), not from
+    the prompt's end: a prompt whose last note is at 4.37 s is continued from 4.37 s under the paper's protocol
+    (ours continues from 5 s). `run` is driven with a stub sampler that records what it was asked (start, end,
+    prompt) and adds two notes, and with two hand-built clips instead of a MIDI folder: no model is needed. Every
+    system is measured over (5 s, 20 s): a true note exactly at 5 s belongs to the prompt, and is in neither the
+    truth's measured part nor the model's (whose output starts with the prompt)."""
+    from amt import checkpoints, sampling
+
+    last_onset = _piano((0, 20, 60), (100, 20, 62), (200, 20, 64), (300, 20, 65), (437, 20, 67),  # prompt to 4.37 s (int(100 * 4.37) = 437)
+                        (600, 20, 69), (1000, 20, 71), (1500, 20, 72))
+    at_the_end = _piano((0, 20, 60), (100, 20, 62), (200, 20, 64), (300, 20, 65), (400, 20, 67),
+                        (500, 20, 69),  # exactly at the prompt's end: the prompt's
+                        (700, 20, 71), (1200, 20, 72))
+    clips = [generation_eval.TestClip("last-onset", last_onset, None), generation_eval.TestClip("at-the-end", at_the_end, None)]
+    calls = []
+
+    class StubSampler:
+        def __init__(self, model, dtype="float32"):
+            pass
+
+        def generate(self, start_time, end_time, inputs=None, controls=None, options=None, anticipatory=True):
+            calls.append((start_time, end_time, np.asarray(inputs).tolist(), options.top_p))
+            return [ops.sort(np.concatenate([inputs, _piano((800, 20, 48), (900, 20, 50))]))]
+
+    monkeypatch.setattr(checkpoints, "load_model", lambda path: (None, None))
+    monkeypatch.setattr(sampling, "Sampler", StubSampler)
+    monkeypatch.setattr(generation_eval, "choose_clips", lambda config: ({"continuation": list(clips)}, {"continuation": {}}))
+    for protocol, starts in (("paper", {"last-onset": 4.37, "at-the-end": 5.0}), ("ours", {"last-onset": 5.0, "at-the-end": 5.0})):
+        calls.clear()
+        config = generation_eval.GenerationEvalConfig(protocol=protocol, tasks=["continuation"], retrieval=[], examples=0,
+                                                      out=str(tmp_path / protocol))
+        report = generation_eval.run(config)
+        asked = {}
+        for start_time, end_time, prompt, top_p in calls:
+            name = "last-onset" if prompt == last_onset[:5].tolist() else "at-the-end"
+            assert prompt == {"last-onset": last_onset[:5], "at-the-end": at_the_end[:6]}[name].tolist()  # to 5 s, inclusive
+            asked[name] = (start_time, end_time, top_p)
+        assert asked == {name: (start, 20.0, 0.98) for name, start in starts.items()}, protocol
+        notes = {row["clip"]: {system: f["notes"] for system, f in row["features"].items()}
+                 for row in report["per_clip"]["continuation"]}
+        assert notes == {"last-onset": {"truth": 3, "model": 2}, "at-the-end": {"truth": 2, "model": 2}}, protocol
+
+
+def test_our_protocol_rules_at_their_boundaries(monkeypatch):
+    """`--protocol ours`: a clip needs at least 4 notes before the prompt's end and 4 from it on (3 either side
+    fails); the accompaniment's melody is the highest pitched instrument with at least 8 notes (7 are too few),
+    never the drums however high their note numbers, and only in a clip with another instrument to generate
+    (a solo clip gives no accompaniment task). Songs are hand-built, each exactly one 20 s clip long (so its
+    clip starts at 0)."""
+    eight = [0, 250, 500, 750, 1000, 1250, 1500, 2000]  # 8 onsets over the clip, the last at its end
+
+    melody = generation_eval.melody_instrument
+    flute, piano = _notes(73, 80, eight), _notes(0, 60, eight)
+    assert melody(ops.sort(np.concatenate([flute, piano])), 8) == 73  # the higher of two with 8 notes
+    assert melody(ops.sort(np.concatenate([flute[1:], piano])), 8) == 0  # a flute of 7 notes is not a candidate
+    assert melody(ops.sort(np.concatenate([_notes(vocab.DRUMS, 90, eight), piano])), 8) == 0  # drums never
+    assert melody(piano, 8) is None  # a solo: nothing to accompany
+    assert melody(ops.sort(np.concatenate([piano, _notes(vocab.DRUMS, 36, [1000])])), 8) == 0  # drums to generate
+
+    songs = {"4 and 4": _notes(0, 60, [0, 100, 200, 300, 600, 1000, 1500, 2000]),
+             "3 and 4": _notes(0, 60, [0, 100, 200, 600, 1000, 1500, 2000]),
+             "4 and 3": _notes(0, 60, [0, 100, 200, 300, 1000, 1500, 2000]),
+             "duet": ops.sort(np.concatenate([flute, piano])),
+             "drums highest": ops.sort(np.concatenate([_notes(vocab.DRUMS, 90, eight), piano]))}
+    monkeypatch.setattr(generation_eval, "_song_items", lambda config, skipped: iter(songs.items()))
+    config = generation_eval.GenerationEvalConfig(protocol="ours", split="all", tries=1)
+    clips, skipped = generation_eval.choose_clips(config)
+    assert [c.name for c in clips["continuation"]] == ["4 and 4", "duet", "drums highest"]
+    assert skipped["continuation"] == {"3 and 4": "too few notes (in 1 tries)", "4 and 3": "too few notes (in 1 tries)"}
+    assert [(c.name, c.melody) for c in clips["accompaniment"]] == [("duet", 73), ("drums highest", 0)]
+    assert skipped["accompaniment"] == {"4 and 4": "no melody and another instrument (in 1 tries)",
+                                        **{name: "too few notes (in 1 tries)" for name in ("3 and 4", "4 and 3")}}
 
 
 def test_set_overlapping_area_rewards_a_set_like_the_truth():
