@@ -77,3 +77,15 @@ def test_sort_split_combine_and_instruments(some_files):
 def test_translate_refuses_negative_times():
     with pytest.raises(ValueError, match="negative"):
         ops.translate(np.array([[5, 10_000, 11_000]]), -10)
+
+
+def test_a_time_in_seconds_that_is_a_whole_bin_is_that_bin():
+    """Seconds become bins as the reference truncates them (4.015 s is bin 401), except where floating point
+    lands a whole bin just under itself: 100 * 4.02 is 401.99999999999994, which int() made bin 401, so a prompt
+    cut at its last onset (ops.max_time in seconds, 4.02) lost the notes at 4.02 s to the future. 4,586 of the
+    first 100,000 bins did that."""
+    assert [b for b in range(100_000) if vocab.to_bins(b / vocab.TIME_RESOLUTION) != b] == []
+    assert (vocab.to_bins(4.015), vocab.to_bins(4.0199), vocab.to_bins(0), vocab.to_bins(20)) == (401, 401, 0, 2000)
+    events = np.array([[0, 10_050, 11_060], [402, 10_050, 11_062], [403, 10_050, 11_064]])
+    assert ops.clip(events, 0, ops.max_time(events[:2]), clip_duration=False).tolist() == events[:2].tolist()
+    assert ops.translate(events, 4.02, seconds=True)[0, 0] == 402

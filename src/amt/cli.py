@@ -299,7 +299,7 @@ def _check_generate(args) -> dict:
                              f"start up to {length:.2f} s)")
         t = ops.times(events)
         plan.update(task="infill", start=t0,
-                    given=events[(t < int(vocab.TIME_RESOLUTION * t0)) | (t >= int(vocab.TIME_RESOLUTION * t1))])
+                    given=events[(t < vocab.to_bins(t0)) | (t >= vocab.to_bins(t1))])
     elif args.accompany:
         instruments = _instruments(args.accompany)
         present = ops.instruments(ops.clip(events, 0, args.end, clip_duration=False))
@@ -309,7 +309,7 @@ def _check_generate(args) -> dict:
                              f"{args.prompt} (it has {sorted(present)}; 0-127 General MIDI programs, 128 drums)")
         others, given = augment.extract_instruments(events, instruments)
         controls = ops.clip(given, 0, args.end, clip_duration=False)
-        controls = ops.from_controls(controls[ops.times(controls) < int(vocab.TIME_RESOLUTION * args.end)])
+        controls = ops.from_controls(controls[ops.times(controls) < vocab.to_bins(args.end)])
         plan.update(task="accompany", instruments=instruments, shown=controls,
                     given=np.concatenate([ops.clip(others, 0, args.start, clip_duration=False), controls]))
     else:

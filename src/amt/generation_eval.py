@@ -172,7 +172,7 @@ def paper_melody(clip: np.ndarray, prompt_seconds: float, clip_seconds: float,
 
 def _song_items(config: GenerationEvalConfig, skipped: dict):
     """(name, events) of each readable file of the split, at least a clip long."""
-    length = int(vocab.TIME_RESOLUTION * config.clip_seconds)
+    length = vocab.to_bins(config.clip_seconds)
     for item in sources.iter_items(config.midi):
         try:
             data = item.read()
@@ -198,8 +198,8 @@ def choose_clips(config: GenerationEvalConfig) -> tuple[dict[str, list[TestClip]
     clips = {task: [] for task in config.tasks}
     skipped = {task: {} for task in config.tasks}
     unreadable = {}
-    length = int(vocab.TIME_RESOLUTION * config.clip_seconds)
-    prompt = int(vocab.TIME_RESOLUTION * config.prompt_seconds)
+    length = vocab.to_bins(config.clip_seconds)
+    prompt = vocab.to_bins(config.prompt_seconds)
     for name, song in _song_items(config, unreadable):
         if all(len(c) >= config.clips for c in clips.values()):
             break
@@ -251,7 +251,7 @@ def same_song_retrieval(clip: TestClip, prompt_seconds: float, clip_seconds: flo
                         drop: list[int] = ()) -> tuple[np.ndarray, int]:
     """accompany.py's retrieval: a random 20 s segment of the same song (any start, as the reference's), its
     part after the prompt (without the `drop` instruments) spliced after the true prompt; and its start."""
-    length = int(vocab.TIME_RESOLUTION * clip_seconds)
+    length = vocab.to_bins(clip_seconds)
     start = rng.randrange(0, ops.max_time(clip.song, seconds=False) - length + 1)
     retrieved = cut_clip(clip.song, start, length)
     if drop:
@@ -260,7 +260,7 @@ def same_song_retrieval(clip: TestClip, prompt_seconds: float, clip_seconds: flo
     if drop:
         true_prompt = augment.extract_instruments(true_prompt, list(drop))[0]
     after = ops.clip(retrieved, prompt_seconds, clip_seconds)
-    after = after[ops.times(after) > int(vocab.TIME_RESOLUTION * prompt_seconds)]  # the prompt's own notes stay
+    after = after[ops.times(after) > vocab.to_bins(prompt_seconds)]  # the prompt's own notes stay
     return ops.sort(np.concatenate([true_prompt, after])), start
 
 
@@ -293,7 +293,7 @@ def run(config: GenerationEvalConfig) -> dict:
         ar_model, _ = load_model(config.autoregressive_checkpoint)
         ar_sampler = sampling.Sampler(inference_mode(ar_model, True))
     start, end = config.prompt_seconds, config.clip_seconds
-    start_bin, end_bin = int(vocab.TIME_RESOLUTION * start), int(vocab.TIME_RESOLUTION * end)
+    start_bin, end_bin = vocab.to_bins(start), vocab.to_bins(end)
     # compared: (start, end) exclusive of the start, since the prompt keeps the notes arriving exactly at it
     first, last = start_bin + 1, end_bin
     retrieval_rng = random.Random(config.seed + 1)

@@ -113,7 +113,7 @@ def combine(events: np.ndarray, controls: np.ndarray) -> np.ndarray:
 def translate(triples: np.ndarray, dt, seconds: bool = False) -> np.ndarray:
     """Shift arrival times by dt, up to the first SEPARATOR (the reference stops translating there)."""
     triples = as_triples(triples).copy()
-    dt = int(vocab.TIME_RESOLUTION * dt) if seconds else int(dt)
+    dt = vocab.to_bins(dt) if seconds else int(dt)
     separators = np.flatnonzero(is_separator(triples))
     stop = separators[0] if len(separators) else len(triples)
     if len(triples[:stop]) and times(triples[:stop]).min() + dt < 0:
@@ -126,7 +126,7 @@ def clip(triples: np.ndarray, start, end, clip_duration: bool = True, seconds: b
     """Triples arriving in [start, end]; with clip_duration, notes are cut off at `end`."""
     triples = as_triples(triples)
     if seconds:
-        start, end = int(vocab.TIME_RESOLUTION * start), int(vocab.TIME_RESOLUTION * end)
+        start, end = vocab.to_bins(start), vocab.to_bins(end)
     t = times(triples)
     kept = triples[(t >= start) & (t <= end)].copy()
     if clip_duration and len(kept):

@@ -382,7 +382,7 @@ class Sampler:
                  options: SamplingOptions = SamplingOptions(), anticipatory: bool = True) -> list[np.ndarray]:
         """Algorithm 1 (anticipatory=True) or 2: (n, 3) events for each of `options.num_samples` samples, with
         the prompt, the future inputs and the given controls (as events) included, sorted by time."""
-        start, end = int(vocab.TIME_RESOLUTION * start_time), int(vocab.TIME_RESOLUTION * end_time)
+        start, end = vocab.to_bins(start_time), vocab.to_bins(end_time)
         inputs = ops.as_triples(np.zeros((0, 3), np.int64) if inputs is None else inputs)
         controls = ops.as_triples(np.zeros((0, 3), np.int64) if controls is None else controls)
         if len(controls) and not np.all(ops.is_control(controls)):
@@ -651,7 +651,7 @@ def infill(sampler: Sampler, events, t0: float, t1: float, options: SamplingOpti
     reference's generate_ar: the model sees the music after the span only as it passes it)."""
     events = ops.as_triples(events)
     t = ops.times(events)
-    context = events[(t < int(vocab.TIME_RESOLUTION * t0)) | (t >= int(vocab.TIME_RESOLUTION * t1))]
+    context = events[(t < vocab.to_bins(t0)) | (t >= vocab.to_bins(t1))]
     return sampler.generate(t0, t1, inputs=context, options=options, anticipatory=anticipatory)
 
 
@@ -662,5 +662,5 @@ def accompany(sampler: Sampler, events, instruments, start: float, end: float,
     others, given = augment.extract_instruments(ops.as_triples(events), instruments)
     prompt = ops.clip(others, 0, start, clip_duration=False)
     controls = ops.clip(given, 0, end, clip_duration=False)
-    controls = controls[ops.times(controls) < int(vocab.TIME_RESOLUTION * end)]
+    controls = controls[ops.times(controls) < vocab.to_bins(end)]
     return sampler.generate(start, end, inputs=prompt, controls=controls, options=options, anticipatory=anticipatory)

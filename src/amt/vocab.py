@@ -44,6 +44,14 @@ DELTA_BINS = DELTA * TIME_RESOLUTION
 REST_DENSITY = TIME_RESOLUTION  # pad with REST so that an event arrives at least every 1 s
 UNCLOSED_NOTE_DURATION = TIME_RESOLUTION // 4  # notes never closed last 0.25 s
 
+
+def to_bins(seconds) -> int:
+    """Seconds as 10 ms time bins, truncated as the reference's int(100 * seconds), except that a time which is
+    a whole number of bins stays that bin: 100 * 4.02 is 401.99999999999994 in floating point, which the
+    reference truncates to 401 (a prompt ending at its last onset, 4.02 s, then lost its last notes to the
+    future). The tolerance, 1e-6 bins, is far above rounding error and far below any time a user writes."""
+    return int(np.floor(TIME_RESOLUTION * seconds + 1e-6))
+
 # --- arrival-time vocabulary --------------------------------------------------------------------------
 TIME_OFFSET = 0
 DUR_OFFSET = TIME_OFFSET + MAX_TIME
