@@ -250,7 +250,10 @@ def _instruments(events: np.ndarray) -> set:
 def same_song_retrieval(clip: TestClip, prompt_seconds: float, clip_seconds: float, rng: random.Random,
                         drop: list[int] = ()) -> tuple[np.ndarray, int]:
     """accompany.py's retrieval: a random 20 s segment of the same song (any start, as the reference's), its
-    part after the prompt (without the `drop` instruments) spliced after the true prompt; and its start."""
+    part after the prompt (without the `drop` instruments) spliced after the true prompt; and its start. One
+    difference: the segment's notes exactly at the prompt's end are left out (accompany.py keeps them beside
+    the true prompt's own notes there); no metric sees them (measured from the bin after the prompt), only the
+    written clips and piano rolls."""
     length = vocab.to_bins(clip_seconds)
     start = rng.randrange(0, ops.max_time(clip.song, seconds=False) - length + 1)
     retrieved = cut_clip(clip.song, start, length)
