@@ -1,12 +1,14 @@
 """MIDI -> events with the reference's semantics, token for token, and events -> MIDI."""
 
 import io
+import struct
 
 import mido
 import numpy as np
 import pytest
 
 from amt import midi, ops, vocab
+from crafted_midi import END_OF_TRACK, midi_file, varint
 
 
 def _bytes(midifile: mido.MidiFile) -> bytes:
@@ -126,6 +128,41 @@ def test_bad_bytes_raise_an_error_naming_the_file(tmp_path, data, reason):
     _agree(data)
 
 
+_NOTE = b"\x00\x90\x3c\x40\x60\x80\x3c\x00"  # C4 from tick 0 to tick 96 (0.5 s at 96 a beat, 120 bpm)
+
+
+@pytest.mark.parametrize(
+    "data, durations",
+    [
+        # a header chunk longer than 6 bytes: mido reads the 6 it knows and skips the rest
+        (b"MThd" + struct.pack(">IhhH", 8, 0, 1, 96) + b"\x00\x00" + b"MTrk" + struct.pack(">I", 12)
+         + _NOTE + END_OF_TRACK, [50]),
+        # a sysex whose payload repeats the F0: mido drops it (and a trailing F7) before checking the bytes
+        (midi_file(b"\x00\xf0\x03\xf0\x01\xf7" + _NOTE + END_OF_TRACK), [50]),
+        # a sequence number of 1 byte: mido cannot decode it and refuses the file
+        (midi_file(b"\x00\xff\x00\x01\x05" + _NOTE + END_OF_TRACK), None),
+        # a meta payload of exactly mido's maximum length is read; one byte more is refused
+        (midi_file(b"\x00\xff\x01" + varint(10**6) + b"a" * 10**6 + _NOTE + END_OF_TRACK), [50]),
+        (midi_file(b"\x00\xff\x01" + varint(10**6 + 1) + b"a" * (10**6 + 1) + _NOTE + END_OF_TRACK), None),
+        # 0 ticks per beat: mido divides only for a positive delta, so a file with none is read
+        (midi_file(b"\x00\x90\x3c\x40\x00\x80\x3c\x00" + END_OF_TRACK, ticks_per_beat=0), [0]),
+        # SMPTE division (negative ticks per beat) where only the end of track has a delta: mido's last
+        # message then has a negative time, which the reference refuses
+        (midi_file(b"\x00\x90\x3c\x40\x00\x80\x3c\x00\x60\xff\x2f\x00", ticks_per_beat=0xE728), None),
+        # an end of track at tick 1 in another track carries its delta into the note-off (one float addition
+        # of 7 ticks: 0.035000000000000004 s, 4 bins), it does not split it (0.005 + 0.03 s: 3 bins)
+        (midi_file(b"\x01\xff\x2f\x00", b"\x00\x90\x3c\x40\x07\x80\x3c\x00" + END_OF_TRACK,
+                   ticks_per_beat=100), [4]),
+    ],
+    ids=["long_header", "sysex_f0_payload", "short_sequence_number", "meta_at_max_length", "meta_over_max_length",
+         "zero_ticks_per_beat", "smpte_trailing_delta", "end_of_track_carries_delta"],
+)
+def test_odd_headers_and_messages_are_read_like_mido(data, durations):
+    """Legal or borderline constructs that real files carry: both paths read (or refuse) them as mido does."""
+    notes = _agree(data)
+    assert (None if notes is None else notes.duration.tolist()) == durations
+
+
 def test_missing_file_and_type_2_file_are_named(tmp_path):
     with pytest.raises(midi.MidiError, match="nowhere.mid: cannot open"):
         midi.midi_to_events(tmp_path / "nowhere.mid")
@@ -179,3 +216,30 @@ def test_interarrival_encoding_round_trip(reference_events):
                                       np.sort(again[(again >= block[0]) & (again < block[1])]))
     shifts = lambda t: t[t < vocab.MIDI_START_OFFSET].sum()  # noqa: E731
     assert shifts(again) == shifts(tokens)
+
+
+def test_interarrival_to_midi_skips_an_offset_before_any_onset_and_reads_the_lowest_note_off():
+    """Token MIDI_END_OFFSET is the note-off of piano pitch 0 (not a note-on); an offset whose instrument has
+    not sounded yet is dropped (the reference's 'IGNORING bad offset')."""
+    on, off = vocab.MIDI_START_OFFSET, vocab.MIDI_END_OFFSET
+    tokens = np.array([off + 0, off + 128 * 5 + 40, on + 0, 10, off + 0])
+    assert midi.midi_to_interarrival(_bytes(midi.interarrival_to_midi(tokens))).tolist() == [on + 0, 10, off + 0]
+
+
+def test_capped_durations_are_counted_from_ten_seconds_as_the_reference():
+    """`compound_to_events` counts a duration as truncated when it is >= 1,000 bins (then writes 999);
+    a never-closed note (-1) gets 0.25 s and is not counted."""
+    duration = np.array([998, 999, 1000, 1001, -1])
+    zeros = np.zeros(len(duration), dtype=np.int64)
+    notes = midi.MidiNotes(zeros, duration, zeros + 60, zeros, np.zeros(0, dtype=np.int64), 0)
+    tokens, truncations = midi.notes_to_events(notes)
+    assert truncations == 2
+    assert (ops.as_triples(tokens)[:, 1] - vocab.DUR_OFFSET).tolist() == [998, 999, 999, 999, 25]
+
+
+def test_midi_files_finds_every_midi_suffix_in_any_case(tmp_path):
+    for name in ("a.MID", "b.Midi", "sub/c.kar", "d.mid", "e.txt", "f.mid.bak"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in midi.midi_files(tmp_path)]
+    assert found == ["a.MID", "b.Midi", "d.mid", "sub/c.kar"]

@@ -47,3 +47,24 @@ def test_overlaps_round_trip_exactly_while_channels_are_left():
 def test_sixteen_melodic_instruments_are_refused_by_name():
     with pytest.raises(ValueError, match=r"16 melodic instruments .* at most 15"):
         midi.events_to_midi(_overlap_then_instruments(16))
+
+
+def test_a_control_given_before_an_earlier_overlapping_event_keeps_both_durations():
+    """Controls come in the stream before events that arrive earlier (up to 5 s): channels (layers) must be
+    chosen in time order, or a short control inside a long event of the same pitch closes the event."""
+    tokens = [vocab.ANTICIPATE,
+              vocab.ATIME_OFFSET + 50, vocab.ADUR_OFFSET + 50, vocab.ANOTE_OFFSET + 60,  # control 0.5-1 s
+              vocab.TIME_OFFSET + 0, vocab.DUR_OFFSET + 300, vocab.NOTE_OFFSET + 60]  # event 0-3 s, same pitch
+    np.testing.assert_array_equal(_round_trip(tokens), _events([(0, 300, 0, 60), (50, 50, 0, 60)]))
+
+
+@pytest.mark.parametrize("flag", [vocab.AUTOREGRESS, vocab.ANTICIPATE])
+def test_either_flag_is_dropped_and_each_piece_starts_where_the_previous_ends(flag):
+    """As the reference's `events_to_compound`: after every SEPARATOR the next piece starts at the end of the
+    piece just before it (its own latest end, not the longest so far)."""
+    separator = [vocab.SEPARATOR] * 3
+    tokens = [flag, *_events([(0, 100, 0, 60)]).ravel(), *separator, *_events([(0, 50, 0, 62)]).ravel(),
+              *separator, *_events([(0, 10, 0, 64)]).ravel()]
+    expected = _events([(0, 100, 0, 60), (100, 50, 0, 62), (150, 10, 0, 64)])
+    np.testing.assert_array_equal(_round_trip(tokens), expected)
+
