@@ -89,3 +89,24 @@ def test_a_time_in_seconds_that_is_a_whole_bin_is_that_bin():
     events = np.array([[0, 10_050, 11_060], [402, 10_050, 11_062], [403, 10_050, 11_064]])
     assert ops.clip(events, 0, ops.max_time(events[:2]), clip_duration=False).tolist() == events[:2].tolist()
     assert ops.translate(events, 4.02, seconds=True)[0, 0] == 402
+
+
+def test_token_predicates_and_ordering_at_their_edges():
+    """The edges a mutation sweep found unguarded: a SEPARATOR triple is no control; min_time reads only the
+    window before the first SEPARATOR (the reference's rule; a window holds several pieces); REST is no
+    instrument; sort keeps the given order of triples at one time (the order events of a chord were read in,
+    which the tokens and the written MIDI keep), on arrays large enough for numpy to choose another sort; a
+    translation may reach time 0 but not below."""
+    separator = [vocab.SEPARATOR] * 3
+    assert ops.is_control(np.array([separator, [vocab.ATIME_OFFSET, vocab.ADUR_OFFSET, vocab.ANOTE_OFFSET]])).tolist() == [False, True]
+    windows = np.array([[300, 10_010, 11_060], separator, [100, 10_010, 11_062], separator, [50, 10_010, 11_064]])
+    assert ops.min_time(windows, seconds=False) == 300
+    assert ops.instruments(np.array([[0, 10_100, vocab.REST], [0, 10_010, 11_000 + 128 * 5]])) == {5: 1}
+    rng = np.random.default_rng(0)
+    chord = np.stack([np.repeat(np.arange(40), 50), np.full(2000, 10_010), 11_000 + rng.permutation(2000) % 128], 1)
+    shuffled = chord[rng.permutation(len(chord))]
+    expected = np.concatenate([shuffled[shuffled[:, 0] == t] for t in range(40)])
+    np.testing.assert_array_equal(ops.sort(shuffled), expected)
+    assert ops.times(ops.translate(np.array([[5, 10_010, 11_000]]), -5))[0] == 0
+    with pytest.raises(ValueError, match="negative"):
+        ops.translate(np.array([[5, 10_010, 11_000]]), -6)
