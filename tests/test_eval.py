@@ -774,6 +774,112 @@ def test_interarrival_sampling_moves_its_window_past_the_context():
         run(9.0, tokens_per_call=0)
 
 
+def _scripted_interarrival_sampler(*logits):
+    """An interarrival sampler whose model says the same next-token logits after any context: a tiny model whose
+    final LayerNorm is replaced by a constant hidden state (weight 0, bias a unit vector) and whose unembedding's
+    first row is `logits` ((token or slice, logit) pairs; 0 elsewhere). What it samples then tells the sampler's rules
+    (constraints, top-p, temperature, the end time) apart from what a random model happens to prefer: the random
+    models above put ~1/34,025 on every token, so a rule dropped changes almost nothing they sample."""
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt import interarrival_sampling
+    from amt.checkpoints import single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    with single_device_mesh():
+        model = inference_mode(MusicGpt2Config(max_seq_len=256, hidden_dim=16, num_layers=1, num_heads=1).build(
+            hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(0)), True)
+    sampler = interarrival_sampling.InterarrivalSampler(model)
+    row = np.zeros(vocab.MIDI_VOCAB_SIZE, np.float32)
+    for tokens, value in logits:
+        row[tokens] = value
+    lm_head = np.zeros(sampler.weights.lm_head.shape, np.float32)
+    lm_head[0] = row
+    unit = np.zeros(sampler.weights.lnf_b.shape, np.float32)
+    unit[0] = 1
+    sampler.weights = dataclasses.replace(sampler.weights, lm_head=jnp.asarray(lm_head),
+                                          lnf_w=jnp.zeros_like(sampler.weights.lnf_w), lnf_b=jnp.asarray(unit))
+    return sampler
+
+
+def _pitched_instruments(tokens) -> set:
+    tokens = np.asarray(tokens)
+    on = tokens[(tokens >= vocab.MIDI_START_OFFSET) & (tokens < vocab.MIDI_END_OFFSET)]
+    return set(((on - vocab.MIDI_START_OFFSET) // vocab.MAX_PITCH).tolist()) - {vocab.DRUMS}
+
+
+def test_interarrival_sampling_never_draws_a_forbidden_token_and_keeps_to_15_instruments():
+    """A model that prefers SEPARATOR and the zero shift (each ~2% of its mass) and then note-ons (of every
+    instrument alike) over shifts and note-offs: in 2 x 400 tokens neither forbidden token is drawn, the pitched
+    instruments (the prompt's counted, a multitrack prompt) reach 15 and never 16 (one that a device call's
+    tokens added counts in the next call too), drums still play once 15 are in use, and the sample goes through
+    MIDI. Kills: a constraint dropped, `>` for `>=` at 15, drums refused when full, the prompt's or earlier
+    calls' instruments forgotten."""
+    from amt import interarrival_sampling
+
+    sampler = _scripted_interarrival_sampler((vocab.MIDI_SEPARATOR, 8.0), (vocab.MIDI_TIME_OFFSET, 8.0),
+                                             (slice(vocab.MIDI_START_OFFSET, vocab.MIDI_END_OFFSET), 2.0))
+    events = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))
+    prompt = interarrival_sampling.prompt_tokens(events, 3.0)
+    assert 2 <= len(_pitched_instruments(prompt)) < 15
+    options = interarrival_sampling.InterarrivalOptions(num_samples=2, seed=0, top_p=1.0, max_tokens=400)
+    for stream in sampler.continue_tokens(prompt, 3.0, 1000.0, options):
+        new = stream[len(prompt):]
+        assert len(new) == 400 and vocab.MIDI_SEPARATOR not in new and vocab.MIDI_TIME_OFFSET not in new
+        assert len(_pitched_instruments(stream)) == 15
+        full_at = next(k for k in range(len(stream)) if len(_pitched_instruments(stream[: k + 1])) == 15)
+        later = stream[full_at + 1:]
+        drums = vocab.MIDI_START_OFFSET + vocab.DRUMS * vocab.MAX_PITCH
+        assert ((later >= drums) & (later < vocab.MIDI_END_OFFSET)).sum() > 0  # drums are never refused
+        assert len(interarrival_sampling.tokens_to_events(stream))
+
+
+def test_interarrival_top_p_and_temperature_shape_what_is_sampled():
+    """12 note-ons (instrument 0, pitches 60-71) above the other 34,013 tokens: with logit 12 they hold 98.3% of
+    the mass, so top-p 0.95 samples only them and top-p 1 a few others (1.7% a token); with logit 5 and
+    temperature 0.25 (logit 20 as seen: 99.999%) only them again (temperature multiplying instead of dividing
+    the logits would make them 0.1%)."""
+    from amt import interarrival_sampling
+
+    favourites = slice(vocab.MIDI_START_OFFSET + 60, vocab.MIDI_START_OFFSET + 72)
+    prompt = np.array([vocab.MIDI_SEPARATOR, vocab.MIDI_START_OFFSET + 60])
+
+    def others(logit, **changes):
+        options = interarrival_sampling.InterarrivalOptions(num_samples=2, seed=0, max_tokens=200, **changes)
+        streams = _scripted_interarrival_sampler((favourites, logit)).continue_tokens(prompt, 0.0, 60.0, options)
+        assert all(len(s) == len(prompt) + 200 for s in streams)
+        return sum(int(((s[len(prompt):] < favourites.start) | (s[len(prompt):] >= favourites.stop)).sum())
+                   for s in streams)
+
+    assert others(12.0, top_p=0.95) == 0
+    assert others(12.0, top_p=1.0) > 0
+    assert others(5.0, top_p=1.0, temperature=0.25) == 0
+
+
+def test_interarrival_sampling_stops_before_the_shift_that_reaches_the_end():
+    """Shifts of 10 bins and piano note-ons, nothing else: from the prompt's last note-on at T0 to an end time
+    T0 + 1 s the sample's time reaches T0 + 0.9 s exactly (the shift to the end itself is not kept), and its
+    events, through MIDI and clipped at the end, neither start nor sound past it (the repeated, never released
+    notes of the sample would otherwise run on)."""
+    from amt import interarrival_sampling
+
+    shift, note = vocab.MIDI_TIME_OFFSET + 10, vocab.MIDI_START_OFFSET + 60
+    sampler = _scripted_interarrival_sampler((shift, 30.0), (note, 30.0))
+    prompt = np.array([vocab.MIDI_SEPARATOR, vocab.MIDI_TIME_OFFSET + 123, note])
+    end = (123 + 100) / vocab.TIME_RESOLUTION
+    options = interarrival_sampling.InterarrivalOptions(num_samples=3, seed=0, top_p=1.0)
+    for stream in sampler.continue_tokens(prompt, 1.23, end, options):
+        new = stream[len(prompt):]
+        assert set(new.tolist()) <= {shift, note} and (new == note).sum() > 0
+        assert int(stream[stream < vocab.MIDI_START_OFFSET].sum()) == 123 + 90
+        events = interarrival_sampling.tokens_to_events(stream, end)
+        onsets, durations = events[:, 0] - vocab.TIME_OFFSET, events[:, 1] - vocab.DUR_OFFSET
+        assert onsets.max() <= 123 + 90 and (onsets + durations).max() <= 123 + 100
+
+
 def test_interarrival_recipes_are_the_arrival_recipes_with_the_interarrival_vocabulary():
     import draccus
 
