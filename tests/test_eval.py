@@ -461,6 +461,32 @@ def test_a_saved_interarrival_checkpoint_loads_with_its_own_vocabulary(tmp_path)
     assert interarrival_sampling.is_interarrival_model(loaded)
 
 
+def test_a_run_folder_loads_its_latest_step_and_a_step_folder_itself(tmp_path):
+    """A run folder with checkpoints at steps 5 and 10 (different weights) loads step 10, the latest by number
+    (not by name: "step-5" sorts after "step-10"), and a step folder loads that step, its model config found in
+    the folder above. (Every other test saves one step, or loads the run folder in both the export and the
+    model it is compared with, so the first step would pass them as well.)"""
+    import haliax as hax
+    import jax
+    from levanter.checkpoint import save_checkpoint
+
+    from amt.checkpoints import MODEL_CONFIG_FILE, load_model, single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    config = MusicGpt2Config(max_seq_len=64, hidden_dim=8, num_layers=1, num_heads=1)
+    embeddings = {}
+    with single_device_mesh():
+        for step, seed in ((5, 1), (10, 2)):
+            model = config.build(hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(seed))
+            save_checkpoint({"model": model}, step, str(tmp_path / f"step-{step}"), is_temporary=False)
+            embeddings[step] = np.asarray(model.embeddings.token_embeddings.weight.array)
+    (tmp_path / MODEL_CONFIG_FILE).write_text("max_seq_len: 64\nhidden_dim: 8\nnum_layers: 1\nnum_heads: 1\n")
+    assert not np.allclose(embeddings[5], embeddings[10])
+    for path, step in ((tmp_path, 10), (tmp_path / "step-5", 5), (tmp_path / "step-10", 10)):
+        loaded, _ = load_model(path)
+        np.testing.assert_array_equal(np.asarray(loaded.embeddings.token_embeddings.weight.array), embeddings[step])
+
+
 def test_an_interarrival_sample_decodes_to_midi_that_mido_reads_back(tmp_path):
     import haliax as hax
     import jax
