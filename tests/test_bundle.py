@@ -49,6 +49,17 @@ def test_blocks_cover_each_vocabulary_once():
         bundle.vocabulary_blocks(1000)
 
 
+def test_blocks_are_the_vocabularies_own():
+    """The blocks are the vocabulary's kinds of token, not only a cover: two kinds merged (onsets with
+    durations, notes with REST, note-ons with note-offs) would share one fill row between tokens the model
+    tells apart, which the round trip below (one block's mean against a close one) cannot see."""
+    assert bundle.vocabulary_blocks(vocab.VOCAB_SIZE) == [
+        (0, 10_000), (10_000, 11_000), (11_000, 27_512), (27_512, 27_513), (27_513, 37_513), (37_513, 38_513),
+        (38_513, 55_025), (55_025, 55_028)]
+    assert bundle.vocabulary_blocks(vocab.MIDI_VOCAB_SIZE) == [(0, 1_000), (1_000, 17_512), (17_512, 34_024),
+                                                               (34_024, 34_025)]
+
+
 def test_kept_rows_round_trip_and_the_others_share_their_blocks_mean():
     rng = np.random.default_rng(0)
     tensors = {"wte.weight": rng.normal(0, 0.1, (vocab.VOCAB_SIZE, 16)).astype(np.float32),
