@@ -831,6 +831,45 @@ def _scripted_interarrival_sampler(*logits):
     return sampler
 
 
+def test_interarrival_sampling_draws_from_the_models_own_next_token_logits():
+    """Near-greedy sampling (temperature 1e-4, top-p 1) of a model whose embeddings are scaled up (so that its
+    logits depend on the context and positions: a random model's hardly do) picks, at every sampled position, the
+    most likely token that the rules allow, by the full forward pass of the whole stream (`checkpoints.logits`):
+    the KV-cached decoder is fed each sampled token at its own position and conditions on the prompt and on all
+    that came before. (The other tests compare the sampler with itself or check its rules.)"""
+    import equinox as eqx
+    import haliax as hax
+    import jax
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt import interarrival_sampling
+    from amt.checkpoints import logits, single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    with single_device_mesh():
+        model = MusicGpt2Config(max_seq_len=256, hidden_dim=16, num_layers=1, num_heads=1).build(
+            hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(3))
+    for get in (lambda m: m.embeddings.token_embeddings.weight, lambda m: m.embeddings.position_embeddings.weight):
+        model = eqx.tree_at(get, model, get(model) * 25.0)
+    model = inference_mode(model, True)
+    prompt = interarrival_sampling.prompt_tokens(midi.midi_to_events(DEMO / "npm_misc" / "fur-elise.mid"), 2.0)
+    options = interarrival_sampling.InterarrivalOptions(num_samples=2, seed=0, top_p=1.0, temperature=1e-4,
+                                                        max_tokens=60)
+    streams = interarrival_sampling.InterarrivalSampler(model).continue_tokens(prompt, 2.0, 1000.0, options)
+    for stream in streams:
+        assert len(stream) == len(prompt) + 60 and len(stream) < 256  # the window never moved
+        full = logits(model, stream)
+        for k in range(len(prompt), len(stream)):
+            row = full[k - 1].copy()
+            row[[vocab.MIDI_SEPARATOR, vocab.MIDI_TIME_OFFSET]] = -np.inf
+            used = _pitched_instruments(stream[:k])
+            if len(used) >= 15:
+                for instrument in set(range(vocab.DRUMS)) - used:
+                    start = vocab.MIDI_START_OFFSET + instrument * vocab.MAX_PITCH
+                    row[start:start + vocab.MAX_PITCH] = -np.inf
+            assert row[stream[k]] >= row.max() - 1e-3, (k, stream[k], row.argmax(), row[stream[k]], row.max())
+
+
 def _pitched_instruments(tokens) -> set:
     tokens = np.asarray(tokens)
     on = tokens[(tokens >= vocab.MIDI_START_OFFSET) & (tokens < vocab.MIDI_END_OFFSET)]
