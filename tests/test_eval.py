@@ -460,6 +460,19 @@ def test_a_saved_interarrival_checkpoint_loads_with_its_own_vocabulary(tmp_path)
     loaded, _ = load_model(tmp_path)
     assert interarrival_sampling.is_interarrival_model(loaded)
 
+    # `amt generate` takes it: a continuation of the prompt's first 2 s to 9 s, two samples, each a MIDI file
+    from amt import cli
+
+    out = tmp_path / "out" / "ia.mid"
+    assert cli.main(["generate", "--checkpoint", str(tmp_path), "--prompt",
+                     str(DEMO / "miditok_multitrack" / "Funkytown.mid"), "--start", "2", "--end", "9",
+                     "--num-samples", "2", "--seed", "3", "-o", str(out)]) == 0
+    given = ops.clip(ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid")), 0, 2,
+                     clip_duration=False)
+    for path in (out, out.with_name("ia-2.mid")):
+        events = ops.as_triples(midi.midi_to_events(path))
+        assert len(events) > len(given) and 2.0 < ops.max_time(events) < 9.0, path  # notes added, up to 9 s
+
 
 def test_a_run_folder_loads_its_latest_step_and_a_step_folder_itself(tmp_path):
     """A run folder with checkpoints at steps 5 and 10 (different weights) loads step 10, the latest by number
@@ -780,7 +793,7 @@ def test_interarrival_sampling_moves_its_window_past_the_context():
     prompt = interarrival_sampling.prompt_tokens(midi.midi_to_events(DEMO / "npm_misc" / "fur-elise.mid"), 4.0)
     # samples that end at different times: a finished one stops growing while the others move their window
     options = interarrival_sampling.InterarrivalOptions(num_samples=4, seed=0, window_chunk=4, top_p=1.0)
-    streams = sampler.continue_tokens(prompt, 4.0, 9.0, options)
+    streams = sampler.continue_tokens(prompt, 9.0, options)
     lengths = [len(s) for s in streams]
     assert max(lengths) > 64 + 16 and min(lengths) < 64 - 4  # past the context; one ended before the window moved
     for stream in streams:
@@ -789,7 +802,7 @@ def test_interarrival_sampling_moves_its_window_past_the_context():
     # several tokens a device call, one a call: the same samples (calls cut short by the window's moves and by
     # max_tokens, the generator split once a token either way)
     def run(end, **changes):
-        return sampler.continue_tokens(prompt, 4.0, end, dataclasses.replace(options, **changes))
+        return sampler.continue_tokens(prompt, end, dataclasses.replace(options, **changes))
 
     for tokens_per_call in (1, 5):
         assert all(np.array_equal(a, b) for a, b in zip(streams, run(9.0, tokens_per_call=tokens_per_call)))
@@ -855,7 +868,7 @@ def test_interarrival_sampling_draws_from_the_models_own_next_token_logits():
     prompt = interarrival_sampling.prompt_tokens(midi.midi_to_events(DEMO / "npm_misc" / "fur-elise.mid"), 2.0)
     options = interarrival_sampling.InterarrivalOptions(num_samples=2, seed=0, top_p=1.0, temperature=1e-4,
                                                         max_tokens=60)
-    streams = interarrival_sampling.InterarrivalSampler(model).continue_tokens(prompt, 2.0, 1000.0, options)
+    streams = interarrival_sampling.InterarrivalSampler(model).continue_tokens(prompt, 1000.0, options)
     for stream in streams:
         assert len(stream) == len(prompt) + 60 and len(stream) < 256  # the window never moved
         full = logits(model, stream)
@@ -891,7 +904,7 @@ def test_interarrival_sampling_never_draws_a_forbidden_token_and_keeps_to_15_ins
     prompt = interarrival_sampling.prompt_tokens(events, 3.0)
     assert 2 <= len(_pitched_instruments(prompt)) < 15
     options = interarrival_sampling.InterarrivalOptions(num_samples=2, seed=0, top_p=1.0, max_tokens=400)
-    for stream in sampler.continue_tokens(prompt, 3.0, 1000.0, options):
+    for stream in sampler.continue_tokens(prompt, 1000.0, options):
         new = stream[len(prompt):]
         assert len(new) == 400 and vocab.MIDI_SEPARATOR not in new and vocab.MIDI_TIME_OFFSET not in new
         assert len(_pitched_instruments(stream)) == 15
@@ -914,7 +927,7 @@ def test_interarrival_top_p_and_temperature_shape_what_is_sampled():
 
     def others(logit, **changes):
         options = interarrival_sampling.InterarrivalOptions(num_samples=2, seed=0, max_tokens=200, **changes)
-        streams = _scripted_interarrival_sampler((favourites, logit)).continue_tokens(prompt, 0.0, 60.0, options)
+        streams = _scripted_interarrival_sampler((favourites, logit)).continue_tokens(prompt, 60.0, options)
         assert all(len(s) == len(prompt) + 200 for s in streams)
         return sum(int(((s[len(prompt):] < favourites.start) | (s[len(prompt):] >= favourites.stop)).sum())
                    for s in streams)
@@ -936,7 +949,7 @@ def test_interarrival_sampling_stops_before_the_shift_that_reaches_the_end():
     prompt = np.array([vocab.MIDI_SEPARATOR, vocab.MIDI_TIME_OFFSET + 123, note])
     end = (123 + 100) / vocab.TIME_RESOLUTION
     options = interarrival_sampling.InterarrivalOptions(num_samples=3, seed=0, top_p=1.0)
-    for stream in sampler.continue_tokens(prompt, 1.23, end, options):
+    for stream in sampler.continue_tokens(prompt, end, options):
         new = stream[len(prompt):]
         assert set(new.tolist()) <= {shift, note} and (new == note).sum() > 0
         assert int(stream[stream < vocab.MIDI_START_OFFSET].sum()) == 123 + 90

@@ -402,7 +402,7 @@ def _generate_interarrival(args, plan, model) -> int:
                                                         num_samples=args.num_samples)
     sampler = interarrival_sampling.InterarrivalSampler(model, dtype=args.dtype)
     prompt = interarrival_sampling.prompt_tokens(plan["events"], args.start)
-    streams = sampler.continue_tokens(prompt, args.start, args.end, options)
+    streams = sampler.continue_tokens(prompt, args.end, options)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for i, tokens in enumerate(streams):

@@ -14,6 +14,9 @@ Differences from the reference, on purpose:
   start another piece), no zero time shift (never in the data: a shift is written only when time passes),
   and no note-on of a 16th pitched instrument (MIDI has 15 channels besides drums, and `interarrival_to_midi`
   refuses more: the same rule as the arrival-time sampler's).
+- The prompt ends at its last note-on. The reference meant the same ("strip trailing offsets") but its test,
+  `MIDI_START_OFFSET <= token < MIDI_START_OFFSET + MIDI_END_OFFSET`, also takes the note-offs of programs 0-7
+  (ids up to 18,511) for note-ons: a piano prompt kept its trailing note-offs there.
 - Sampling stops when the time shifts reach `end_seconds` (the reference stops at 1,024 tokens, however much
   time that covers); past the context the window moves by `window_chunk` tokens and is prefilled again, as
   `amt.sampling` does (no time to rewrite: interarrival time is relative already). `max_tokens` bounds a
@@ -135,7 +138,7 @@ class InterarrivalSampler:
         self.weights = decoder.decoder_weights(model, dtype)  # float32 or bfloat16: see amt.decoder
         self.context = self.weights.shape[3]
 
-    def continue_tokens(self, prompt: np.ndarray, prompt_seconds: float, end_seconds: float,
+    def continue_tokens(self, prompt: np.ndarray, end_seconds: float,
                         options: InterarrivalOptions = InterarrivalOptions()) -> list[np.ndarray]:
         """Token streams (the prompt, then the sampled tokens) for `options.num_samples` samples: sampling
         stops before the shift that would reach `end_seconds` (time counted from the prompt's start)."""
@@ -197,5 +200,5 @@ class InterarrivalSampler:
                      options: InterarrivalOptions = InterarrivalOptions()) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Continue the first `prompt_seconds` of a piece (arrival-time events) to `end_seconds`: returns the
         (n, 3) events of each sample (prompt included, clipped at `end_seconds`) and their token streams."""
-        streams = self.continue_tokens(prompt_tokens(events, prompt_seconds), prompt_seconds, end_seconds, options)
+        streams = self.continue_tokens(prompt_tokens(events, prompt_seconds), end_seconds, options)
         return [tokens_to_events(s, end_seconds) for s in streams], streams
