@@ -1,6 +1,7 @@
 """The bundled-model format (amt.bundle): what it keeps, what it shares, and that the unpacked model is the
 packed one for every token its training data holds."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -92,6 +93,16 @@ def test_the_unpacked_model_scores_training_data_as_the_packed_one(trained_like,
     stamp = (unpacked / "model.safetensors").stat().st_mtime_ns
     assert bundle.unpack(path, tmp_path / "unpacked") == unpacked  # a second call finds it done
     assert (unpacked / "model.safetensors").stat().st_mtime_ns == stamp
+    # a bundle packed again at the same path (another model there now) is unpacked again; a deleted model too
+    first = (unpacked / "model.safetensors").read_bytes()
+    bundle.pack(hf_folder, cache, path, about="the same model, described anew")
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # even within one clock tick
+    assert bundle.unpack(path, tmp_path / "unpacked") == unpacked
+    assert (unpacked / "model.safetensors").stat().st_mtime_ns != stamp
+    assert (unpacked / "model.safetensors").read_bytes() == first  # the same weights, written again
+    (unpacked / "model.safetensors").unlink()
+    bundle.unpack(path, tmp_path / "unpacked")
+    assert (unpacked / "model.safetensors").read_bytes() == first
 
     sequences = read_cache(cache, max_sequences=2)
     (before, masses_before), (after, masses_after) = (token_scores(load_model(m)[0], sequences, batch_size=2)
