@@ -329,7 +329,7 @@ def count_notes(sample: np.ndarray, given: np.ndarray, start_seconds: float) -> 
     from amt import ops, vocab
 
     supplied = Counter(map(tuple, ops.as_triples(given).tolist()))
-    start = int(round(vocab.TIME_RESOLUTION * start_seconds))
+    start = vocab.to_bins(start_seconds)  # the sampler's start
     generated = 0
     for row, t in zip(map(tuple, ops.as_triples(sample).tolist()), ops.times(sample).tolist()):
         if supplied[row] > 0:

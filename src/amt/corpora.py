@@ -407,8 +407,8 @@ def write_outputs(out: Path, sources: list[str], version: str, names: list[str])
     over other collections, or the same in another order, listed a file an earlier run had deleted, or deleted
     the only copy left."""
     order = {name: i for i, name in enumerate(COLLECTIONS)}
-    records = [json.loads(path.read_text()) for path in sorted((out / RECORDS).glob("*.json"))]
-    every = sorted((piece for record in records for piece in record["pieces"]),
+    records = {path: json.loads(path.read_text()) for path in sorted((out / RECORDS).glob("*.json"))}
+    every = sorted((piece for record in records.values() for piece in record["pieces"]),
                    key=lambda p: (order.get(p["collection"], len(order)), p["source"], p["index"]))
     kept = {}  # MIDI bytes -> the piece that stays
     for piece in every:
@@ -420,9 +420,9 @@ def write_outputs(out: Path, sources: list[str], version: str, names: list[str])
     pieces, skipped = [], []
     for source in sources:
         path = record_path(out, source)
-        if not path.exists():
+        if path not in records:
             continue
-        record = json.loads(path.read_text())
+        record = records[path]
         skipped.extend(record["skipped"])
         for piece in record["pieces"]:
             first = kept.get(piece["bytes_md5"])

@@ -148,7 +148,7 @@ class InterarrivalSampler:
         n = options.num_samples
         shifts = np.where(prompt < vocab.MIDI_START_OFFSET, prompt - vocab.MIDI_TIME_OFFSET, 0)
         now = np.full(n, int(shifts.sum()))
-        end = int(round(vocab.TIME_RESOLUTION * end_seconds))
+        end = vocab.to_bins(end_seconds)
         on = prompt[(prompt >= vocab.MIDI_START_OFFSET) & (prompt < vocab.MIDI_END_OFFSET)]
         pitched = set(((on - vocab.MIDI_START_OFFSET) // vocab.MAX_PITCH).tolist()) - {vocab.DRUMS}
         instruments = [set(pitched) for _ in range(n)]

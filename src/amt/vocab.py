@@ -52,6 +52,7 @@ def to_bins(seconds) -> int:
     future). The tolerance, 1e-6 bins, is far above rounding error and far below any time a user writes."""
     return int(np.floor(TIME_RESOLUTION * seconds + 1e-6))
 
+
 # --- arrival-time vocabulary --------------------------------------------------------------------------
 TIME_OFFSET = 0
 DUR_OFFSET = TIME_OFFSET + MAX_TIME
