@@ -883,6 +883,51 @@ def test_interarrival_sampling_draws_from_the_models_own_next_token_logits():
             assert row[stream[k]] >= row.max() - 1e-3, (k, stream[k], row.argmax(), row[stream[k]], row.max())
 
 
+def test_interarrival_sampling_past_the_context_conditions_on_the_latest_tokens_of_its_moved_window():
+    """Near-greedy sampling as above, on a 64-token context with the window moved many times: each sampled token is
+    the most likely allowed one by the full forward pass of the window it was sampled in, worked out here from the
+    options alone (the stream from 0; once a window holds the context, its last `context - window_chunk` tokens,
+    at positions from 0). A window that kept the wrong tokens, or the right ones at other positions, fails it."""
+    import equinox as eqx
+    import haliax as hax
+    import jax
+    from levanter.utils.tree_utils import inference_mode
+
+    from amt import interarrival_sampling
+    from amt.checkpoints import logits, single_device_mesh
+    from amt.train import MusicGpt2Config
+
+    context, chunk = 64, 10
+    with single_device_mesh():
+        model = MusicGpt2Config(max_seq_len=context, hidden_dim=16, num_layers=1, num_heads=1).build(
+            hax.Axis("vocab", vocab.MIDI_VOCAB_SIZE), key=jax.random.PRNGKey(3))
+    for get in (lambda m: m.embeddings.token_embeddings.weight, lambda m: m.embeddings.position_embeddings.weight):
+        model = eqx.tree_at(get, model, get(model) * 25.0)
+    model = inference_mode(model, True)
+    prompt = interarrival_sampling.prompt_tokens(midi.midi_to_events(DEMO / "npm_misc" / "fur-elise.mid"), 2.0)
+    assert len(prompt) < context
+    options = interarrival_sampling.InterarrivalOptions(num_samples=2, seed=0, top_p=1.0, temperature=1e-4,
+                                                        max_tokens=150, window_chunk=chunk, tokens_per_call=4)
+    streams = interarrival_sampling.InterarrivalSampler(model).continue_tokens(prompt, 1000.0, options)
+    for stream in streams:
+        assert len(stream) == len(prompt) + 150
+        windows = {}  # window start -> the stream positions sampled in it
+        start = 0
+        for k in range(len(prompt), len(stream)):
+            if k - start >= context:
+                start = k - (context - chunk)
+            windows.setdefault(start, []).append(k)
+        assert len(windows) >= 4  # the window moved at least three times
+        for start, sampled in windows.items():
+            full = logits(model, stream[start:sampled[-1]])
+            for k in sampled:
+                row = full[k - 1 - start].copy()
+                row[[vocab.MIDI_SEPARATOR, vocab.MIDI_TIME_OFFSET]] = -np.inf
+                if len(_pitched_instruments(stream[:k])) >= 15:
+                    continue  # the instrument rule: its own test
+                assert row[stream[k]] >= row.max() - 1e-3, (start, k, stream[k], row.argmax())
+
+
 def _pitched_instruments(tokens) -> set:
     tokens = np.asarray(tokens)
     on = tokens[(tokens >= vocab.MIDI_START_OFFSET) & (tokens < vocab.MIDI_END_OFFSET)]
