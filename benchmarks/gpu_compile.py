@@ -429,7 +429,8 @@ def train(args, device) -> None:
     Pos = model_config.max_Pos
     micro = trainer.per_device_parallelism if trainer.per_device_parallelism > 0 else Batch.size
     optimizer = config.optimizer.build(trainer.num_train_steps)
-    model = eqx.filter_eval_shape(lambda key: model_config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=key),
+    vocab_size = config.data.vocab_size or vocab.VOCAB_SIZE  # the recipe's: 34,025 for an interarrival model
+    model = eqx.filter_eval_shape(lambda key: model_config.build(hax.Axis("vocab", vocab_size), key=key),
                                   jax.random.PRNGKey(0))
     opt_state = eqx.filter_eval_shape(lambda m: optimizer.init(eqx.filter(m, eqx.is_inexact_array)), model)
 
@@ -458,7 +459,7 @@ def train(args, device) -> None:
     tokens = hax.NamedArray(abstract(jax.ShapeDtypeStruct((Batch.size, Pos.size), jnp.int32)), (Batch, Pos))
     # the recipe's mesh axes, all of size 1 on one card (microbatched asks for the batch axis's mapping)
     mesh = jax.sharding.Mesh(np.array([device]).reshape(1, 1, 1, 1), ("replica_dcn", "data", "replica", "model"))
-    print(f"{args.recipe} {' '.join(args.overrides)}: GPT-2 {parameter_count(model_config) / 1e6:.0f}M, batch "
+    print(f"{args.recipe} {' '.join(args.overrides)}: GPT-2 {parameter_count(model_config, vocab_size) / 1e6:.0f}M, batch "
           f"{Batch.size} x {Pos.size} in micro-steps of {micro}, {trainer.mp}, attention "
           f"{'fused (cuDNN)' if model_config.fused_attention else model_config.attn_backend or 'default'}, "
           f"recomputation {model_config.gradient_checkpointing}, the loss as amt train runs it on a GPU "
@@ -488,7 +489,7 @@ def train(args, device) -> None:
     if args.roofline:
         bandwidth = card_bandwidth(args)
         floor, ranked = roofline(kernel_costs(text), bandwidth, args.peak_tflops * 1e12)
-        model_flops = training_flops_per_token(model_config) * Batch.size * Pos.size
+        model_flops = training_flops_per_token(model_config, vocab_size) * Batch.size * Pos.size
         print(f"roofline (an estimate, not a time): {sum(n for _, n, *_ in ranked):,} kernels a step moving "
               f"{sum(b for _, _, b, _, _ in ranked) / 1e12:.2f} TB, {sum(f for *_, f, _ in ranked) / 1e12:.0f} TFLOP in "
               f"matrix products ({model_flops / 1e12:.0f} in the model's count); at {bandwidth / 1e12:.2f} TB/s and "

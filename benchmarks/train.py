@@ -46,7 +46,7 @@ def peak_flops(device_kind: str) -> float | None:
     return next((peak for name, peak in PEAK_BF16.items() if name.lower() in device_kind.lower()), None)
 
 
-def synthetic_cache(out: Path, rows: int) -> None:
+def synthetic_cache(out: Path, rows: int, vocab_size: int) -> None:
     from levanter.store.cache import CacheLedger, CacheMetadata
     from levanter.store.jagged_array import PreparedBatch
     from levanter.store.tree_store import TreeStore
@@ -54,7 +54,7 @@ def synthetic_cache(out: Path, rows: int) -> None:
     from amt import vocab
 
     exemplar = {"input_ids": np.zeros((0,), dtype=np.int32)}  # amt.preprocess.CACHE_EXEMPLAR (no MIDI reader needed)
-    tokens = np.random.default_rng(0).integers(0, vocab.VOCAB_SIZE, (rows, vocab.CONTEXT_SIZE), dtype=np.int32)
+    tokens = np.random.default_rng(0).integers(0, vocab_size, (rows, vocab.CONTEXT_SIZE), dtype=np.int32)
     for split in ("train", "validation"):
         store = TreeStore.open(exemplar, str(out / split), mode="w")
         ends = np.arange(1, rows + 1) * vocab.CONTEXT_SIZE
@@ -99,6 +99,7 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
             time_limit: float | None = None, profile: str | None = None) -> dict:
     """Train `steps` steps of `recipe` on random tokens; tokens/s (median of the steps after compilation), MFU.
     With `profile`, the profiler's trace of one step is copied there."""
+    from amt import vocab
     from amt.train import TrainConfig, training_flops_per_token
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +120,8 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
             args += profiler_overrides(min(4, steps - 2))
         args += list(overrides)
         parsed = draccus.parse(TrainConfig, config_path=str(tmp / "recipe.yaml"), args=args)
-        synthetic_cache(tmp / "cache", rows=parsed.trainer.train_batch_size * (steps + 1) + 8)
+        synthetic_cache(tmp / "cache", rows=parsed.trainer.train_batch_size * (steps + 1) + 8,
+                        vocab_size=parsed.data.vocab_size or vocab.VOCAB_SIZE)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
         log_path = Path(log) if log else tmp / "amt-train.log"
         begin = time.monotonic()
@@ -170,7 +172,7 @@ def measure(recipe: str, steps: int, batch: int | None = None, overrides: list[s
 
     kind = jax.devices()[0].device_kind  # this process's view; the training subprocess sees the same devices
     tokens = float(np.median(steady))
-    flops = training_flops_per_token(parsed.model)
+    flops = training_flops_per_token(parsed.model, parsed.data.vocab_size or vocab.VOCAB_SIZE)
     peak = peak_flops(kind)
     return {"recipe": recipe, "device": kind, "devices": jax.device_count(), "steps": steps,
             "steps_logged": len(records), "steps_after_compilation": after_compilation,

@@ -102,6 +102,19 @@ def test_dry_run_prints_the_parameter_count():
     assert "128.1M parameters" in out and "524,288 tokens a step" in out
 
 
+def test_dry_run_counts_the_parameters_of_the_runs_own_vocabulary():
+    """An interarrival recipe's model embeds 34,025 ids, not 55,028: 2.7M parameters fewer at width 128 (GPT-2
+    ties the output layer to the embedding), and its FLOPs a step with them."""
+    from amt.train import describe_run, training_flops_per_token
+
+    arrival, interarrival = (draccus.parse(TrainConfig, config_path=str(RECIPES / f"{name}.yaml"), args=[])
+                             for name in ("amt-tiny", "amt-interarrival-tiny"))
+    assert arrival.model == interarrival.model and interarrival.data.vocab_size == vocab.MIDI_VOCAB_SIZE
+    assert "7.6M parameters" in describe_run(arrival) and "4.9M parameters" in describe_run(interarrival)
+    difference = training_flops_per_token(arrival.model) - training_flops_per_token(interarrival.model, vocab.MIDI_VOCAB_SIZE)
+    assert difference == 6 * (vocab.VOCAB_SIZE - vocab.MIDI_VOCAB_SIZE) * arrival.model.hidden_dim
+
+
 @pytest.mark.parametrize("gpu, tpu, accumulation", [("amt-small-gpu", "amt-small", 16), ("amt-medium-8gpu", "amt-medium", 4)])
 def test_gpu_recipes_are_the_tpu_recipes_on_other_hardware(gpu, tpu, accumulation):
     ours, theirs = (draccus.parse(TrainConfig, config_path=str(RECIPES / f"{name}.yaml"), args=[]) for name in (gpu, tpu))

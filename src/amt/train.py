@@ -513,13 +513,14 @@ def compact_console(steps: int, verbose: bool = False):
                 logging.getLogger(name).setLevel(logging.NOTSET)
 
 
-def parameter_count(model_config: MusicGpt2Config) -> int:
-    """Parameters of the model (the paper: Small 128M, Medium 360M, Large 780M), without building it."""
+def parameter_count(model_config: MusicGpt2Config, vocab_size: int = vocab.VOCAB_SIZE) -> int:
+    """Parameters of the model (the paper: Small 128M, Medium 360M, Large 780M), without building it; `vocab_size`
+    is the run's (`data.vocab_size`: 34,025 for an interarrival model, whose embedding is 38% smaller)."""
     import equinox as eqx
     import haliax as hax
     import jax
 
-    Vocab = hax.Axis("vocab", vocab.VOCAB_SIZE)
+    Vocab = hax.Axis("vocab", vocab_size)
     shapes = eqx.filter_eval_shape(lambda: model_config.build(Vocab, key=jax.random.PRNGKey(0)))
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes) if hasattr(x, "shape"))
 
@@ -537,7 +538,8 @@ def describe_run(config: TrainConfig) -> str:
     per_device = t.per_device_parallelism if t.per_device_parallelism > 0 else batch // data
     micro = data * per_device
     accumulation = batch // micro if micro and batch % micro == 0 else None
-    parameters = parameter_count(m)
+    vocab_size = config.data.vocab_size or vocab.VOCAB_SIZE
+    parameters = parameter_count(m, vocab_size)
     tokens = batch * context
     lines = [
         f"model: {m.num_layers} layers, {m.hidden_dim} wide, {m.num_heads} heads, context {context}: "
@@ -547,7 +549,7 @@ def describe_run(config: TrainConfig) -> str:
         + (f"; the loss's gradients in its forward, {m.grad_in_forward_token_block_size:,} positions a block"
            if getattr(m, "grad_in_forward_token_block_size", None) else ""),
         f"batch: {batch} sequences x {context} tokens = {tokens:,} tokens a step; {steps:,} steps = "
-        f"{_si(tokens * steps)} tokens; about {_si(training_flops_per_token(m) * tokens, 'kMGTP')}FLOP a step "
+        f"{_si(tokens * steps)} tokens; about {_si(training_flops_per_token(m, vocab_size) * tokens, 'kMGTP')}FLOP a step "
         f"(6N + attention)",
         f"devices: {devices}" + (" (the recipe's mesh)" if -1 not in fixed else
                                  f" (all of this machine's: {jax.devices()[0].device_kind})")
@@ -572,10 +574,10 @@ def _si(value: float, prefixes: str = "kMBT") -> str:
     return f"{value:.3g}"
 
 
-def training_flops_per_token(model_config: MusicGpt2Config) -> float:
+def training_flops_per_token(model_config: MusicGpt2Config, vocab_size: int = vocab.VOCAB_SIZE) -> float:
     """Training FLOPs a token: 6 x parameters (forward and backward of every weight) + the attention scores,
     6 x layers x context x width (the usual estimate, as in the PaLM paper's MFU)."""
-    n = parameter_count(model_config)
+    n = parameter_count(model_config, vocab_size)
     return 6 * n + 6 * model_config.num_layers * model_config.max_seq_len * model_config.hidden_dim
 
 
