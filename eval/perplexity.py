@@ -10,13 +10,16 @@ import logging
 
 import draccus
 
+from amt.cli import job_errors
 from amt.perplexity import PerplexityConfig, markdown_table, run
 
 
 @draccus.wrap()
 def main(config: PerplexityConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(markdown_table(run(config)))
+    with job_errors("perplexity.py"):  # a missing checkpoint or cache, a bad value: one line, exit status 2
+        results = run(config)
+    print(markdown_table(results))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ import logging
 
 import draccus
 
-from amt.preprocess import PreprocessConfig, run
+from amt.cli import job_errors
+from amt.preprocess import ConfigMismatch, PreprocessConfig, run
 
 
 @draccus.wrap()
 def main(config: PreprocessConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    stats = run(config)
+    with job_errors("build_caches.py", ConfigMismatch):  # a missing source, a bad value: one line, exit status 2
+        stats = run(config)
     print(json.dumps(stats["splits"], indent=1))
 
 

@@ -203,3 +203,19 @@ def test_train_key_errors_are_one_line(capsys, key, message):
     assert cli.main(["train", "--config_path", str(REPO / "recipes" / "amt-tiny.yaml"), *key]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("preprocess/build_caches.py", "--config_path preprocess/lakh.yaml", "MIDI source not found: lmd_full.tar.gz"),
+    ("eval/perplexity.py", "--checkpoints [{root}/nowhere] --cache {root}/cache", "checkpoint not found: {root}/nowhere"),
+    ("eval/generation.py", "--checkpoint {root} --interarrival_checkpoint {root}/nowhere --midi demo/midi",
+     "interarrival_checkpoint: checkpoint not found: {root}/nowhere"),
+    ("eval/generation.py", "--checkpoint {root} --midi {root}/lmd.tar.gz", "MIDI source not found: {root}/lmd.tar.gz")])
+def test_the_job_scripts_say_a_missing_input_in_one_line(tmp_path, script, args, message):
+    """The draccus job scripts (the README's Lakh configs, run where the data is not) end as `amt` does: one line
+    naming the missing input, exit status 2, no traceback; the generation job before it reads any clip."""
+    done = subprocess.run([sys.executable, script, *args.format(root=tmp_path).split()], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"})
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("INFO ")]
+    assert done.returncode == 2 and errors == [f"{Path(script).name}: error: {message.format(root=tmp_path)}"], done.stderr
+    assert "clips from" not in done.stderr

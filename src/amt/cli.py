@@ -11,6 +11,7 @@ messages); `--verbose` (before or after the command) shows every library's INFO 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -656,6 +657,18 @@ def configure_logging(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
         for name in ("levanter", "tqdm_loggable"):  # Levanter's init_logging sets these to INFO when training starts
             logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+@contextlib.contextmanager
+def job_errors(prog: str, *kinds: type[BaseException]):
+    """A draccus job script (`preprocess/build_caches.py`, `eval/*.py`) as `amt` is to its user: an input that is
+    not there or a value that is wrong (FileNotFoundError, ValueError, KeyError, `kinds`) ends it with one line
+    `PROG: error: MESSAGE` (exit status 2), not a traceback."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError, KeyError, *kinds) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -275,6 +275,11 @@ def run(config: GenerationEvalConfig) -> dict:
     from amt.checkpoints import load_model
 
     config.validate()
+    for name in ("checkpoint", "autoregressive_checkpoint", "interarrival_checkpoint"):  # before the clips are read
+        path = getattr(config, name)
+        if path and "://" not in str(path) and not Path(path).exists():
+            raise FileNotFoundError(f"{name}: checkpoint not found: {path}")
+    sources.describe_source(config.midi)  # raises, naming it, if the MIDI source is not there
     clips, skipped = choose_clips(config)
     counts = {task: len(c) for task, c in clips.items()}
     if "other-file" in config.retrieval and any(n == 1 for n in counts.values()):
