@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +102,8 @@ def test_dry_run_prints_the_parameter_count():
     out = _succeeds([sys.executable, "-m", "amt.cli", "train", "--config_path", str(RECIPES / "amt-small.yaml"),
                      "--dry_run", "true"], env=ENV).stdout
     assert "128.1M parameters" in out and "524,288 tokens a step" in out
+    # 100,000 steps; 6 x 128.1M parameters + 6 x 12 layers x 1,024 positions x 768 wide = 825M FLOP a token
+    assert "100,000 steps = 52.4B tokens; about 433TFLOP a step (6N + attention)" in out
 
 
 def test_dry_run_counts_the_parameters_of_the_runs_own_vocabulary():
@@ -115,8 +119,9 @@ def test_dry_run_counts_the_parameters_of_the_runs_own_vocabulary():
     assert difference == 6 * (vocab.VOCAB_SIZE - vocab.MIDI_VOCAB_SIZE) * arrival.model.hidden_dim
 
 
-@pytest.mark.parametrize("gpu, tpu, accumulation", [("amt-small-gpu", "amt-small", 16), ("amt-medium-8gpu", "amt-medium", 4)])
-def test_gpu_recipes_are_the_tpu_recipes_on_other_hardware(gpu, tpu, accumulation):
+@pytest.mark.parametrize("gpu, tpu, accumulation, flops", [("amt-small-gpu", "amt-small", 16, "433T"),
+                                                           ("amt-medium-8gpu", "amt-medium", 4, "1.21P")])
+def test_gpu_recipes_are_the_tpu_recipes_on_other_hardware(gpu, tpu, accumulation, flops):
     ours, theirs = (draccus.parse(TrainConfig, config_path=str(RECIPES / f"{name}.yaml"), args=[]) for name in (gpu, tpu))
     # the attention kernel is a hardware key: cuDNN's fused attention on GPUs (1.61x Small's tokens/s on an H100)
     assert ours.model.fused_attention and not theirs.model.fused_attention
@@ -130,6 +135,7 @@ def test_gpu_recipes_are_the_tpu_recipes_on_other_hardware(gpu, tpu, accumulatio
     out = _succeeds([sys.executable, "-m", "amt.cli", "train", "--config_path", str(RECIPES / f"{gpu}.yaml"),
                      "--dry_run", "true"], env=ENV).stdout
     assert f"{accumulation} micro-step(s) of gradient accumulation" in out and "524,288 tokens a step" in out
+    assert f"about {flops}FLOP a step" in out
 
 
 def _with_mpi4py(tmp_path: Path) -> dict:
@@ -159,6 +165,10 @@ def test_an_installed_mpi4py_does_not_make_a_run_distributed(monkeypatch):
     named = draccus.parse(TrainConfig, config_path=str(RECIPES / "amt-tiny.yaml"),
                           args=["--trainer.distributed.coordinator_address", "10.0.0.1:1234"])
     assert one_process_unless_a_cluster(named) is named  # the recipe's own processes: Levanter's way
+    for key, value in (("num_processes", "2"), ("process_id", "0"), ("local_device_ids", "[0]")):
+        named = draccus.parse(TrainConfig, config_path=str(RECIPES / "amt-tiny.yaml"),
+                              args=[f"--trainer.distributed.{key}", value])
+        assert one_process_unless_a_cluster(named) is named, key
     with monkeypatch.context() as iris:
         iris.setattr("iris.cluster.client.job_info.get_job_info", lambda: object())  # as in an Iris job
         assert one_process_unless_a_cluster(config) is config  # Levanter starts an Iris job its own way
@@ -227,7 +237,7 @@ def test_the_loss_with_gradients_in_forward_is_levanters_loss(make_tiny_model, m
 
     for bad in (0, -4, True):
         problem = grad_in_forward_problem(MusicGpt2Config(grad_in_forward_token_block_size=bad))
-        assert "model.grad_in_forward_token_block_size" in problem and repr(bad) in problem
+        assert f"model.grad_in_forward_token_block_size must be a positive number of positions, not {bad!r}" == problem
     assert grad_in_forward_problem(MusicGpt2Config()) is None
     kernel = train._weighted_sum_kernel()
     if kernel is None:
@@ -359,6 +369,9 @@ def test_tiny_training_on_real_caches_lowers_the_loss_and_checkpoints(tiny_run):
     assert losses[first] == pytest.approx(np.log(vocab.VOCAB_SIZE), abs=0.2)  # (nearly) uniform at first
     assert np.mean([losses[7], losses[8]]) < losses[first] - 0.05
     assert _metrics(tiny_run, "eval/loss")  # validation loss is logged
+    logged = {name for log in (tiny_run / "logs").glob("*.log") for line in log.read_text().splitlines()
+              if '"event": "log"' in line for name in json.loads(line[line.index("{"):])["metrics"]}
+    assert not [name for name in logged if "bpb" in name or "byte" in name]  # workaround 2: no bits per byte
     for step in (3, 6, 8):  # every 3 steps, and the last step (which Levanter alone would not save)
         assert (tiny_run / "checkpoints" / f"step-{step}" / "metadata.json").exists()
     assert (tiny_run / "checkpoints" / "amt-model.yaml").exists()
@@ -460,3 +473,158 @@ def test_a_training_step_on_a_simulated_8_device_mesh_shards_by_named_axes(demo_
             expected = {"embed": "data", "mlp": "model", "heads": "model"}.get(axis)
             assert mesh_axis == expected, (name, axis, mesh_axis)
     assert shardings[".transformer.blocks.stacked.mlp.c_fc.weight"] == {"layers": None, "embed": "data", "mlp": "model"}
+
+
+def _tiny(*args: str) -> TrainConfig:
+    return draccus.parse(TrainConfig, config_path=str(RECIPES / "amt-tiny.yaml"), args=list(args))
+
+
+def test_dry_run_arithmetic_of_a_recipe_that_names_its_devices():
+    """--dry_run where the recipe names its mesh (data 2 x replica 2 x model 2 = 8 devices, which this machine need
+    not have): the replicas are data-parallel too; the micro-step, the accumulation, or the key to set where the
+    micro-step does not divide the batch; the run's tokens and the FLOPs a step (6N + attention)."""
+    from amt.train import describe_run, parameter_count
+
+    def described(*args: str) -> str:
+        return describe_run(_tiny("--trainer.mesh.axes", "{data: 2, replica: 2, model: 2}",
+                                  "--trainer.train_batch_size", "64", *args))
+
+    text = described("--trainer.per_device_parallelism", "4")
+    assert "devices: 8 (the recipe's mesh)" in text
+    assert "4 data-parallel x 4 sequences a device = 16 a micro-step, 4 micro-step(s) of gradient accumulation" in text
+    parameters = parameter_count(_tiny().model)
+    # the token and position embeddings (the head is tied), 2 blocks of 12 x 128² + 13 x 128, the final layer norm
+    assert parameters == vocab.VOCAB_SIZE * 128 + 1024 * 128 + 2 * (12 * 128**2 + 13 * 128) + 2 * 128 == 7_571_456
+    assert "2 layers, 128 wide, 4 heads, context 1024: 7.6M parameters" in text
+    flops = (6 * parameters + 6 * 2 * 1024 * 128) * 64 * 1024  # 2 layers x 1,024 positions x 128 wide
+    assert 3.05e12 < flops < 3.1e12 and "64 sequences x 1024 tokens = 65,536 tokens a step" in text
+    assert "100 steps = 6.55M tokens; about 3.08TFLOP a step" in text
+    assert "4 data-parallel x 16 sequences a device = 64 a micro-step, 1 micro-step(s)" in described()  # the default
+    assert ("4 data-parallel x 3 sequences a device = 12 a micro-step, which does not divide the batch of 64 "
+            "(set trainer.per_device_parallelism)") in described("--trainer.per_device_parallelism", "3")
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_about():
+    from amt.train import warmup_warning
+
+    def warning(warmup: str, steps: int):
+        return warmup_warning(_tiny("--optimizer.warmup", warmup, "--trainer.num_train_steps", str(steps)))
+
+    assert "optimizer.warmup (9 steps) is not shorter than trainer.num_train_steps (9)" in warning("9", 9)
+    assert warning("8", 9) is None and warning("0.5", 9) is None  # a fraction of the run
+    for whole in ("1", "1.0"):  # Levanter's fraction 1: the whole run, however long
+        assert "optimizer.warmup (1, which Levanter reads as a fraction: all of the run)" in warning(whole, 100)
+
+
+def test_the_data_config_opens_a_training_cache_and_skips_a_missing_validation_cache(demo_cache, tmp_path, caplog):
+    """Workaround 1 on a cache folder holding only `train`: its rows are opened directly; no validation cache is a
+    warning (the run has no evaluation), no training cache or no cache folder an error naming the key and the fix.
+    By default a full-dataset shuffle (the paper's warning: a local shuffle is not enough)."""
+    from amt.train import DATASET, MusicDataConfig
+
+    with pytest.raises(ValueError, match="data.cache_dir: no cache folder given"):
+        MusicDataConfig(cache_dir=None).build_caches("train")  # (a recipe's `cache_dir: null`)
+    config = MusicDataConfig(cache_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"no finished training cache at {tmp_path / 'train'}; run `amt preprocess"):
+        config.build_caches("train")
+    shutil.copytree(demo_cache / "train", tmp_path / "train")
+    caches = config.build_caches("train")
+    assert list(caches) == [DATASET] and len(caches[DATASET]) > 0
+    with caplog.at_level(logging.WARNING, logger="amt.train"):
+        assert config.build_caches("validation") == {}
+    assert f"no validation cache at {tmp_path / 'validation'}" in caplog.text
+    assert config.shuffle is True and config.permutation_type == "feistel"
+
+
+def test_a_finished_run_is_found_by_its_latest_complete_checkpoint(tmp_path):
+    """`amt train` of a run whose latest complete checkpoint (Levanter numbers it from 0) holds its last step does
+    nothing; an earlier or incomplete one, a recipe that asks not to load, or a run id Levanter will make up, trains."""
+    from amt.train import finished_checkpoint
+
+    base = tmp_path / "checkpoints"
+    for step in (5, 2, 3):
+        (base / f"step-{step}").mkdir(parents=True)
+        (base / f"step-{step}" / "metadata.json").write_text(json.dumps({"step": step, "timestamp": "2025-01-01T00:00:00"}))
+    (base / "step-9").mkdir()  # killed while writing: no metadata.json
+
+    def finished(steps: int, *args: str):
+        return finished_checkpoint(_tiny("--trainer.checkpointer.base_path", str(base),
+                                         "--trainer.num_train_steps", str(steps), *args))
+
+    assert finished(6) == finished(4) == str(base / "step-5")
+    assert finished(7) is None and finished(10) is None
+    assert finished(6, "--trainer.load_checkpoint", "false") is None
+    assert finished(6, "--trainer.checkpointer.append_run_id_to_base_path", "true", "--trainer.id", "null") is None
+
+
+def test_a_hugging_face_config_converts_back_to_the_same_model():
+    """An exported model's Hugging Face config, read back (fine-tuning from the folder): our class, with the residual
+    dropout (Levanter's own conversion drops it both ways: 0.1 was exported for any) and every other key."""
+    from amt.train import MusicGpt2Config
+
+    ours = _tiny("--model.resid_pdrop", "0.2", "--model.embed_pdrop", "0.15").model
+    back = MusicGpt2Config.from_hf_config(ours.to_hf_config(vocab.VOCAB_SIZE))
+    assert type(back) is MusicGpt2Config
+    keys = ("num_layers", "hidden_dim", "num_heads", "max_seq_len", "resid_pdrop", "embed_pdrop", "attn_pdrop",
+            "scale_attn_by_inverse_layer_idx", "layer_norm_epsilon")
+    assert {k: getattr(back, k) for k in keys} == {k: getattr(ours, k) for k in keys}
+
+
+def test_fused_attention_takes_plain_causal_masks_only():
+    """Which calls `model.fused_attention` takes: a plain causal mask (on a GPU in float32 too, through XLA's form,
+    not cuDNN's, which takes only bf16/fp16), with a given scaling factor; a mask with segments or a window, or a
+    bias, goes to Levanter's attention. Each result equals Levanter's."""
+    import haliax as hax
+    import jax
+    import jax.numpy as jnp
+    from levanter.layers.attention import AttentionMask
+    from levanter.models import gpt2
+
+    from amt.train import fused_attention
+
+    Batch, Pos, KPos = hax.Axis("batch", 2), hax.Axis("position", 8), hax.Axis("key_position", 8)
+    Heads, Key = hax.Axis("heads", 2), hax.Axis("head_size", 4)
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    q = hax.random.normal(keys[0], (Batch, Heads, Pos, Key))
+    k, v = (hax.random.normal(key, (Batch, Heads, KPos, Key)) for key in keys[1:3])
+    segments = hax.named(jnp.array([0] * 4 + [1] * 4), Pos)
+    causal = AttentionMask.causal()
+    calls = [  # (mask, options, fused?)
+        (causal, {}, True),
+        (causal, {"scaling_factor": 0.3}, True),  # (not head size ** -0.5)
+        (causal.with_segment_ids(segments, segments.rename({"position": "key_position"})), {}, False),
+        (causal.with_sliding_window(3), {}, False),
+        (causal, {"bias": hax.random.normal(keys[3], (Pos, KPos))}, False),
+    ]
+    expected = [gpt2.dot_product_attention(Pos, KPos, Key, q, k, v, mask=mask, **options) for mask, options, _ in calls]
+    implementations = []
+    library = jax.nn.dot_product_attention
+
+    def recorded(*args, **kwargs):
+        implementations.append(kwargs.get("implementation"))
+        return library(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jax.nn, "dot_product_attention", recorded)
+        with fused_attention(backend="gpu"):
+            for (mask, options, fused), reference in zip(calls, expected):
+                before = len(implementations)
+                out = gpt2.dot_product_attention(Pos, KPos, Key, q, k, v, mask=mask, **options)
+                assert implementations[before:] == ([None] if fused else []), (mask, list(options))
+                np.testing.assert_allclose(np.asarray(out.rearrange(reference.axes).array),
+                                           np.asarray(reference.array), atol=1e-5)
+
+
+def test_the_console_keeps_warnings_and_our_own_lines():
+    """`amt train`'s console: everyone's warnings and errors and our own messages; not Levanter's INFO lines, nor
+    the known harmless warnings (no checkpoint on a fresh start, a static field, no peak FLOPs on a CPU)."""
+    from amt.train import _console_filter
+
+    def shown(name: str, level: int, message: str = "a message") -> bool:
+        return _console_filter(logging.LogRecord(name, level, __file__, 1, message, None, None))
+
+    assert shown("levanter.trainer", logging.WARNING) and shown("jax", logging.ERROR) and shown("amt.train", logging.INFO)
+    assert shown("levanter.checkpoint", logging.ERROR) and shown("levanter.tensorstore_serialization", logging.WARNING)
+    assert not shown("levanter.trainer", logging.INFO) and not shown("levanter.checkpoint", logging.WARNING)
+    assert not shown("levanter.tensorstore_serialization", logging.WARNING, "Unknown leaf type <class 'NoneType'>")
+    assert not shown("fray.device_flops", logging.WARNING) and not shown("levanter.callbacks.profiler", logging.WARNING)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -75,7 +76,7 @@ class TpuLaunch:
             ".venv/bin/amt", "train", "--config_path", self.recipe,
             "--data.cache_dir", f"{self.bucket}/{self.cache}",
             "--trainer.checkpointer.base_path", f"{self.bucket}/checkpoints/{self.run_id}",
-            "--trainer.id", self.run_id, "--trainer.tracker.id", self.run_id, *self.extra_args,
+            "--trainer.id", self.run_id, *self.extra_args,  # (wandb's run id is the trainer's: a restart resumes it)
         ]
         # WANDB_API_KEY is expanded by the launching shell into the remote command's environment
         return ("cd ~/amt && WANDB_API_KEY=${WANDB_API_KEY} nohup " + shlex.join(args)
@@ -90,8 +91,15 @@ class TpuLaunch:
 
 def printable(command: list[str]) -> str:
     """The command as a shell line; the remote command in double quotes, so that the launching shell
-    expands ${WANDB_API_KEY} (and nothing else: the remote command holds no other $, quote or backtick)."""
-    return " ".join(f'"{part}"' if part.startswith("--command=") else shlex.quote(part) for part in command)
+    expands ${WANDB_API_KEY}, and nothing else: its other $, quotes, backticks and backslashes are escaped (the
+    install command's "jax[tpu]==$(...)" is the remote shell's; unescaped, the launching shell ran it and the quotes
+    were lost)."""
+    return " ".join(_key_expanded(part) if part.startswith("--command=") else shlex.quote(part) for part in command)
+
+
+def _key_expanded(part: str) -> str:
+    escaped = re.sub(r'([\\"$`])', r"\\\1", part)
+    return '"' + escaped.replace("\\${WANDB_API_KEY}", "${WANDB_API_KEY}") + '"'
 
 
 def _run(command: list[str], dry_run: bool) -> int:

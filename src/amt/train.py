@@ -17,7 +17,8 @@ fixes; each was re-checked against marin-levanter 0.2.20 and 0.2.227 (the mainta
 3. `MusicGpt2Config.hf_checkpoint_converter`: Levanter's GPT-2 converter still reads its reference config
    from the `gpt2` repository on the Hugging Face hub (its new `tokenizer` field covers only the tokenizer);
    ours takes its reference config from `amt/hf_reference/config.json` (a GPT-2 config with our vocabulary and
-   special ids, shipped with the package) and the passthrough tokenizer.
+   special ids, shipped with the package) and the passthrough tokenizer. Levanter's config conversion drops the
+   residual dropout both ways: ours exports and reads it.
 4. `ending_runs_once`: after the last step Levanter runs every hook again, forced (the last loss logged twice,
    the last evaluation run twice), and returns without waiting for the asynchronous checkpoint writes. Only hooks that
    did not fire at the last step run again; the last step is saved (Levanter saved it in that forced pass)
@@ -111,6 +112,10 @@ class MusicGpt2Config(Gpt2Config):
             tokenizer=PassthroughTokenizer(vocab.VOCAB_SIZE), ignore_prefix="transformer",
             config_overrides=dict(HF_SPECIAL_IDS),
         )
+
+    def to_hf_config(self, vocab_size, config_overrides=None):
+        # Levanter's leaves out the residual dropout: Hugging Face's default (0.1) was exported, whatever the model's
+        return super().to_hf_config(vocab_size, {"resid_pdrop": self.resid_pdrop, **(config_overrides or {})})
 
     @classmethod
     def from_hf_config(cls, hf_config) -> "MusicGpt2Config":
@@ -608,13 +613,18 @@ def platforms_problem(platforms: str) -> Optional[str]:
 
 
 def warmup_warning(config: TrainConfig) -> Optional[str]:
-    """Levanter clips a warmup longer than the run to the run (the learning rate then only rises): say so."""
+    """Levanter clips a warmup longer than the run to the run, and reads a warmup of at most 1 as a fraction of the
+    run, so 1 (or 1.0) is all of it: where the warmup is the whole run (the learning rate then only rises), say so."""
     warmup, steps = config.optimizer.warmup, config.trainer.num_train_steps
-    if warmup >= 1 and int(warmup) >= steps:
-        return (f"optimizer.warmup ({int(warmup)} steps) is not shorter than trainer.num_train_steps ({steps}): "
-                "the learning rate warms up over the whole run and never decays (set a lower "
-                "--optimizer.warmup, e.g. 0.1 for a tenth of the run)")
-    return None
+    if warmup == 1:
+        given = "1, which Levanter reads as a fraction: all of the run"
+    elif warmup > 1 and int(warmup) >= steps:
+        given = f"{int(warmup)} steps"
+    else:
+        return None
+    return (f"optimizer.warmup ({given}) is not shorter than trainer.num_train_steps ({steps}): "
+            "the learning rate warms up over the whole run and never decays (set a lower "
+            "--optimizer.warmup, e.g. 0.1 for a tenth of the run)")
 
 
 def one_process_unless_a_cluster(config: TrainConfig) -> TrainConfig:
