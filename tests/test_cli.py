@@ -16,6 +16,25 @@ from amt import cli, vocab
 
 REPO = Path(__file__).resolve().parents[1]
 FUR_ELISE = REPO / "demo" / "midi" / "npm_misc" / "fur-elise.mid"
+FUNKYTOWN = REPO / "demo" / "midi" / "miditok_multitrack" / "Funkytown.mid"  # lead 87 from 0 s, 53 from 11.24 s
+
+
+def _midi_with_programs(path: Path, programs, drums: bool = False) -> Path:
+    """One short note per General MIDI program, one after another (channels 0-8 reused: a program change before each
+    note), and a drum hit on channel 10 with `drums`; with no programs and no drums, a file without notes."""
+    import mido
+
+    track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=500_000, time=0)])
+    for k, program in enumerate(programs):
+        track += [mido.Message("program_change", channel=k % 9, program=program, time=0),
+                  mido.Message("note_on", channel=k % 9, note=60, velocity=64, time=0),
+                  mido.Message("note_off", channel=k % 9, note=60, velocity=0, time=96)]
+    if drums:
+        track += [mido.Message("note_on", channel=9, note=36, velocity=64, time=0),
+                  mido.Message("note_off", channel=9, note=36, velocity=0, time=96)]
+    track.append(mido.MetaMessage("end_of_track", time=100))
+    mido.MidiFile(tracks=[track]).save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +43,14 @@ def files(tmp_path_factory):
     (root / "run" / "step-1").mkdir(parents=True)  # looks like a checkpoint: the argument checks pass it
     (root / "notes.txt").write_text("not MIDI\n")
     (root / "empty").mkdir()
+    _midi_with_programs(root / "silent.mid", [])
+    _midi_with_programs(root / "sixteen.mid", range(16))  # one melodic instrument more than MIDI holds
+    _midi_with_programs(root / "fifteen.mid", range(15), drums=True)  # as many as it holds, and drums
     return root
 
 
-# (arguments, the text the one-line error must contain); {run}, {txt}, {empty}, {root} and {prompt} are filled in
+# (arguments, the text the one-line error must contain); {run}, {txt}, {empty}, {root}, {prompt}, {funky}, {silent} and
+# {sixteen} are filled in
 BAD = [
     ("generate --checkpoint {run} --temperature 0", "--temperature: must be > 0, got 0"),
     ("generate --checkpoint {run} --start 10 --end 5", "--end 5 must be after --start 10"),
@@ -44,18 +67,45 @@ BAD = [
     ("generate --checkpoint {empty}", "no checkpoint in {empty}"),
     ("generate --checkpoint {run} --prompt {root}/nowhere.mid", "--prompt: {root}/nowhere.mid: cannot open"),
     ("generate --checkpoint {run} --prompt {txt}", "--prompt: {txt}: "),
+    ("generate --checkpoint {run} --end inf", "--end: must be > 0, got inf"),
+    ("generate --checkpoint {run} --start -1", "--start: -1 is negative"),
+    ("generate --checkpoint {run} --start 5 --end 5", "--end 5 must be after --start 5"),
+    ("generate --checkpoint {run} --prompt {empty}", "--prompt: {empty} is a folder; give a MIDI file"),
+    ("generate --checkpoint {run} --prompt {silent}", "--prompt: {silent} has no notes"),
+    ("generate --checkpoint {run} --prompt {prompt} --infill -1 3", "--infill -1 3: not a span"),
+    ("generate --checkpoint {run} --prompt {prompt} --infill 5 inf", "--infill 5 inf: not a span"),
+    ("generate --checkpoint {run} --prompt {prompt} --start nan", "--start: nan is not a time"),
+    ("generate --checkpoint {run} --prompt {prompt} --infill 164.99 170", "--infill 164.99 170: the span starts after"),
+    ("generate --checkpoint {run} --prompt {funky} --accompany 27", "instrument(s) [27] do not play in the first 20 s"),
+    ("generate --checkpoint {run} --prompt {funky} --accompany 53 --end 11.24",  # its first note is at the end
+     "instrument(s) [53] do not play in the first 11.24 s"),
+    ("generate --checkpoint {run} --prompt {sixteen} --start 5", "the given part of {sixteen} has 16 melodic instruments"),
     ("train --config_path {root}/nowhere.yaml", "recipe not found: {root}/nowhere.yaml"),
     ("train --config_path {empty}", "--config_path: {empty} is not a file"),
     ("export --checkpoint {txt} --out {root}/hf", "--checkpoint: {txt} is a file"),
+    ("export --checkpoint {run} --out {txt}", "--out: {txt} is a file; give a folder"),
+    ("sweep {root}/nowhere.yaml", "sweep file not found: {root}/nowhere.yaml"),
     ("eval perplexity --checkpoint {run} --cache {root}/nowhere", "--cache: {root}/nowhere: not a finished cache"),
     ("eval perplexity --checkpoint {txt} --cache {empty}", "--checkpoint: {txt} is a file"),
+    ("eval perplexity --checkpoint {run} {txt} --cache {empty}", "--checkpoint: {txt} is a file"),  # each of them
     ("eval perplexity --checkpoint {run} --cache {empty} --batch-size 0", "--batch-size: must be > 0, got 0"),
     ("eval generation --checkpoint {run} --midi {empty} --tasks melody", "unknown ['melody']"),
     ("eval generation --checkpoint {run} --midi {empty} --prompt-seconds 30", "prompt_seconds (30.0)"),
     ("eval generation --checkpoint {run} --midi {root}/nowhere", "--midi not found: {root}/nowhere"),
-    ("eval generation --checkpoint {run} --midi {empty} --top-p 2", "--top-p: 2 is not in (0, 1]"),
+    ("eval generation --checkpoint {run} --midi {empty} --top-p 2", "amt eval generation: error: --top-p: 2 is not in"),
+    ("eval generation --checkpoint {run} --midi {empty} --examples -1", "--examples: -1 is negative"),
+    ("eval generation --checkpoint {run} --midi {empty} --interarrival-checkpoint {txt}",
+     "--interarrival-checkpoint: {txt} is a file"),
+    ("eval generation --checkpoint {run} --midi {empty} --autoregressive-checkpoint {root}/nowhere",
+     "--autoregressive-checkpoint: checkpoint not found: {root}/nowhere"),
     ("demo --steps 0", "--steps: must be >= 1, got 0"),
     ("demo --prompt-seconds 30", "--prompt-seconds 30 must be in (0, --end-seconds 20)"),
+    ("demo --prompt-seconds 20", "--prompt-seconds 20 must be in (0, --end-seconds 20)"),
+    ("demo --prompt-seconds 0", "--prompt-seconds 0 must be in (0, --end-seconds 20)"),
+    ("demo --end-seconds inf", "--end-seconds: inf is not a time"),  # (else refused by generate, after training)
+    ("demo --accompany 200", "--accompany: [200] are not instruments"),
+    ("demo --soundfont {root}/nowhere.sf2", "--soundfont: {root}/nowhere.sf2 not found"),
+    ("demo --continuation-prompt {root}/nowhere.mid", "--continuation-prompt: {root}/nowhere.mid not found"),
     ("demo --midi {root}/nowhere", "--midi: {root}/nowhere not found"),
     ("demo --bundled-model {root}/nowhere.npz", "--bundled-model: {root}/nowhere.npz not found"),
     ("preprocess {root}/nowhere --out {root}/data", "source not found: {root}/nowhere"),
@@ -64,7 +114,8 @@ BAD = [
 
 
 def _fill(text: str, root: Path) -> str:
-    return text.format(run=root / "run", txt=root / "notes.txt", empty=root / "empty", root=root, prompt=FUR_ELISE)
+    return text.format(run=root / "run", txt=root / "notes.txt", empty=root / "empty", root=root, prompt=FUR_ELISE,
+                       funky=FUNKYTOWN, silent=root / "silent.mid", sixteen=root / "sixteen.mid")
 
 
 def test_every_bad_input_is_one_line_naming_the_value_without_loading_jax(files):
@@ -154,6 +205,64 @@ def test_demo_accepts_both_spellings():
     assert cli.parse(["demo", "--bundled-model", ""])[0].plan.bundled_model == ""  # the stage left out
 
 
+def test_each_request_plans_what_the_model_is_given(files, capsys):
+    """The plan of a good request (checked, no model loaded): a continuation is given the prompt up to --start (the
+    notes at it included), an infill everything outside [T0, T1) (the notes at T0 not: they are regenerated; a span
+    may start at the last onset), an accompaniment the other instruments up to --start and the kept instrument's
+    notes before --end as controls; drums are no melodic instrument (15 and drums fit in MIDI); --top-p 1 and
+    --accompany 128 (drums) are valid. What the command says the original has where the model played is what the
+    plan did not give it. Unknown options are refused; preprocess's budget is in MB and --text / --no-cache are
+    their own options."""
+    from amt import midi, ops
+
+    def plan(*argv):
+        return cli.parse(["generate", "--checkpoint", str(files / "run"), *map(str, argv)])[0].plan
+
+    def rows(triples):
+        return sorted(map(tuple, ops.as_triples(triples).tolist()))
+
+    assert plan("--top-p", 1)["task"] == "unconditional"
+    fur = ops.as_triples(midi.midi_to_events(FUR_ELISE))
+    t = ops.times(fur)
+    assert 304 in t and (t == 261).sum() == 2 and t.max() == 16498
+    continuation = plan("--prompt", FUR_ELISE, "--start", 3.04, "--end", 9)
+    np.testing.assert_array_equal(continuation["given"], fur[t <= 304])
+    assert cli.original_notes(continuation, 9) == ((t > 304) & (t < 900)).sum()
+    infill = plan("--prompt", FUR_ELISE, "--infill", 2.61, 5)
+    assert (infill["task"], infill["start"]) == ("infill", 2.61)
+    np.testing.assert_array_equal(infill["given"], fur[(t < 261) | (t >= 500)])
+    assert cli.original_notes(infill, 5) == ((t >= 261) & (t < 500)).sum()
+    np.testing.assert_array_equal(plan("--prompt", FUR_ELISE, "--infill", 164.98, 170)["given"], fur[t < 16498])
+
+    funky = ops.as_triples(midi.midi_to_events(FUNKYTOWN))
+    ft, instrument = ops.times(funky), ops.notes(funky) // vocab.MAX_PITCH
+    end = int(ft[(instrument == 87) & (ft > 600)].min())  # a lead note at --end: not a control
+    accompany = plan("--prompt", FUNKYTOWN, "--accompany", 87, "--start", 2, "--end", end / 100)
+    assert accompany["instruments"] == [87]
+    assert rows(accompany["shown"]) == rows(funky[(instrument == 87) & (ft < end)])
+    given = accompany["given"]
+    assert rows(given) == rows(funky[((instrument != 87) & (ft <= 200)) | ((instrument == 87) & (ft < end))])
+    assert plan("--prompt", FUNKYTOWN, "--accompany", 128)["instruments"] == [128]
+    assert plan("--prompt", files / "fifteen.mid", "--start", 5)["task"] == "continuation"
+
+    with pytest.raises(SystemExit) as exit:
+        cli.parse(["generate", "--checkpoint", str(files / "run"), "--bogus", "3"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and "unrecognized arguments: --bogus 3" in err, err
+    config = cli.parse(["preprocess", str(files / "empty"), "--out", str(files / "data"), "--max-file-mb", "2",
+                        "--text", "--no-cache"])[0].plan
+    assert (config.max_file_bytes, config.text, config.cache) == (2 << 20, True, False)
+
+
+def test_preprocess_says_how_many_files_of_each_split_it_kept(files, monkeypatch, capsys):
+    from amt import preprocess
+
+    split = {"files_kept": 3, "files_seen": 5, "sequences": 7, "hours_of_music": 0.5, "files_skipped": {"no notes": 2}}
+    monkeypatch.setattr(preprocess, "run", lambda config: {"splits": {"train": split}, "seconds": 1.0})
+    assert cli.main(["preprocess", str(files / "empty"), "--out", str(files / "data")]) == 0
+    assert "train: 3/5 files kept, 7 sequences, 0.50 h of music, skipped {\"no notes\": 2}" in capsys.readouterr().out
+
+
 def test_generated_and_given_notes_are_counted_apart():
     """The prompt's notes and the controls are given; the notes from the start time on that are not are the
     model's, even where one equals a given note."""
@@ -197,6 +306,8 @@ def test_verbose_is_accepted_before_or_after_the_command():
 @pytest.mark.parametrize("key, message", [
     (["--trainer.num_train_step", "3"], "unrecognized arguments: --trainer.num_train_step 3"),
     (["--trainer.num_train_steps", "three"], "`trainer.num_train_steps`: Couldn't parse 'three' into an int"),
+    (["--model.grad_in_forward_token_block_size", "0"],
+     "model.grad_in_forward_token_block_size must be a positive number of positions, not 0"),
 ])
 def test_train_key_errors_are_one_line(capsys, key, message):
     """A wrong Levanter key or value: one line naming it (not draccus's usage of every key, nor a traceback)."""

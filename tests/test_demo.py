@@ -1,5 +1,6 @@
 """`amt demo` end to end at a reduced size: caches, a few training steps, perplexity, two generations."""
 
+import contextlib
 import csv
 import math
 import os
@@ -98,3 +99,127 @@ def test_demo_pipeline_writes_every_artifact(tmp_path):
     assert "already trained for 3 steps" in again.stdout and "  step " not in again.stdout
     assert "(already done, skipped: preprocess, train, eval, continuation, accompaniment, bundled" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in written} == written
+
+
+def test_latest_step_is_the_highest_complete_checkpoint(tmp_path):
+    from amt.demo import latest_step
+
+    assert latest_step(tmp_path) is None
+    for step, complete in ((5, True), (10, True), (12, False)):  # step-12: being written (no metadata.json yet)
+        (tmp_path / f"step-{step}").mkdir()
+        if complete:
+            (tmp_path / f"step-{step}" / "metadata.json").write_text("{}")
+    assert latest_step(tmp_path) == "step-10"  # by number ("step-5" sorts after "step-10" by name)
+
+
+def test_the_configured_soundfont_comes_before_the_environments(tmp_path, monkeypatch):
+    from amt.demo import find_soundfont
+
+    configured, environment = tmp_path / "a.sf2", tmp_path / "b.sf2"
+    configured.write_bytes(b"sf2")
+    environment.write_bytes(b"sf2")
+    monkeypatch.setenv("AMT_SOUNDFONT", str(environment))
+    assert find_soundfont(str(configured)) == str(configured)
+    assert find_soundfont(None) == str(environment)
+
+
+def test_a_rerun_redoes_exactly_the_stages_whose_inputs_changed(tmp_path, monkeypatch, capsys):
+    """demo-state.json at work, with each stage's library call replaced by a stand-in that writes what the stage
+    writes (the real calls: test_demo_pipeline_writes_every_artifact): a second run skips every stage; a deleted
+    output is made again (and its audio rendered again), the evaluation's too; more steps train again and redo what
+    depends on the model, fewer do not; deleted checkpoints or another recipe train again; a damaged state file runs
+    every stage; a changed bundled model generates again; a mistake found on the way is one line."""
+    import json
+    import types
+
+    from amt import cli, demo, perplexity, preprocess
+
+    calls = []
+    monkeypatch.setattr(preprocess, "run", lambda config: calls.append("preprocess") or {
+        "splits": {"test": {"files_kept": 1, "sequences": 2, "hours_of_music": 0.1}}, "already_built": True})
+
+    def train(overrides):
+        option = dict(zip(overrides[::2], overrides[1::2]))
+        steps = int(option["--trainer.num_train_steps"])
+        calls.append(f"train {steps}")
+        step = Path(option["--trainer.checkpointer.base_path"]) / f"step-{steps - 1}"
+        step.mkdir(parents=True, exist_ok=True)
+        (step / "metadata.json").write_text("{}")
+
+    fake_train = types.SimpleNamespace(TrainConfig=None, compact_console=lambda steps, verbose: contextlib.nullcontext(),
+                                       train=train)
+    monkeypatch.setitem(sys.modules, "amt.train", fake_train)
+    monkeypatch.setitem(sys.modules, "draccus", types.SimpleNamespace(parse=lambda kind, config_path, args: args))
+
+    def evaluate(config):
+        calls.append("eval")
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        (Path(config.out) / "perplexity.csv").write_text("step\n")
+        (Path(config.out) / "perplexity.json").write_text(json.dumps({"results": [{"step": 0}]}))
+        return [{"step": 0}]
+
+    monkeypatch.setattr(perplexity, "run", evaluate)
+    monkeypatch.setattr(perplexity, "markdown_table", lambda rows: "(table)")
+
+    def generate(argv):
+        out = Path(argv[argv.index("-o") + 1])
+        calls.append(out.stem)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(b"MThd")
+        out.with_suffix(".png").write_bytes(b"png")
+        return 0
+
+    monkeypatch.setattr(cli, "main", generate)
+    monkeypatch.setattr(bundle, "about", lambda path: "a bundle")
+    monkeypatch.setattr(bundle, "unpack", lambda path, out: Path(out))
+    rendered = []
+
+    def render(midi_path, soundfont):
+        rendered.append(midi_path.stem)
+        midi_path.with_suffix(".wav").write_bytes(b"RIFF")
+        return midi_path.with_suffix(".wav")
+
+    monkeypatch.setattr(demo, "render_wav", render)
+    monkeypatch.setattr(demo.shutil, "which", lambda name: f"/usr/bin/{name}")
+    soundfont, bundled = tmp_path / "gm.sf2", tmp_path / "model.npz"
+    soundfont.write_bytes(b"sf2")
+    bundled.write_bytes(b"npz")
+    recipe = tmp_path / "recipe.yaml"
+    shutil.copy(demo.DemoConfig().recipe, recipe)
+    out = tmp_path / "demo"
+
+    def run(**options):
+        calls.clear()
+        rendered.clear()
+        config = demo.DemoConfig(**{"out": str(out), "steps": 4, "soundfont": str(soundfont),
+                                    "bundled_model": str(bundled), **options})
+        return demo.run(config)["skipped"]
+
+    samples = ["continuation", "accompaniment", "continuation-bundled"]
+    everything = ["preprocess", "train", "eval", "continuation", "accompaniment", "bundled"]
+    assert run() == ["preprocess"] and calls == ["preprocess", "train 4", "eval", *samples]
+    assert sorted(rendered) == sorted(samples) and "=== [6/6]" in capsys.readouterr().out
+    assert run() == everything and calls == ["preprocess"] and rendered == []
+    (out / "samples" / "continuation.png").unlink()
+    assert run() == [s for s in everything if s != "continuation"]
+    assert calls == ["preprocess", "continuation"] and rendered == ["continuation"]  # its old audio is not kept
+    (out / "eval" / "perplexity.json").unlink()  # (what a skipped evaluation reads)
+    assert run() == [s for s in everything if s != "eval"] and calls == ["preprocess", "eval"]
+    assert run(steps=2) == everything  # trained for more already
+    assert run(steps=6) == ["preprocess", "bundled"] and calls == ["preprocess", "train 6", "eval", *samples[:2]]
+    shutil.rmtree(out / "checkpoints")
+    assert "train" not in run(steps=6) and "train 6" in calls
+    assert "train" not in run(steps=6, recipe=str(recipe)) and "train 6" in calls
+    (out / demo.STATE_FILE).write_text("{damaged")
+    assert run(steps=6, recipe=str(recipe)) == ["preprocess"] and calls[1:] == ["train 6", "eval", *samples]
+    bundled.write_bytes(b"npz, another model")
+    assert run(steps=6, recipe=str(recipe)) == everything[:-1] and calls == ["preprocess", "continuation-bundled"]
+
+    def mismatch(config):
+        raise preprocess.ConfigMismatch(f"{config.out} holds a preprocessing job with other options")
+
+    monkeypatch.setattr(preprocess, "run", mismatch)  # another corpus or --augment into the same --out: one line
+    capsys.readouterr()
+    assert demo.main(demo.DemoConfig(out=str(out), bundled_model="")) == 2
+    assert capsys.readouterr().err == (f"amt demo: error: {out / 'data'} holds a preprocessing job with other options "
+                                       "(for the demo: a new --out)\n")

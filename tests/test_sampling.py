@@ -155,6 +155,91 @@ def test_cached_logits_equal_the_full_forward_pass_at_every_position(scaled_mode
                                atol=atol)
 
 
+def test_a_step_reads_the_cache_only_before_each_rows_start_and_writes_only_the_rows_asked(tiny_model):
+    """`forward` attends to the cache's positions before each row's `start` only: what lies at and after it (a
+    prefill's padding, an earlier window's keys) is never read, so noise there moves no hidden state (a random
+    model's attention is near uniform: one position more or less among ~100 moves its logits by less than the 1e-4
+    the test above allows). `write_into` puts `recent` at each row's own start, only into the rows asked; `set_row`
+    replaces the one row asked."""
+    weights = decoder.decoder_weights(tiny_model)
+    tokens = np.concatenate([[vocab.AUTOREGRESS],
+                             ops.flatten(ops.as_triples(midi.midi_to_events(DEMO / "npm_misc" / "fur-elise.mid")))])[:128]
+    start = np.asarray([100, 40])
+    _, cache = decoder.prefill(weights, jnp.asarray(np.stack([tokens, tokens]), jnp.int32), jnp.asarray(start))
+    after = np.arange(weights.shape[3])[None] >= start[:, None]  # (batch, context)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2 * len(cache.keys))
+
+    def noisy(a, key, axis):  # noise at every row's positions from its start on (positions along `axis`)
+        at = after.reshape([2 if i == 0 else a.shape[i] if i == axis else 1 for i in range(a.ndim)])
+        return jnp.where(at, 30 * jax.random.normal(key, a.shape, a.dtype), a)
+
+    garbled = decoder.KVCache(tuple(noisy(a, k, 2) for a, k in zip(cache.keys, keys)),
+                              tuple(noisy(a, k, 3) for a, k in zip(cache.values, keys[len(cache.keys):])))
+    step = jnp.asarray(tokens[start][:, None], jnp.int32)
+    hidden, recent = decoder.forward(weights, cache, decoder.empty_cache(weights, 2, 0), step, jnp.asarray(start))
+    hidden_garbled, _ = decoder.forward(weights, garbled, decoder.empty_cache(weights, 2, 0), step, jnp.asarray(start))
+    np.testing.assert_allclose(np.asarray(hidden_garbled), np.asarray(hidden), atol=1e-6)
+
+    recent = jax.tree.map(lambda a: a + 1.0, decoder.empty_cache(weights, 2, 3))  # 3 positions of ones
+    written = decoder.write_into(cache, recent, jnp.asarray([5, 9]), jnp.asarray([True, False]))
+    for before, after_, axis in [(a, b, 2) for a, b in zip(cache.keys, written.keys)] + [
+            (a, b, 3) for a, b in zip(cache.values, written.values)]:
+        expected = np.array(before)
+        np.moveaxis(expected, axis, 1)[0, 5:8] = 1.0  # row 0's positions 5-7; row 1 not asked
+        np.testing.assert_array_equal(np.asarray(after_), expected)
+    row = jax.tree.map(lambda a: a[:1] + 1.0, cache)  # a moved window for row 1 (`set_row` donates the cache: a copy)
+    moved = decoder.set_row(jax.tree.map(jnp.copy, cache), row, 1)
+    for before, new, after_ in zip(cache.keys + cache.values, row.keys + row.values, moved.keys + moved.values):
+        np.testing.assert_array_equal(np.asarray(after_), np.stack([np.asarray(before[0]), np.asarray(new[0])]))
+
+
+def test_a_window_is_padded_to_a_multiple_of_128_tokens_within_the_context():
+    """Prefills compile for a few lengths: a window's columns rounded up to a multiple of 128, but never past the
+    context (an interarrival test model's is 64 tokens), zeros after its tokens."""
+    window = np.arange(1, 101, dtype=np.int64).reshape(2, 50)
+    for context, columns in ((1024, 128), (64, 64), (50, 50)):
+        padded = decoder.pad_window(window, context)
+        assert padded.shape == (2, columns) and padded.dtype == np.int32
+        np.testing.assert_array_equal(padded[:, :50], window)
+        assert not padded[:, 50:].any()
+    assert decoder.pad_window(np.ones((1, 129), np.int32), 1024).shape == (1, 256)
+    assert decoder.pad_window(np.ones((1, 1024), np.int32), 1024).shape == (1, 1024)
+
+
+def _dot_input_dtypes(jaxpr):
+    """The operand dtypes of every matrix product in a jaxpr, nested calls (jit, einsum) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield tuple(str(v.aval.dtype) for v in eqn.invars)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _dot_input_dtypes(inner)
+
+
+def test_bfloat16_weights_keep_the_matrices_the_cache_and_the_products_inputs_in_bfloat16(tiny_model):
+    """decoder_weights(model, bfloat16): the matrices, embeddings and cache in bfloat16 (half the bytes a step
+    reads), the biases, column sums and final LayerNorm in float32, every matrix product of a step on bfloat16
+    operands (accumulated in float32); another dtype is refused."""
+    with pytest.raises(ValueError, match="float16 is not float32 or bfloat16"):
+        decoder.decoder_weights(tiny_model, jnp.float16)
+    weights = decoder.decoder_weights(tiny_model, jnp.bfloat16)
+    layer = weights.layers[1]
+    assert {str(a.dtype) for a in (weights.wte, weights.lm_head, weights.wpe, layer.attn_w, layer.attn_proj_w,
+                                   layer.fc_w, layer.proj_w)} == {"bfloat16"}
+    assert {str(a.dtype) for a in (layer.attn_b, layer.attn_sum, layer.attn_proj_b, layer.fc_b, layer.fc_sum,
+                                   layer.proj_b, weights.lnf_w, weights.lnf_b)} == {"float32"}
+    hidden, cache = decoder.prefill(weights, jnp.zeros((2, 128), jnp.int32), 5)
+    assert str(hidden.dtype) == "float32" and {str(a.dtype) for a in cache.keys + cache.values} == {"bfloat16"}
+    for batch in (1, 2):  # (one row: the LayerNorms folded into the products; more: normalized first)
+        jaxpr = jax.make_jaxpr(decoder.forward)(weights, jax.tree.map(lambda a: a[:batch], cache),
+                                                decoder.empty_cache(weights, batch, 0), jnp.zeros((batch, 1), jnp.int32),
+                                                jnp.zeros(batch, jnp.int32))
+        dtypes = list(_dot_input_dtypes(jaxpr.jaxpr))
+        assert len(dtypes) >= 2 * 6 and set(dtypes) == {("bfloat16", "bfloat16")}, dtypes
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_batch_rows_keep_their_own_windows(tiny_model, dtype):
     """The reported crash: sample 0 one bin at a time (the context fills, the window moves several times),
@@ -462,6 +547,45 @@ def test_pianoroll_marks_the_prompt_and_the_infilled_span(tmp_path):
     save_pianoroll(piece, plain)
     save_pianoroll(piece, marked, prompt_end=3.0, span=(5.0, 8.0))
     assert marked.stat().st_size > 10_000 and marked.read_bytes() != plain.read_bytes()
+
+
+def test_pianoroll_draws_each_note_where_and_when_it_sounds(tmp_path, monkeypatch):
+    """The piano roll's drawing, read back from its figure: one bar per note (RESTs none) from its onset for its
+    duration (at least 0.05 s, to be seen) at its pitch, the given notes outlined and no others, the infilled span
+    shaded and in view past the last note, and a legend naming the instruments, the span, the prompt's end and the
+    given notes."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.colors
+    import matplotlib.figure
+
+    from amt.pianoroll import save_pianoroll
+
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig) or save(fig, *a, **k))
+    piece = ops.as_triples(midi.midi_to_events(DEMO / "miditok_multitrack" / "Funkytown.mid"))[:120]
+    piece[0, 1] = vocab.DUR_OFFSET + 1  # 10 ms: drawn 0.05 s wide
+    instrument, pitch = np.divmod(piece[:, 2] - vocab.NOTE_OFFSET, vocab.MAX_PITCH)
+    assert len(set(instrument.tolist())) >= 3 and 87 in instrument and ops.max_time(piece) < 20
+    rest = [[vocab.TIME_OFFSET + 50, vocab.DUR_OFFSET + 10, vocab.REST]]
+    save_pianoroll(np.concatenate([piece, rest]), tmp_path / "roll.png", given=piece[instrument == 87],
+                   prompt_end=2.0, span=(3.0, 30.0))
+    ax = figures[-1].axes[0]
+    bars = [p for p in ax.patches if p.get_height() == 0.8]
+    drawn = sorted((round(b.get_x(), 4), round(b.get_y() + 0.4, 4), round(b.get_width(), 4), b.get_linewidth() > 0)
+                   for b in bars)
+    onset = (piece[:, 0] - vocab.TIME_OFFSET) / 100
+    width = np.maximum((piece[:, 1] - vocab.DUR_OFFSET) / 100, 0.05)
+    assert drawn == sorted(zip(np.round(onset, 4).tolist(), pitch.tolist(), np.round(width, 4).tolist(),
+                               (instrument == 87).tolist()))
+    gold = matplotlib.colors.to_rgba("gold", 0.15)
+    shaded = [p for p in ax.patches if p not in bars and np.allclose(p.get_facecolor(), gold)]
+    assert len(shaded) == 1 and np.allclose(shaded[0].get_extents().x1 - shaded[0].get_extents().x0,
+                                            ax.transData.transform((30, 0))[0] - ax.transData.transform((3, 0))[0])
+    assert ax.get_xlim() == (0, 30.0)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [vocab.GM_INSTRUMENTS[i] for i in sorted(set(instrument.tolist()))] + [
+        "infilled 3-30 s", "prompt ends (2 s)", "given (controls)"]
 
 
 def test_a_calls_buffers_keep_their_addresses_from_one_call_to_the_next(tiny_model, monkeypatch):

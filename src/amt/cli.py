@@ -269,8 +269,8 @@ def _check_generate(args) -> dict:
 
     if not 0 < args.top_p <= 1:
         raise UsageError(f"--top-p: {args.top_p:g} is not in (0, 1]")
-    if args.start < 0:
-        raise UsageError(f"--start: {args.start:g} is negative")
+    if not args.start >= 0:  # (nan too)
+        raise UsageError(f"--start: {args.start:g} is " + ("negative" if args.start < 0 else "not a time"))
     if args.end <= args.start:
         raise UsageError(f"--end {args.end:g} must be after --start {args.start:g}")
     if (args.accompany or args.infill) and not args.prompt:
@@ -293,9 +293,9 @@ def _check_generate(args) -> dict:
     plan.update(events=events, start=args.start)
     if args.infill:
         t0, t1 = args.infill
-        if not 0 <= t0 < t1:
+        if not 0 <= t0 < t1 < math.inf:
             raise UsageError(f"--infill {t0:g} {t1:g}: not a span (0 <= T0 < T1)")
-        if t0 >= length:
+        if vocab.to_bins(t0) > ops.max_time(events, seconds=False):  # (a span may start at the last onset)
             raise UsageError(f"--infill {t0:g} {t1:g}: the span starts after the piece ends ({args.prompt}: notes "
                              f"start up to {length:.2f} s)")
         t = ops.times(events)
@@ -303,7 +303,7 @@ def _check_generate(args) -> dict:
                     given=events[(t < vocab.to_bins(t0)) | (t >= vocab.to_bins(t1))])
     elif args.accompany:
         instruments = _instruments(args.accompany)
-        present = ops.instruments(ops.clip(events, 0, args.end, clip_duration=False))
+        present = ops.instruments(events[ops.times(events) < vocab.to_bins(args.end)])  # as the controls: [0, end)
         missing = [i for i in instruments if i not in present]
         if missing:
             raise UsageError(f"--accompany: instrument(s) {missing} do not play in the first {args.end:g} s of "
@@ -340,10 +340,22 @@ def count_notes(sample: np.ndarray, given: np.ndarray, start_seconds: float) -> 
     return generated, len(sample) - generated
 
 
+def original_notes(plan, end: float) -> int:
+    """How many notes the prompt's file has where the model played in a continuation or an infill: its notes
+    before `end` (--end, or the span's T1) that the plan does not give the model (a continuation's notes at --start
+    are the prompt's; an infill's at T0 are regenerated)."""
+    from amt import ops, vocab
+
+    def before(triples):
+        return int((ops.times(ops.unpad(triples)) < vocab.to_bins(end)).sum())
+
+    return before(plan["events"]) - before(plan["given"])
+
+
 def _run_generate(args, plan) -> int:
     from levanter.utils.tree_utils import inference_mode
 
-    from amt import midi, ops, sampling, vocab
+    from amt import midi, sampling
     from amt.checkpoints import load_model
     from amt.pianoroll import save_pianoroll
 
@@ -375,9 +387,8 @@ def _run_generate(args, plan) -> int:
             "accompany": " from the prompt and the controls"}[plan["task"]]
     original = ""
     if plan["task"] in ("continuation", "infill"):  # how much music the file itself has where the model played
-        low, high = (args.start, args.end) if plan["task"] == "continuation" else args.infill
-        t = ops.times(ops.unpad(events)) / vocab.TIME_RESOLUTION
-        original = f"; the original has {int(((t > low) & (t < high)).sum())} there"
+        played_to = args.end if plan["task"] == "continuation" else args.infill[1]
+        original = f"; the original has {original_notes(plan, played_to)} there"
     for i, sample in enumerate(outputs):
         path = out if i == 0 else out.with_name(f"{out.stem}-{i + 1}{out.suffix}")
         midi.events_to_midi(sample, path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -69,6 +70,8 @@ class DemoConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+        if not math.isfinite(self.end_seconds):  # (amt generate refuses it: after minutes of training)
+            raise ValueError(f"--end-seconds: {self.end_seconds:g} is not a time")
         if not 0 < self.prompt_seconds < self.end_seconds:
             raise ValueError(f"--prompt-seconds {self.prompt_seconds:g} must be in (0, --end-seconds "
                              f"{self.end_seconds:g})")
@@ -241,7 +244,7 @@ def run(config: DemoConfig, verbose: bool = False) -> dict:
     eval_key = {"trained": trained, "eval_sequences": config.eval_sequences}
     if not stats["splits"].get("test", {}).get("sequences", 0):
         print(f"skipped: no file of {config.midi} falls in the test split (Lakh's rule: MD5 starting with f)")
-    elif done("eval", eval_key, out / "eval" / "perplexity.csv"):
+    elif done("eval", eval_key, out / "eval" / "perplexity.csv", out / "eval" / "perplexity.json"):
         rows = json.loads((out / "eval" / "perplexity.json").read_text())["results"]
     else:
         rows = perplexity.run(perplexity.PerplexityConfig(checkpoints=[str(checkpoints)], cache=str(data / "test"),
