@@ -72,8 +72,11 @@ BAD = [
     ("generate --checkpoint {run} --start 5 --end 5", "--end 5 must be after --start 5"),
     ("generate --checkpoint {run} --prompt {empty}", "--prompt: {empty} is a folder; give a MIDI file"),
     ("generate --checkpoint {run} --prompt {silent}", "--prompt: {silent} has no notes"),
-    ("generate --checkpoint {run} --prompt {prompt} --infill -1 3", "--infill -1 3: not a span"),
-    ("generate --checkpoint {run} --prompt {prompt} --infill 5 inf", "--infill 5 inf: not a span"),
+    ("generate --checkpoint {run} --prompt {prompt} --infill -1 3", "--infill: -1 is negative"),
+    ("generate --checkpoint {run} --prompt {prompt} --infill 5 inf", "--infill: inf is past 1,000,000 s"),
+    ("generate --checkpoint {run} --prompt {prompt} --infill 5 1e308", "--infill: 1e+308 is past 1,000,000 s"),
+    ("generate --checkpoint {run} --end 1e308", "--end: 1e+308 is past 1,000,000 s"),  # (else after the model loads)
+    ("generate --checkpoint {run} --prompt {prompt} --accompany 0 --end 1e308", "--end: 1e+308 is past"),
     ("generate --checkpoint {run} --prompt {prompt} --start nan", "--start: nan is not a time"),
     ("generate --checkpoint {run} --prompt {prompt} --infill 164.99 170", "--infill 164.99 170: the span starts after"),
     ("generate --checkpoint {run} --prompt {funky} --accompany 27", "instrument(s) [27] do not play in the first 20 s"),
@@ -330,3 +333,17 @@ def test_the_job_scripts_say_a_missing_input_in_one_line(tmp_path, script, args,
     errors = [line for line in done.stderr.splitlines() if not line.startswith("INFO ")]
     assert done.returncode == 2 and errors == [f"{Path(script).name}: error: {message.format(root=tmp_path)}"], done.stderr
     assert "clips from" not in done.stderr
+
+
+def test_a_job_scripts_library_error_keeps_its_traceback(capsys):
+    """Only our own code's verdicts on the input become one line: a ValueError raised inside numpy (a defect,
+    hours into a job) is raised on with its traceback, not reported as the user's mistake."""
+    from amt import sources
+
+    with pytest.raises(ValueError, match="reshape"):
+        with cli.job_errors("job.py"):
+            np.zeros(3).reshape(2)
+    with pytest.raises(SystemExit) as stopped:
+        with cli.job_errors("job.py"):
+            sources.describe_source("nowhere.tar")
+    assert stopped.value.code == 2 and capsys.readouterr().err == "job.py: error: MIDI source not found: nowhere.tar\n"

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -263,14 +264,24 @@ def _instruments(text: str) -> list[int]:
     return instruments
 
 
+MAX_GENERATE_SECONDS = 1_000_000  # times are int32 counts of 10 ms bins on the device (21.4M s); a finite bound
+
+
+def _seconds(option: str, value: float) -> None:
+    """A time in seconds that amt generate can work with: not negative, not nan, not past MAX_GENERATE_SECONDS."""
+    if not 0 <= value <= MAX_GENERATE_SECONDS:
+        why = "negative" if value < 0 else f"past {MAX_GENERATE_SECONDS:,} s" if value > 0 else "not a time"
+        raise UsageError(f"{option}: {value:g} is {why}")
+
+
 def _check_generate(args) -> dict:
     """Everything about a generate request that can be checked without the model: the plan of the run."""
     from amt import augment, ops, vocab
 
     if not 0 < args.top_p <= 1:
         raise UsageError(f"--top-p: {args.top_p:g} is not in (0, 1]")
-    if not args.start >= 0:  # (nan too)
-        raise UsageError(f"--start: {args.start:g} is " + ("negative" if args.start < 0 else "not a time"))
+    _seconds("--start", args.start)
+    _seconds("--end", args.end)
     if args.end <= args.start:
         raise UsageError(f"--end {args.end:g} must be after --start {args.start:g}")
     if (args.accompany or args.infill) and not args.prompt:
@@ -293,7 +304,9 @@ def _check_generate(args) -> dict:
     plan.update(events=events, start=args.start)
     if args.infill:
         t0, t1 = args.infill
-        if not 0 <= t0 < t1 < math.inf:
+        _seconds("--infill", t0)
+        _seconds("--infill", t1)
+        if not t0 < t1:
             raise UsageError(f"--infill {t0:g} {t1:g}: not a span (0 <= T0 < T1)")
         if vocab.to_bins(t0) > ops.max_time(events, seconds=False):  # (a span may start at the last onset)
             raise UsageError(f"--infill {t0:g} {t1:g}: the span starts after the piece ends ({args.prompt}: notes "
@@ -673,11 +686,15 @@ def configure_logging(verbose: bool) -> None:
 @contextlib.contextmanager
 def job_errors(prog: str, *kinds: type[BaseException]):
     """A draccus job script (`preprocess/build_caches.py`, `eval/*.py`) as `amt` is to its user: an input that is
-    not there or a value that is wrong (FileNotFoundError, ValueError, KeyError, `kinds`) ends it with one line
-    `PROG: error: MESSAGE` (exit status 2), not a traceback."""
+    not there or a value that is wrong (FileNotFoundError, ValueError, `kinds`, raised by our own code) ends it with
+    one line `PROG: error: MESSAGE` (exit status 2), not a traceback. One raised inside a library (numpy, jax,
+    Levanter), hours into a job, is no verdict on the input: it keeps its traceback."""
     try:
         yield
-    except (FileNotFoundError, ValueError, KeyError, *kinds) as error:
+    except (FileNotFoundError, ValueError, *kinds) as error:
+        frames = traceback.extract_tb(error.__traceback__)
+        if frames and f"{os.sep}amt{os.sep}" not in frames[-1].filename:
+            raise
         print(f"{prog}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
