@@ -695,7 +695,7 @@ def test_continuation_is_sampled_from_the_prompts_last_onset_and_measured_after_
     for protocol, starts in (("paper", {"last-onset": 4.37, "at-the-end": 5.0}), ("ours", {"last-onset": 5.0, "at-the-end": 5.0})):
         calls.clear()
         config = generation_eval.GenerationEvalConfig(protocol=protocol, tasks=["continuation"], retrieval=[], examples=0,
-                                                      out=str(tmp_path / protocol))
+                                                      checkpoint=str(tmp_path), out=str(tmp_path / protocol))
         report = generation_eval.run(config)
         asked = {}
         for start_time, end_time, prompt, top_p in calls:
