@@ -82,6 +82,23 @@ def extract_instruments(events: np.ndarray, instruments) -> tuple[np.ndarray, np
     return _split_by(events, np.isin(instrument, np.asarray(list(instruments), dtype=np.int64)))
 
 
+def infill_context(events: np.ndarray, t0: float, t1: float) -> np.ndarray:
+    """What an infill of the span [t0, t1) seconds is given: every event before it and after it (the events at t0
+    are regenerated). Beside `extract_instruments` so that `amt.sampling` and `amt generate`'s plan (which must not
+    import jax) take the same events."""
+    events = ops.as_triples(events)
+    t = ops.times(events)
+    return events[(t < vocab.to_bins(t0)) | (t >= vocab.to_bins(t1))]
+
+
+def accompaniment_inputs(events: np.ndarray, instruments, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+    """What an accompaniment of `instruments` from `start` to `end` seconds is given: (the prompt: the other
+    instruments' events up to `start`, the controls: the instruments' notes in [0, end), as controls)."""
+    others, given = extract_instruments(ops.as_triples(events), instruments)
+    prompt = ops.clip(others, 0, start, clip_duration=False)
+    return prompt, given[ops.times(given) < vocab.to_bins(end)]
+
+
 def augment(events: np.ndarray, copy: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(events, controls) for copy `copy` of a file's events, by the paper's mix."""
     events = ops.as_triples(events)

@@ -311,9 +311,7 @@ def _check_generate(args) -> dict:
         if vocab.to_bins(t0) > ops.max_time(events, seconds=False):  # (a span may start at the last onset)
             raise UsageError(f"--infill {t0:g} {t1:g}: the span starts after the piece ends ({args.prompt}: notes "
                              f"start up to {length:.2f} s)")
-        t = ops.times(events)
-        plan.update(task="infill", start=t0,
-                    given=events[(t < vocab.to_bins(t0)) | (t >= vocab.to_bins(t1))])
+        plan.update(task="infill", start=t0, given=augment.infill_context(events, t0, t1))
     elif args.accompany:
         instruments = _instruments(args.accompany)
         present = ops.instruments(events[ops.times(events) < vocab.to_bins(args.end)])  # as the controls: [0, end)
@@ -321,11 +319,9 @@ def _check_generate(args) -> dict:
         if missing:
             raise UsageError(f"--accompany: instrument(s) {missing} do not play in the first {args.end:g} s of "
                              f"{args.prompt} (it has {sorted(present)}; 0-127 General MIDI programs, 128 drums)")
-        others, given = augment.extract_instruments(events, instruments)
-        controls = ops.clip(given, 0, args.end, clip_duration=False)
-        controls = ops.from_controls(controls[ops.times(controls) < vocab.to_bins(args.end)])
-        plan.update(task="accompany", instruments=instruments, shown=controls,
-                    given=np.concatenate([ops.clip(others, 0, args.start, clip_duration=False), controls]))
+        prompt, controls = augment.accompaniment_inputs(events, instruments, args.start, args.end)
+        controls = ops.from_controls(controls)
+        plan.update(task="accompany", instruments=instruments, shown=controls, given=np.concatenate([prompt, controls]))
     else:
         plan.update(task="continuation", given=ops.clip(events, 0, args.start, clip_duration=False))
     melodic = sorted(i for i in ops.instruments(plan["given"]) if i != vocab.DRUMS)

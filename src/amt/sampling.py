@@ -649,9 +649,7 @@ def infill(sampler: Sampler, events, t0: float, t1: float, options: SamplingOpti
     """Regenerate the span [t0, t1) given everything before it and after it: anticipated as controls
     (Algorithm 1), or with `anticipatory=False` played in as events when time reaches them (Algorithm 2, the
     reference's generate_ar: the model sees the music after the span only as it passes it)."""
-    events = ops.as_triples(events)
-    t = ops.times(events)
-    context = events[(t < vocab.to_bins(t0)) | (t >= vocab.to_bins(t1))]
+    context = augment.infill_context(events, t0, t1)
     return sampler.generate(t0, t1, inputs=context, options=options, anticipatory=anticipatory)
 
 
@@ -659,8 +657,5 @@ def accompany(sampler: Sampler, events, instruments, start: float, end: float,
               options: SamplingOptions = SamplingOptions(), anticipatory: bool = True) -> list[np.ndarray]:
     """Keep the given instruments (e.g. a melody) as controls over [0, end) and generate the rest from
     `start`, prompted by the other instruments before `start`. The given notes come back unchanged."""
-    others, given = augment.extract_instruments(ops.as_triples(events), instruments)
-    prompt = ops.clip(others, 0, start, clip_duration=False)
-    controls = ops.clip(given, 0, end, clip_duration=False)
-    controls = controls[ops.times(controls) < vocab.to_bins(end)]
+    prompt, controls = augment.accompaniment_inputs(events, instruments, start, end)
     return sampler.generate(start, end, inputs=prompt, controls=controls, options=options, anticipatory=anticipatory)
