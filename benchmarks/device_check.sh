@@ -24,9 +24,11 @@
 # alone, 8 events a call and 1, with the trace: a later visit's check of a change to our sampler; 100 s did not
 # hold it on the H200), sample-medium-while (ours, 8 a call, with loops allowed inside CUDA graphs),
 # tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
-# wanted first. The first visits measured the figures (README); the next, after the install:
-#   BUDGET=540 bash benchmarks/device_check.sh sample-medium-ours sample-medium-while train train-gif tests
-# then at once, with what is left: tests sample-medium-nographs
+# wanted first. The first visits measured the figures (README; train-gif and sample-medium-while on 2026-11-27's
+# second H100: train-gif slower than the recipe, the WHILE compile too slow to time); the next, after the install:
+#   BUDGET=540 bash benchmarks/device_check.sh tests
+# (the GPU-relevant tests have not yet finished on a card) then at once, with what is left (~250 s):
+#   sample-medium-ours sample-medium-nographs
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from

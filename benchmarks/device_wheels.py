@@ -13,13 +13,13 @@ small JAX libraries in OVERRIDABLE, which `device_check.sh --install` puts first
 machine's version breaks a requirement of our set (`requires.json`, written into every batch). They are split
 into folders `batch-1`, `batch-2`, ... of at most 53 MiB (a device call carries at most 64 MiB, the working tree
 of about 6 MiB included): on 2026-11-26 and -27, 63 wheels, 104 MiB, 2 batches, so 2 device calls (18 s to
-prepare here; the install took 4 and 11 s there; the H100 of 2026-11-27 started in 31 s). The next visit:
+prepare here; the install took 4 and 11 s there; the H100s of 2026-11-27 started in 31-36 s). The next visit:
 
     run: bash benchmarks/device_check.sh --install benchmarks/wheels/batch-1     carry [benchmarks/wheels/batch-1]
     run: bash benchmarks/device_check.sh --install benchmarks/wheels/batch-2 &&
-         BUDGET=540 bash benchmarks/device_check.sh train-variant sample-medium-ours sample-medium-nographs tests
-                                                                                 carry [benchmarks/wheels/batch-2]
-    run: BUDGET=<the device time left, less 40 s> bash benchmarks/device_check.sh tests   (at once)
+         BUDGET=540 bash benchmarks/device_check.sh tests                        carry [benchmarks/wheels/batch-2]
+    run: BUDGET=<the device time left, less 40 s> bash benchmarks/device_check.sh sample-medium-ours
+         sample-medium-nographs   (at once)
 (.device-site stays on the warm machine between calls: each next call must come within its 30 s.)
 """
 

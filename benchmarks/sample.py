@@ -110,8 +110,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--dtypes", default="float32",
                         help="ours in each of these precisions, comma-separated: float32, bfloat16")
-    parser.add_argument("--events-per-call", default=str(sampling.SamplingOptions.events_per_call),
-                        help="ours with each of these events per device call, comma-separated (the first: the ratios')")
+    parser.add_argument("--events-per-call", default="auto",
+                        help="ours with each of these events per device call, comma-separated (the first: the "
+                             "ratios'); auto: the sampler's own choice for the batch and the device")
     parser.add_argument("--only-ours", action="store_true",
                         help="time ours alone (no Hugging Face export or torch): e.g. to compare XLA_FLAGS")
     parser.add_argument("--trace", default=None, metavar="DIR",
@@ -125,10 +126,11 @@ def main() -> None:
     if not dtypes or any(d not in ("float32", "bfloat16") for d in dtypes):
         parser.error(f"--dtypes {args.dtypes!r}: a comma-separated list of float32, bfloat16")
     try:
-        per_call = [int(k) for k in args.events_per_call.split(",")]
-        assert per_call and min(per_call) >= 1
+        per_call = [None if k == "auto" else int(k) for k in args.events_per_call.split(",")]
+        assert per_call and all(k is None or k >= 1 for k in per_call)
     except (ValueError, AssertionError):
-        parser.error(f"--events-per-call {args.events_per_call!r}: a comma-separated list of positive integers")
+        parser.error(f"--events-per-call {args.events_per_call!r}: a comma-separated list of positive integers "
+                     "and auto")
     logging.getLogger("amt.sampling").setLevel(logging.ERROR)  # (max_events ends every timed run, on purpose)
 
     import haliax as hax
@@ -155,12 +157,12 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"model: {args.layers} layers x {args.width}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"torch on {torch_device} ({torch.get_num_threads()} threads), load average {load:.1f}; "
-          f"ours {per_call[0]} events a device call; "
+          f"ours {per_call[0] or 'auto'} events a device call; "
           f"prompt {start:.1f} s of The Entertainer (a full context); XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
 
     dispatching = {}  # (name, batch) -> seconds an event the host spent inside the device calls
 
-    def ours(sampler, batch: int, events: int, name: str, events_per_call: int) -> float:
+    def ours(sampler, batch: int, events: int, name: str, events_per_call: int | None) -> float:
         warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch, events_per_call=events_per_call)
         sampling.continuation(sampler, piece, start, start + 1000, warm)  # compile
         options = sampling.SamplingOptions(seed=0, max_events=events, num_samples=batch, events_per_call=events_per_call)
@@ -195,7 +197,7 @@ def main() -> None:
     timed = {}  # "dtype" (the first --events-per-call) or "dtype, k a call" -> (batch 1, batch B) seconds an event
     for dtype, s in samplers.items():
         for k in per_call:
-            name = dtype if k == per_call[0] else f"{dtype}, {k} a call"
+            name = dtype if k == per_call[0] else f"{dtype}, {k or 'auto'} a call"
             timed[name] = (ours(s, 1, args.events, name, k), ours(s, args.batch, max(args.events // 2, 1), name, k))
     lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
 

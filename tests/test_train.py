@@ -233,7 +233,7 @@ def test_the_loss_with_gradients_in_forward_is_levanters_loss(make_tiny_model, m
     from levanter.models.lm_model import LmExample
 
     import amt.train as train
-    from amt.train import MusicGpt2Config, grad_in_forward_problem, loss_gradients_in_forward
+    from amt.train import MusicGpt2Config, grad_in_forward_problem, loss_gradients_in_forward, xla_loss_on_gpus
 
     for bad in (0, -4, True):
         problem = grad_in_forward_problem(MusicGpt2Config(grad_in_forward_token_block_size=bad))
@@ -258,7 +258,10 @@ def test_the_loss_with_gradients_in_forward_is_levanters_loss(make_tiny_model, m
     example = LmExample(tokens=tokens, loss_weight=weight, attn_mask=AttentionMask.causal())
 
     def gradients():
-        with jax.default_matmul_precision("highest"):
+        # Levanter's loss in its float32 XLA form on every backend (xla_loss_on_gpus as chosen for a CPU): on a GPU
+        # its default is the batched kernel, whose compile held the H100 visit's tests for minutes until their time
+        # ran out, and `amt train`'s GPU choice takes its backward in bf16
+        with jax.default_matmul_precision("highest"), xla_loss_on_gpus(backend="cpu"):
             value, grads = eqx.filter_value_and_grad(
                 lambda m: m.compute_next_token_loss(example, logsumexp_weight=1e-4).scalar())(model)
         return float(value), [np.asarray(g) for g in jax.tree.leaves(eqx.filter(grads, eqx.is_array))]
@@ -267,7 +270,8 @@ def test_the_loss_with_gradients_in_forward_is_levanters_loss(make_tiny_model, m
     with loss_gradients_in_forward(1000):  # 3,072 positions: blocks of 1,000, the fourth padded
         ours, our_grads = gradients()
         assert calls == [1]
-        per_position = model.compute_next_token_loss(example, reduction=None, reduction_axis=())
+        with xla_loss_on_gpus(backend="cpu"):
+            per_position = model.compute_next_token_loss(example, reduction=None, reduction_axis=())
         assert calls == [1] and per_position.axes == (Batch, Pos)
     assert ours == pytest.approx(plain, rel=1e-5)  # (a GPU sums in another order; a dropped z-loss: 1e-3 off)
     for a, b in zip(our_grads, plain_grads):
