@@ -23,12 +23,13 @@
 # benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), sample-medium-ours (ours
 # alone, 8 events a call and 1, with the trace: a later visit's check of a change to our sampler; 100 s did not
 # hold it on the H200), sample-medium-while (ours, 8 a call, with loops allowed inside CUDA graphs),
-# tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
+# sample-medium-pipeline (ours, bfloat16, one sample, one event a call, then 100 calls dispatched back to back with
+# no read-back: what one sample's event would cost if the host's launches overlapped the card's work), tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README; train-gif and sample-medium-while on 2026-11-27's
 # second H100: train-gif slower than the recipe, the WHILE compile too slow to time); the next, after the install:
 #   BUDGET=540 bash benchmarks/device_check.sh tests
 # (the GPU-relevant tests have not yet finished on a card) then at once, with what is left (~250 s):
-#   sample-medium-ours sample-medium-nographs
+#   sample-medium-pipeline sample-medium-ours
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -75,7 +76,7 @@ esac
 DRY=
 if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
 ALL_STEPS=(train train-gif train-variant train-unfused train-profile sample-medium sample-small sample-medium-nographs
-           sample-medium-ours sample-medium-while tests)
+           sample-medium-ours sample-medium-while sample-medium-pipeline tests)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
 for name in "${STEPS[@]}"; do
@@ -85,11 +86,17 @@ for name in "${STEPS[@]}"; do
         exit 2
     fi
 done
+# (before anything runs: without this a Python lacking the project ended the check silently after its header)
+if ! "$PY" -c "import amt.sampling, levanter" 2>/dev/null; then
+    echo "device_check: $PY cannot import amt and levanter: activate the project's venv or set PYTHON (on the GPU" \
+         "machine: install the wheels first, --install DIR)" >&2
+    exit 2
+fi
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/device-check.log"; }
 begin=$SECONDS
 {
     echo "# device check $(date -u +%FT%TZ) ${DRY:-(full)}: ${STEPS[*]}"
-    "$PY" -m pip show marin-levanter marin-haliax jax 2>/dev/null | grep -E "^(Name|Version)"
+    "$PY" -m pip show marin-levanter marin-haliax jax 2>/dev/null | grep -E "^(Name|Version)" || true
     "$PY" -c "import jax; print('devices:', jax.devices())"
     if command -v nvidia-smi >/dev/null; then
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -104,6 +111,7 @@ if [[ -n $DRY ]]; then
            --dtypes float32,bfloat16)
     MEDIUM=("${SMALL[@]}")
     TRACE_EVENTS=16  # two device calls of 8 events: the trace summary needs two or more
+    BACK_TO_BACK=10
     TEST_PLATFORMS=cpu
     BUDGET=${BUDGET:-1200}  # no lease on a CPU: room for every step on a busy 2-core machine (470 s cut the tests)
 else
@@ -116,6 +124,7 @@ else
     SMALL=(--layers 12 --width 768 --heads 12 --dtypes float32,bfloat16)
     MEDIUM=(--layers 24 --width 1024 --heads 16 --dtypes float32,bfloat16)
     TRACE_EVENTS=20
+    BACK_TO_BACK=100
     # the GPU first, the CPU beside it: Levanter puts a dataset's examples and checkpoint reads on the CPU device,
     # so `JAX_PLATFORMS=cuda` alone failed every `amt train` run of the H100 visit's tests ("unknown backend cpu")
     TEST_PLATFORMS=cuda,cpu
@@ -253,6 +262,14 @@ run_sample-medium-while() {
     XLA_PYTHON_CLIENT_PREALLOCATE=false \
         XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
         step sample-medium-while 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours --events-per-call 8
+}
+run_sample-medium-pipeline() {
+    # one sample (bfloat16: the 10x goal's best case), one event a call: the sampler as it runs (one event, wait for
+    # the result, replay it, the next), then 100 calls back to back, each on the last one's outputs, no read-back
+    # between them, with one executable and alternating two: if those come near the card's ~3.5 ms an event, a
+    # sampler that launches ahead of its results would make 10x real time (README)
+    XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-medium-pipeline 120 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
+        --dtypes bfloat16 --only-ours --events-per-call 1 --batch 1 --back-to-back "$BACK_TO_BACK"
 }
 run_tests() {
     # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS, the GPU first; on CPU

@@ -17,7 +17,11 @@ tokens) of one sample, after a real prompt that fills the context:
 
 For ours at batch 1 it also says how much of an event's time the host spends inside its device calls until
 they return (dispatch, argument handling, CUDA graph launches: the device runs on after they return), measured
-without a profiler (whose own cost inflated the H100 trace's launches).
+without a profiler (whose own cost inflated the H100 trace's launches). With `--back-to-back N`, then: ours at
+batch 1, one event a call, N calls dispatched back to back, each on the one before's outputs, with no read-back
+between them: what an event would cost if the host's launches overlapped the device's work (a sampler that did
+not wait for each result), once with one executable and once alternating two (a CUDA graph's launch may wait for
+the same graph's run before it: the H100's loop of 8 events a call left the card idle 39% of a call).
 
 Ratios are the point: publish them from one run, on an idle machine (load hurts torch's threads more than
 XLA's and moves the ratios by a third). The measured figures, with the machine, are in the README's Sampling
@@ -25,7 +29,7 @@ section.
 
 Usage: python benchmarks/sample.py [--events 150] [--batch 8] [--reference-tokens 3] [--hf-tokens 30]
        [--layers 12 --width 768 --heads 12] [--dtypes float32[,bfloat16]] [--events-per-call 8[,1]] [--only-ours]
-       [--trace DIR [--trace-events 20]]
+       [--trace DIR [--trace-events 20]] [--back-to-back N]
 """
 
 from __future__ import annotations
@@ -119,6 +123,9 @@ def main() -> None:
                         help="then trace --trace-events events of ours at batch 1 into DIR (a JAX profiler trace) "
                              "and say where a call's time goes (benchmarks/trace_summary.py)")
     parser.add_argument("--trace-events", type=int, default=20)
+    parser.add_argument("--back-to-back", type=int, default=0, metavar="N",
+                        help="then time N calls of ours (the first dtype, batch 1, one event a call) dispatched back "
+                             "to back with no read-back between them, with one executable and alternating two")
     parser.add_argument("--torch-device", default=None,
                         help="where the Hugging Face models run (default: cuda when torch sees a GPU, else cpu)")
     args = parser.parse_args()
@@ -131,6 +138,8 @@ def main() -> None:
     except (ValueError, AssertionError):
         parser.error(f"--events-per-call {args.events_per_call!r}: a comma-separated list of positive integers "
                      "and auto")
+    if args.back_to_back < 0:
+        parser.error(f"--back-to-back {args.back_to_back}: a number of calls (0: none)")
     logging.getLogger("amt.sampling").setLevel(logging.ERROR)  # (max_events ends every timed run, on purpose)
 
     import haliax as hax
@@ -218,6 +227,39 @@ def main() -> None:
         print(f"trace of {args.trace_events} events at batch 1 (the prompt's prefill before them), in {args.trace}:")
         print("\n".join(lines), flush=True)
 
+    def back_to_back(calls: int) -> None:
+        """Seconds a call of `_events` (batch 1, one event) dispatched `calls` times back to back on the first
+        dtype's sampler, each on the outputs of the call before (donated: their buffers stay), no read-back in
+        between; once its one executable, once alternating two (a second compiled for a top_p one ulp lower). Run
+        inside a short continuation, at its first call (its music is not the point: the host's replay of the
+        last call still checks the device's state)."""
+        real, result = sampling._events, {}
+
+        def probing(weights, unembed, cache, hidden, rows, keys, out, temperature, **static):
+            if not result:
+                other = dict(static, top_p=float(np.nextafter(static["top_p"], 0)))
+                for variant in ("one executable", "two alternating"):
+                    for count in (2, calls):  # (the first: to compile)
+                        jax.block_until_ready(out)
+                        begin = time.perf_counter()
+                        for k in range(count):
+                            options = other if variant != "one executable" and k % 2 else static
+                            out, hidden, cache, keys = real(weights, unembed, cache, hidden, rows, keys, out,
+                                                            temperature, **options)
+                        jax.block_until_ready(out)
+                    result[variant] = (time.perf_counter() - begin) / calls
+            return real(weights, unembed, cache, hidden, rows, keys, out, temperature, **static)
+
+        options = sampling.SamplingOptions(seed=0, max_events=3, num_samples=1, events_per_call=1)
+        sampling._events = probing
+        try:
+            sampling.continuation(sampler, piece, start, start + 1000, options)
+        finally:
+            sampling._events = real
+        print(f"ours ({dtypes[0]}), batch 1, one event a call, {calls} calls back to back with no read-back between "
+              "them: " + ", ".join(f"{seconds * 1000:.2f} ms a call with {variant}"
+                                   for variant, seconds in result.items()), flush=True)
+
     def dispatch_line(name) -> str:
         one = timed[name][0]
         return (f"ours ({name}), batch 1: the host dispatches an event's share of the transfers and calls in "
@@ -231,6 +273,8 @@ def main() -> None:
                   flush=True)
         for dtype in timed:
             print(dispatch_line(dtype))
+        if args.back_to_back:
+            back_to_back(args.back_to_back)
         if args.trace:
             trace()
         return
@@ -268,6 +312,8 @@ def main() -> None:
               "all of them)", flush=True)
     for dtype in timed:
         print(dispatch_line(dtype))
+    if args.back_to_back:
+        back_to_back(args.back_to_back)
     if args.trace:
         trace()
 

@@ -313,3 +313,50 @@ def test_device_time_over_a_whole_trace_counts_every_kernel_and_the_products_sha
         lines[0]
     assert lines[1] == "matrix products: 100 kernels, 1.0 ms (49% of the busy time); the rest 105 kernels, 1.0 ms", lines[1]
     assert "    1.0 ms  49.4%    100x  gemv" in lines[3], lines[3]
+
+
+DEVICE_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "device_check.sh"
+
+
+def test_device_check_names_its_steps_and_refuses_what_it_cannot_run(tmp_path):
+    """Every step the device check lists has its function; an unknown step is refused naming it, and a Python that
+    cannot import the project is refused in one line before any step (it used to end the check silently after
+    its header), both with exit status 2 and nothing left to time."""
+    import re
+    import subprocess
+
+    script = DEVICE_CHECK.read_text()
+    steps = re.search(r"ALL_STEPS=\(([^)]*)\)", script).group(1).split()
+    assert "sample-medium-pipeline" in steps and "tests" in steps
+    missing = [name for name in steps if not re.search(rf"^run_{re.escape(name)}\(\) {{", script, re.MULTILINE)]
+    assert not missing, f"steps without a run_ function: {missing}"
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable)
+    unknown = subprocess.run(["bash", str(DEVICE_CHECK), "--dry", "tests", "no-such-step"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "unknown step 'no-such-step'" in unknown.stderr
+    bare = tmp_path / "bare-python"
+    bare.write_text("#!/bin/sh\nexit 1\n")
+    bare.chmod(0o755)
+    refused = subprocess.run(["bash", str(DEVICE_CHECK), "--dry", "tests"], env=dict(env, PYTHON=str(bare)),
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"device_check: {bare} cannot import amt and levanter: activate the project's venv or set PYTHON (on the "
+        "GPU machine: install the wheels first, --install DIR)"]
+    assert not (tmp_path / "out" / "device-check.log").exists()
+
+
+def test_sample_benchmark_times_calls_back_to_back(tmp_path):
+    """`benchmarks/sample.py --back-to-back N` (the device check's sample-medium-pipeline) runs at a full context on
+    a tiny model and says what a call costs back to back, with one executable and alternating two."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root / "src"))
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "sample.py"), "--layers", "1", "--width", "32",
+                           "--heads", "2", "--events", "3", "--batch", "1", "--only-ours", "--events-per-call", "1",
+                           "--back-to-back", "4"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = [line for line in done.stdout.splitlines() if "back to back" in line]
+    assert len(line) == 1 and re.search(r"4 calls back to back with no read-back between them: [\d.]+ ms a call with "
+                                        r"one executable, [\d.]+ ms a call with two alternating$", line[0]), line
