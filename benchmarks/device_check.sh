@@ -273,9 +273,12 @@ run_sample-medium-pipeline() {
 }
 run_tests() {
     # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS, the GPU first; on CPU
-    # by default); every test reports, none stops the rest
+    # by default); every test reports, none stops the rest. Each test's name and outcome as it ends (-v), and the
+    # stacks of a test still running after 90 s (faulthandler): the H100's step was killed inside a compile, deaf to
+    # its interrupt, and left only dots
     AMT_TEST_JAX_PLATFORMS=$TEST_PLATFORMS XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=20 \
-        step tests "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider --tb=short --durations=5 "${TESTS[@]}"
+        step tests "$BUDGET" "$PY" -m pytest -v -p no:cacheprovider -o faulthandler_timeout=90 --tb=short \
+        --durations=5 "${TESTS[@]}"
 }
 
 # what comes back from a device call is at most 8 files: after each step its outputs go into one archive,
