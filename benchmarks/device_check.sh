@@ -24,10 +24,11 @@
 # alone, 8 events a call and 1, with the trace: a later visit's check of a change to our sampler; 100 s did not
 # hold it on the H200), sample-medium-while (ours, 8 a call, with loops allowed inside CUDA graphs),
 # sample-medium-pipeline (ours, bfloat16, one sample, one event a call, then 100 calls dispatched back to back with
-# no read-back: what one sample's event would cost if the host's launches overlapped the card's work), tests. A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
+# no read-back: what one sample's event would cost if the host's launches overlapped the card's work), tests
+# (tests/test_train.py then tests/test_sampling.py; tests-train and tests-sampling, each file alone). A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README; train-gif and sample-medium-while on 2026-11-27's
 # second H100: train-gif slower than the recipe, the WHILE compile too slow to time); the next, after the install:
-#   BUDGET=540 bash benchmarks/device_check.sh tests
+#   BUDGET=540 bash benchmarks/device_check.sh tests-sampling tests-train
 # (the GPU-relevant tests have not yet finished on a card) then at once, with what is left (~250 s):
 #   sample-medium-pipeline sample-medium-ours
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
@@ -76,7 +77,7 @@ esac
 DRY=
 if [[ ${1:-} == --dry ]]; then DRY=--dry; shift; fi
 ALL_STEPS=(train train-gif train-variant train-unfused train-profile sample-medium sample-small sample-medium-nographs
-           sample-medium-ours sample-medium-while sample-medium-pipeline tests)
+           sample-medium-ours sample-medium-while sample-medium-pipeline tests tests-sampling tests-train)
 STEPS=("$@")
 (( ${#STEPS[@]} )) || STEPS=("${ALL_STEPS[@]}")
 for name in "${STEPS[@]}"; do
@@ -271,15 +272,28 @@ run_sample-medium-pipeline() {
     XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-medium-pipeline 120 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
         --dtypes bfloat16 --only-ours --events-per-call 1 --batch 1 --back-to-back "$BACK_TO_BACK"
 }
-run_tests() {
-    # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS, the GPU first; on CPU
-    # by default); every test reports, none stops the rest. Each test's name and outcome as it ends (-v), and the
-    # stacks of a test still running after 90 s (faulthandler): the H100's step was killed inside a compile, deaf to
-    # its interrupt, and left only dots
+tests_step() {  # NAME PATH...: pytest on those tests (in the dry run, the dry run's tests among them)
+    local name=$1 selected=()
+    shift
+    for test in "${TESTS[@]}"; do
+        for path in "$@"; do [[ $test == "$path"* ]] && selected+=("$test") && break; done
+    done
+    if (( ! ${#selected[@]} )); then  # (pytest with no path would run the whole suite)
+        log "$name: skipped, no test of $* in this mode"
+        return 3
+    fi
+    # the `amt train` and `amt generate` runs the tests start compute on the GPU too (AMT_TEST_JAX_PLATFORMS, the
+    # GPU first; on CPU by default); every test reports, none stops the rest. Each test's name and outcome as it
+    # ends (-v), and the stacks of a test still running after 90 s (faulthandler): the H100's step was killed
+    # inside a compile, deaf to its interrupt, and left only dots
     AMT_TEST_JAX_PLATFORMS=$TEST_PLATFORMS XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=20 \
-        step tests "$BUDGET" "$PY" -m pytest -v -p no:cacheprovider -o faulthandler_timeout=90 --tb=short \
-        --durations=5 "${TESTS[@]}"
+        step "$name" "$BUDGET" "$PY" -m pytest -v -p no:cacheprovider -o faulthandler_timeout=90 --tb=short \
+        --durations=5 "${selected[@]}"
 }
+run_tests() { tests_step tests tests/; }
+# the two files apart: the sampling tests first where training's would take the whole budget
+run_tests-sampling() { tests_step tests-sampling tests/test_sampling.py; }
+run_tests-train() { tests_step tests-train tests/test_train.py; }
 
 # what comes back from a device call is at most 8 files: after each step its outputs go into one archive,
 # $OUT/outputs.tar (device-check.log, the running summary, and the figures' JSON stay beside it)
