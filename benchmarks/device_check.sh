@@ -29,8 +29,8 @@
 # wanted first. The first visits measured the figures (README; train-gif and sample-medium-while on 2026-11-27's
 # second H100: train-gif slower than the recipe, the WHILE compile too slow to time); the next, after the install:
 #   BUDGET=540 bash benchmarks/device_check.sh tests-sampling tests-train
-# (the GPU-relevant tests have not yet finished on a card) then at once, with what is left (~250 s):
-#   sample-medium-pipeline sample-medium-ours
+# (the GPU-relevant tests have not yet finished on a card) then at once, with what is left (~230 s):
+#   sample-medium-pipeline  (then sample-medium-ours only if 200 s are left: cut short, it reports nothing)
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -88,9 +88,9 @@ for name in "${STEPS[@]}"; do
     fi
 done
 # (before anything runs: without this a Python lacking the project ended the check silently after its header)
-if ! "$PY" -c "import amt.sampling, levanter" 2>/dev/null; then
-    echo "device_check: $PY cannot import amt and levanter: activate the project's venv or set PYTHON (on the GPU" \
-         "machine: install the wheels first, --install DIR)" >&2
+if ! error=$("$PY" -c "import amt.sampling, levanter" 2>&1 >/dev/null); then
+    echo "device_check: $PY cannot import amt and levanter (${error##*$'\n'}): activate the project's venv or set" \
+         "PYTHON (on the GPU machine: install the wheels first, --install DIR)" >&2
     exit 2
 fi
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/device-check.log"; }
@@ -112,7 +112,7 @@ if [[ -n $DRY ]]; then
            --dtypes float32,bfloat16)
     MEDIUM=("${SMALL[@]}")
     TRACE_EVENTS=16  # two device calls of 8 events: the trace summary needs two or more
-    BACK_TO_BACK=10
+    BACK_TO_BACK=10 PIPELINE_EVENTS=4
     TEST_PLATFORMS=cpu
     BUDGET=${BUDGET:-1200}  # no lease on a CPU: room for every step on a busy 2-core machine (470 s cut the tests)
 else
@@ -125,7 +125,7 @@ else
     SMALL=(--layers 12 --width 768 --heads 12 --dtypes float32,bfloat16)
     MEDIUM=(--layers 24 --width 1024 --heads 16 --dtypes float32,bfloat16)
     TRACE_EVENTS=20
-    BACK_TO_BACK=100
+    BACK_TO_BACK=100 PIPELINE_EVENTS=60  # (the sampler's figure at batch 1 is timed twice: --batch 1)
     # the GPU first, the CPU beside it: Levanter puts a dataset's examples and checkpoint reads on the CPU device,
     # so `JAX_PLATFORMS=cuda` alone failed every `amt train` run of the H100 visit's tests ("unknown backend cpu")
     TEST_PLATFORMS=cuda,cpu
@@ -270,10 +270,11 @@ run_sample-medium-pipeline() {
     # between them, with one executable and alternating two: if those come near the card's ~3.5 ms an event, a
     # sampler that launches ahead of its results would make 10x real time (README)
     XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-medium-pipeline 120 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
-        --dtypes bfloat16 --only-ours --events-per-call 1 --batch 1 --back-to-back "$BACK_TO_BACK"
+        --dtypes bfloat16 --only-ours --events-per-call 1 --batch 1 --events "$PIPELINE_EVENTS" \
+        --back-to-back "$BACK_TO_BACK"
 }
 tests_step() {  # NAME PATH...: pytest on those tests (in the dry run, the dry run's tests among them)
-    local name=$1 selected=()
+    local name=$1 selected=() test path
     shift
     for test in "${TESTS[@]}"; do
         for path in "$@"; do [[ $test == "$path"* ]] && selected+=("$test") && break; done

@@ -18,8 +18,7 @@ prepare here; the install took 4 and 11 s there; the H100s of 2026-11-27 started
     run: bash benchmarks/device_check.sh --install benchmarks/wheels/batch-1     carry [benchmarks/wheels/batch-1]
     run: bash benchmarks/device_check.sh --install benchmarks/wheels/batch-2 &&
          BUDGET=540 bash benchmarks/device_check.sh tests-sampling tests-train   carry [benchmarks/wheels/batch-2]
-    run: BUDGET=<the device time left, less 40 s> bash benchmarks/device_check.sh sample-medium-pipeline
-         sample-medium-ours   (at once)
+    run: BUDGET=<the device time left, less 40 s> bash benchmarks/device_check.sh sample-medium-pipeline   (at once)
 (.device-site stays on the warm machine between calls: each next call must come within its 30 s.)
 """
 

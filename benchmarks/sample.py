@@ -164,9 +164,17 @@ def main() -> None:
     piece = ops.as_triples(midi.midi_to_events(DEMO / "npm_misc" / "the-entertainer.mid"))
     start = ops.times(piece)[339] / vocab.TIME_RESOLUTION  # ~340 events: the prompt fills the context
     load = os.getloadavg()[0]
+    platform = jax.devices()[0].platform
+
+    def described(events_per_call: int | None) -> str:  # "auto" as the sampler resolves it here, batch by batch
+        if events_per_call is not None:
+            return str(events_per_call)
+        one, batched = (sampling.default_events_per_call(b, platform) for b in (1, args.batch))
+        return f"auto ({one} at batch 1, {batched} at batch {args.batch})"
+
     print(f"model: {args.layers} layers x {args.width}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"torch on {torch_device} ({torch.get_num_threads()} threads), load average {load:.1f}; "
-          f"ours {per_call[0] or 'auto'} events a device call; "
+          f"ours {described(per_call[0])} events a device call; "
           f"prompt {start:.1f} s of The Entertainer (a full context); XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
 
     dispatching = {}  # (name, batch) -> seconds an event the host spent inside the device calls
@@ -206,7 +214,7 @@ def main() -> None:
     timed = {}  # "dtype" (the first --events-per-call) or "dtype, k a call" -> (batch 1, batch B) seconds an event
     for dtype, s in samplers.items():
         for k in per_call:
-            name = dtype if k == per_call[0] else f"{dtype}, {k or 'auto'} a call"
+            name = dtype if k == per_call[0] else f"{dtype}, {described(k)} a call"
             timed[name] = (ours(s, 1, args.events, name, k), ours(s, args.batch, max(args.events // 2, 1), name, k))
     lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
 

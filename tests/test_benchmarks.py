@@ -335,13 +335,14 @@ def test_device_check_names_its_steps_and_refuses_what_it_cannot_run(tmp_path):
                              capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2 and "unknown step 'no-such-step'" in unknown.stderr
     bare = tmp_path / "bare-python"
-    bare.write_text("#!/bin/sh\nexit 1\n")
+    bare.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+                    "echo \"ModuleNotFoundError: No module named 'levanter'\" >&2\nexit 1\n")
     bare.chmod(0o755)
     refused = subprocess.run(["bash", str(DEVICE_CHECK), "--dry", "tests"], env=dict(env, PYTHON=str(bare)),
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
-        f"device_check: {bare} cannot import amt and levanter: activate the project's venv or set PYTHON (on the "
-        "GPU machine: install the wheels first, --install DIR)"]
+        f"device_check: {bare} cannot import amt and levanter (ModuleNotFoundError: No module named 'levanter'): "
+        "activate the project's venv or set PYTHON (on the GPU machine: install the wheels first, --install DIR)"]
     assert not (tmp_path / "out" / "device-check.log").exists()
 
 

@@ -356,10 +356,11 @@ class SamplingOptions:
 def default_events_per_call(num_samples: int, platform: str) -> int:
     """Events a device call where `SamplingOptions.events_per_call` is None: 8, except for one sample on a GPU: 1.
     Measured (README; Medium, a full context): on an H100 one sample took 5.7 ms an event at 1 a call against 7.4 at
-    8 (float32; bfloat16 5.2 against 5.7), the loop's body launched from the host as a CUDA graph every trip (about
-    2.3 ms of the host's time each), and a batch of 8 0.9 against 0.8 (bfloat16 0.7 against 0.5); on a CPU 8 a call
-    made one sample 1.24x faster (Small)."""
-    return 1 if platform == "gpu" and num_samples == 1 else 8
+    8 (float32; bfloat16 5.2 against 5.7), the loop's body launched from the host as a CUDA graph every trip (2.25
+    ms of the host's time each under the profiler), and a batch of 8 0.9 against 0.8 (bfloat16 0.7 against 0.5); on
+    a CPU 8 a call made one sample 1.24x faster (Small). (jax names a CUDA or ROCm device's platform "gpu"; its own,
+    should that change.)"""
+    return 1 if platform in ("gpu", "cuda", "rocm") and num_samples == 1 else 8
 
 
 class Sampler:
