@@ -23,8 +23,8 @@
 # benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), sample-medium-ours (ours
 # alone, 8 events a call and 1, with the trace: a later visit's check of a change to our sampler; 100 s did not
 # hold it on the H200), sample-medium-while (ours, 8 a call, with loops allowed inside CUDA graphs),
-# sample-medium-pipeline (ours, bfloat16, one sample, one event a call, then 100 calls dispatched back to back with
-# no read-back: what one sample's event would cost if the host's launches overlapped the card's work), tests
+# sample-medium-pipeline (ours, bfloat16, one sample, one event a call, as it runs and launching each call ahead of
+# the last one's result, then 100 calls dispatched back to back with no read-back: the bound), tests
 # (tests/test_train.py then tests/test_sampling.py; tests-train and tests-sampling, each file alone). A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README; train-gif and sample-medium-while on 2026-11-27's
 # second H100: train-gif slower than the recipe, the WHILE compile too slow to time); the next, after the install:
@@ -265,12 +265,13 @@ run_sample-medium-while() {
         step sample-medium-while 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours --events-per-call 8
 }
 run_sample-medium-pipeline() {
-    # one sample (bfloat16: the 10x goal's best case), one event a call: the sampler as it runs (one event, wait for
-    # the result, replay it, the next), then 100 calls back to back, each on the last one's outputs, no read-back
-    # between them, with one executable and alternating two: if those come near the card's ~3.5 ms an event, a
-    # sampler that launches ahead of its results would make 10x real time (README)
+    # one sample (bfloat16: the 10x goal's best case), one event a call: the sampler as it runs by default (one
+    # event, wait for the result, replay it, the next), the same launching each call before the last one's result
+    # is read (SamplingOptions.launch_ahead, opt-in until this measures it), then 100 calls back to back, each on
+    # the last one's outputs, no read-back between them, with one executable and alternating two: the bound
+    # launching ahead can reach (README)
     XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-medium-pipeline 120 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
-        --dtypes bfloat16 --only-ours --events-per-call 1 --batch 1 --events "$PIPELINE_EVENTS" \
+        --dtypes bfloat16 --only-ours --events-per-call 1 --batch 1 --events "$PIPELINE_EVENTS" --launch-ahead \
         --back-to-back "$BACK_TO_BACK"
 }
 tests_step() {  # NAME PATH...: pytest on those tests (in the dry run, the dry run's tests among them)

@@ -17,7 +17,9 @@ tokens) of one sample, after a real prompt that fills the context:
 
 For ours at batch 1 it also says how much of an event's time the host spends inside its device calls until
 they return (dispatch, argument handling, CUDA graph launches: the device runs on after they return), measured
-without a profiler (whose own cost inflated the H100 trace's launches). With `--back-to-back N`, then: ours at
+without a profiler (whose own cost inflated the H100 trace's launches). With `--launch-ahead`, ours again with
+each call dispatched before the last one's result is read (`SamplingOptions.launch_ahead`; the same samples). With
+`--back-to-back N`, then: ours at
 batch 1, one event a call, N calls dispatched back to back, each on the one before's outputs, with no read-back
 between them: what an event would cost if the host's launches overlapped the device's work (a sampler that did
 not wait for each result), once with one executable and once alternating two (a CUDA graph's launch may wait for
@@ -29,7 +31,7 @@ section.
 
 Usage: python benchmarks/sample.py [--events 150] [--batch 8] [--reference-tokens 3] [--hf-tokens 30]
        [--layers 12 --width 768 --heads 12] [--dtypes float32[,bfloat16]] [--events-per-call 8[,1]] [--only-ours]
-       [--trace DIR [--trace-events 20]] [--back-to-back N]
+       [--trace DIR [--trace-events 20]] [--launch-ahead] [--back-to-back N]
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from amt import midi, ops, reference, sampling, vocab
@@ -123,6 +126,9 @@ def main() -> None:
                         help="then trace --trace-events events of ours at batch 1 into DIR (a JAX profiler trace) "
                              "and say where a call's time goes (benchmarks/trace_summary.py)")
     parser.add_argument("--trace-events", type=int, default=20)
+    parser.add_argument("--launch-ahead", action="store_true",
+                        help="ours again with the first --events-per-call, each call dispatched before the last one's "
+                             "result is read (SamplingOptions.launch_ahead)")
     parser.add_argument("--back-to-back", type=int, default=0, metavar="N",
                         help="then time N calls of ours (the first dtype, batch 1, one event a call) dispatched back "
                              "to back with no read-back between them, with one executable and alternating two")
@@ -179,10 +185,12 @@ def main() -> None:
 
     dispatching = {}  # (name, batch) -> seconds an event the host spent inside the device calls
 
-    def ours(sampler, batch: int, events: int, name: str, events_per_call: int | None) -> float:
-        warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch, events_per_call=events_per_call)
+    def ours(sampler, batch: int, events: int, name: str, events_per_call: int | None, launch_ahead=False) -> float:
+        warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch, events_per_call=events_per_call,
+                                        launch_ahead=launch_ahead)
         sampling.continuation(sampler, piece, start, start + 1000, warm)  # compile
-        options = sampling.SamplingOptions(seed=0, max_events=events, num_samples=batch, events_per_call=events_per_call)
+        options = sampling.SamplingOptions(seed=0, max_events=events, num_samples=batch, events_per_call=events_per_call,
+                                           launch_ahead=launch_ahead)
         # the host's time in the rows' transfer, `_stage` and `_events` until each returns (they return before the
         # device has finished: dispatch, argument handling and graph launches), without a profiler's cost
         spent = [0.0]
@@ -213,9 +221,12 @@ def main() -> None:
 
     timed = {}  # "dtype" (the first --events-per-call) or "dtype, k a call" -> (batch 1, batch B) seconds an event
     for dtype, s in samplers.items():
-        for k in per_call:
-            name = dtype if k == per_call[0] else f"{dtype}, {described(k)} a call"
-            timed[name] = (ours(s, 1, args.events, name, k), ours(s, args.batch, max(args.events // 2, 1), name, k))
+        variants = [(k, False) for k in per_call] + ([(per_call[0], True)] if args.launch_ahead else [])
+        for k, ahead in variants:
+            name = dtype if (k, ahead) == (per_call[0], False) else f"{dtype}, {described(k)} a call"
+            name += ", launched ahead" if ahead else ""
+            timed[name] = (ours(s, 1, args.events, name, k, ahead),
+                           ours(s, args.batch, max(args.events // 2, 1), name, k, ahead))
     lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
 
     def music(seconds_an_event: float) -> float:  # seconds of music a second
@@ -237,23 +248,25 @@ def main() -> None:
 
     def back_to_back(calls: int) -> None:
         """Seconds a call of `_events` (batch 1, one event) dispatched `calls` times back to back on the first
-        dtype's sampler, each on the outputs of the call before (donated: their buffers stay), no read-back in
-        between; once its one executable, once alternating two (a second compiled for a top_p one ulp lower). Run
+        dtype's sampler, each on the outputs of the call before (donated: their buffers stay) and the rows it
+        leaves, no read-back in between; once its one executable, once alternating two (`_events`' `copy`). Run
         inside a short continuation, at its first call (its music is not the point: the host's replay of the
-        last call still checks the device's state)."""
+        last call, on the host's rows, still checks the device's state; the chain's rows idle once their few
+        events are taken, at the same cost a call)."""
         real, result = sampling._events, {}
 
         def probing(weights, unembed, cache, hidden, rows, keys, out, temperature, **static):
             if not result:
-                other = dict(static, top_p=float(np.nextafter(static["top_p"], 0)))
+                other = dict(static, copy=1 - static.get("copy", 0))
+                chained = jnp.array(rows, copy=True)  # (donated along the chain; the host's stay for its call)
                 for variant in ("one executable", "two alternating"):
                     for count in (2, calls):  # (the first: to compile)
                         jax.block_until_ready(out)
                         begin = time.perf_counter()
                         for k in range(count):
                             options = other if variant != "one executable" and k % 2 else static
-                            out, hidden, cache, keys = real(weights, unembed, cache, hidden, rows, keys, out,
-                                                            temperature, **options)
+                            out, hidden, cache, keys, chained = real(weights, unembed, cache, hidden, chained, keys,
+                                                                     out, temperature, **options)
                         jax.block_until_ready(out)
                     result[variant] = (time.perf_counter() - begin) / calls
             return real(weights, unembed, cache, hidden, rows, keys, out, temperature, **static)

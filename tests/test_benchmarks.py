@@ -347,8 +347,9 @@ def test_device_check_names_its_steps_and_refuses_what_it_cannot_run(tmp_path):
 
 
 def test_sample_benchmark_times_calls_back_to_back(tmp_path):
-    """`benchmarks/sample.py --back-to-back N` (the device check's sample-medium-pipeline) runs at a full context on
-    a tiny model and says what a call costs back to back, with one executable and alternating two."""
+    """`benchmarks/sample.py --launch-ahead --back-to-back N` (the device check's sample-medium-pipeline) runs at a
+    full context on a tiny model: ours launching ahead timed beside ours, then what a call costs back to back, with
+    one executable and alternating two."""
     import re
     import subprocess
 
@@ -356,8 +357,9 @@ def test_sample_benchmark_times_calls_back_to_back(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root / "src"))
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "sample.py"), "--layers", "1", "--width", "32",
                            "--heads", "2", "--events", "3", "--batch", "1", "--only-ours", "--events-per-call", "1",
-                           "--back-to-back", "4"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                           "--launch-ahead", "--back-to-back", "4"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "ours (JAX, KV cache, float32, 1 a call, launched ahead): " in done.stdout, done.stdout
     line = [line for line in done.stdout.splitlines() if "back to back" in line]
     assert len(line) == 1 and re.search(r"4 calls back to back with no read-back between them: [\d.]+ ms a call with "
                                         r"one executable, [\d.]+ ms a call with two alternating$", line[0]), line

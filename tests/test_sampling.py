@@ -593,13 +593,13 @@ def test_a_calls_buffers_keep_their_addresses_from_one_call_to_the_next(tiny_mod
     H200 that cost the host 4.6 ms of Medium's 16.2 ms an event under the profiler). So the cache, hidden state,
     inputs, keys and output a call reads must be where the previous call left them: donated and written in place.
     Checked here on the CPU, which honours donation too: 2 samples, 40 events a bin apart (no window move), 4 a
-    call."""
+    call; and launched ahead, one a call, where each of the two executables keeps its own `out`, the rest shared."""
     addresses = []
     events = sampling._events
 
     def recording(weights, unembed, cache, hidden, rows, keys, out, temperature, **static):
-        addresses.append([leaf.unsafe_buffer_pointer() for leaf in
-                          jax.tree.leaves((cache, hidden, rows, keys, out, temperature))])
+        addresses.append((static.get("copy", 0), [leaf.unsafe_buffer_pointer() for leaf in
+                                                  jax.tree.leaves((cache, hidden, rows, keys, out, temperature))]))
         return events(weights, unembed, cache, hidden, rows, keys, out, temperature, **static)
 
     monkeypatch.setattr(sampling, "_events", recording)
@@ -607,9 +607,22 @@ def test_a_calls_buffers_keep_their_addresses_from_one_call_to_the_next(tiny_mod
     sampler.generate(0, 5, options=sampling.SamplingOptions(num_samples=2, max_events=40, events_per_call=4))
     assert [len(g) for g in sampler.last_generated] == [40, 40]
     assert len(addresses) == 11  # the first call stops after an event: the empty window's earliest time moved
-    moved = [(i, [j for j, (a, b) in enumerate(zip(addresses[i], addresses[1])) if a != b]) for i in range(2, 11)
-             if addresses[i] != addresses[1]]
+    moved = [(i, [j for j, (a, b) in enumerate(zip(addresses[i][1], addresses[1][1])) if a != b])
+             for i in range(2, 11) if addresses[i] != addresses[1]]
     assert not moved, f"a call's buffers moved at calls {moved}"
+    addresses.clear()
+    sampler.generate(0, 5, options=sampling.SamplingOptions(num_samples=2, max_events=40, events_per_call=1,
+                                                            launch_ahead=True))
+    assert [len(g) for g in sampler.last_generated] == [40, 40]
+    # one call an event, and two more: the one launched before the host saw the first event's window had to move
+    # (the empty window's earliest time moved: the row idles in it), and the one in flight when both samples ended
+    # (the host foresees its own work: a call launched after a row needs the host would idle too)
+    assert {copy for copy, _ in addresses} == {0, 1} and len(addresses) == 42
+    first = {copy: leaves for copy, leaves in reversed(addresses[2:])}  # (the first of each copy after the start's)
+    moved = [i for i, (copy, leaves) in enumerate(addresses[2:], 2) if leaves != first[copy]]
+    assert not moved, f"launched ahead, a call's buffers moved at calls {moved}"
+    outs = {copy: leaves[-2] for copy, leaves in first.items()}  # (`out`, then the temperature)
+    assert outs[0] != outs[1] and first[0][:-2] == first[1][:-2]
 
 
 def check_cache_holds_the_windows(sampler):
@@ -624,8 +637,25 @@ def check_cache_holds_the_windows(sampler):
             np.testing.assert_allclose(ours[seen], fresh[seen], atol=1e-4, err_msg=f"sample {row}")
 
 
-def _music(sampler, task, events_per_call, **options):
-    out = task(sampling.SamplingOptions(events_per_call=events_per_call, **options))
+def _music(sampler, task, events_per_call, launch_ahead=False, **options):
+    """The task's samples, what they were conditioned on and why they stopped; the cache checked. Launched ahead,
+    also that the host foresees its own work (a window to move, a queue to refill, events to allow): a live row
+    idles in the call launched before the host knew, never in two running (each a call's time wasted)."""
+    reads = []  # per call read: whether the host staged its rows, the live rows that took no step
+    replay = sampler._replay
+
+    def recording(samples, result, fresh, *args):
+        reads.append((fresh, {i for i, s in enumerate(samples) if not s.done and result[i, 0] == 0}))
+        return replay(samples, result, fresh, *args)
+
+    sampler._replay = recording
+    try:
+        out = task(sampling.SamplingOptions(events_per_call=events_per_call, launch_ahead=launch_ahead, **options))
+    finally:
+        del sampler._replay
+    wasted = [k for k, ((_, before), (fresh, idle)) in enumerate(zip(reads, reads[1:]), 1)
+              if not fresh and before & idle]
+    assert not wasted, f"rows idled in two calls running, at calls {wasted}"
     check_cache_holds_the_windows(sampler)
     return out, sampler.last_sequences, sampler.last_stops
 
@@ -654,9 +684,11 @@ def test_the_music_does_not_depend_on_the_events_per_call(tiny_model, anticipato
         moves = check_outputs(sampler, max_instruments=16)
         assert moves[0] >= 1 and len(sequences[2]) < len(sequences[0]), (moves, stops)
         assert task is tasks[1] or moves[1] >= 1, (moves, stops)
-        for events_per_call in (5, 16):
-            many, many_sequences, many_stops = _music(sampler, task, events_per_call, **options)
-            assert many_stops == stops
+        # several a call; and calls launched ahead, each on the rows the one before left (its queue moved on, a
+        # backfill's due triples kept due), the host staging rows only where it has work
+        for events_per_call, launch_ahead in ((5, False), (16, False), (1, True), (5, True)):
+            many, many_sequences, many_stops = _music(sampler, task, events_per_call, launch_ahead, **options)
+            assert many_stops == stops, (events_per_call, launch_ahead)
             for a, b in zip(sequences + one, many_sequences + many):
                 np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="events_per_call=0"):
@@ -694,8 +726,9 @@ def test_the_events_a_call_are_chosen_for_the_batch_and_the_device(tiny_model, m
 def test_algorithm_2_plays_the_notes_a_backfill_passed_before_it_samples_again(tiny_model, monkeypatch):
     """Algorithm 2: when a sampled onset passes given notes, the first is played in its place (the backfill) and the
     rest it passed are due at once, played one a step even where the next sampled onset falls short of them. The
-    device applies that rule within a call, the host between calls: the samples at 8 events a call equal those at
-    one. Onsets steered by each step's own key (a random model's do not jump this way): 30 bins past the current
+    device applies that rule within a call, the host between calls, and launched ahead a call carries the triples a
+    backfill made due to the next: the samples at 8 events a call, and at one launched ahead, equal those at one.
+    Onsets steered by each step's own key (a random model's do not jump this way): 30 bins past the current
     time (past about two of the melody's notes) one step in three, else 2 (short of the next), so a short onset
     follows a backfill; without the rule on the device its music differs from the host's (or the host's replay
     stops on it). From the start (an empty prompt) the given notes' instrument is new to the sample: a played given
@@ -717,13 +750,15 @@ def test_algorithm_2_plays_the_notes_a_backfill_passed_before_it_samples_again(t
         sampler = sampling.Sampler(tiny_model)
         sampler.record_inputs = True
         music = {}
-        for events_per_call in (1, 8):
-            options = sampling.SamplingOptions(num_samples=2, seed=3, max_events=120, events_per_call=events_per_call)
-            music[events_per_call] = sampling.accompany(sampler, piece, [melody], 0, 12, options,
-                                                        anticipatory=False)
+        for events_per_call, launch_ahead in ((1, False), (8, False), (1, True)):
+            options = sampling.SamplingOptions(num_samples=2, seed=3, max_events=120, events_per_call=events_per_call,
+                                               launch_ahead=launch_ahead)
+            music[events_per_call, launch_ahead] = sampling.accompany(sampler, piece, [melody], 0, 12, options,
+                                                                      anticipatory=False)
             check_cache_holds_the_windows(sampler)
-        for one, eight in zip(music[1], music[8]):
-            np.testing.assert_array_equal(one, eight)
+        for variant in ((8, False), (1, True)):
+            for one, other in zip(music[1, False], music[variant]):
+                np.testing.assert_array_equal(one, other)
     finally:
         monkeypatch.undo()
         jax.clear_caches()

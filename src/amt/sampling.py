@@ -25,7 +25,9 @@ in its row of the cache, and refills its queue of given triples; the device stop
 idle. Each row draws from its own generator (the seed and its row), so the music is the same whatever
 `events_per_call` is (token for token on the CPU, a test; only if XLA compiled one step a call to other roundings
 than several could a near-tie differ), and a finished row stays in the batch, idle. Several steps a call cut the
-round trips, except for one sample on a GPU, where the loop's every trip is launched from the host (README). Per
+round trips, except for one sample on a GPU, where the loop's every trip is launched from the host (README). With
+`launch_ahead` each call is dispatched before the last one's result is read, on the rows that call left (the host
+replays as before and stages rows only where it has work): the host's launches overlap the device's work. Per
 event at GPT-2 Small size on CPU (batch 1) that is about three decoder steps; benchmarks/sample.py compares it like
 for like with the reference's method and with Hugging Face's KV cache.
 
@@ -63,6 +65,7 @@ Differences from the reference, on purpose:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -158,19 +161,23 @@ FORCED = 5  # -1, or an onset this many bins after max(START, CURRENT) replaces 
 WINDOW_MIN = 6  # the earliest time in the window (EMPTY: none): when it is not 0 the window must be fed again
 QUEUED = 7  # how many of the row's given triples (pending first, then those to come) are in its queue
 PENDING = 8  # how many of those are due already, whatever the time (Algorithm 2's backfill: the host decided)
-SEEN = 9  # MAX_INSTR + 1 columns: the instruments in the row's history (REST_INSTRUMENT the last), 1 or 0
-# then the row's next given triples, in order, as many as the call has steps (a step plays one at most), each in
-# QUEUE_FIELDS columns: the triple (its time token relative to the window), its time (relative), its due time (relative)
+FRESH = 9  # 1: the host staged the row (its first step runs whatever); 0: the rows a call left (launched ahead)
+MORE = 10  # 1: the host holds more given triples than the queue: the row stops when its queue runs out
+SEEN = 11  # MAX_INSTR + 1 columns: the instruments in the row's history (REST_INSTRUMENT the last), 1 or 0
+# then the row's next given triples, in order, at least as many as the call has steps (a step plays one at most),
+# each in QUEUE_FIELDS columns: the triple (its time token relative to the window), its time (relative), its due
+# time (relative)
 QUEUE = SEEN + vocab.MAX_INSTR + 1
 QUEUE_FIELDS = 5
 STATE = 7  # `_events`' output, per row: its steps, then the state the host checks its replay against (`_run`)
 EMPTY = 2 ** 30  # WINDOW_MIN of an empty window
+LAUNCH_AHEAD_QUEUE = 8  # given triples a row's queue holds where calls are launched ahead (a call's own steps at least)
 NEVER = vocab.MAX_TIME  # beyond any sampled onset
 
 
-def _row_width(events: int) -> int:
-    """Columns of a row's inputs to a call of `events` steps."""
-    return QUEUE + QUEUE_FIELDS * events
+def _row_width(queue_length: int) -> int:
+    """Columns of a row's inputs with a queue of `queue_length` given triples."""
+    return QUEUE + QUEUE_FIELDS * queue_length
 
 
 def _instrument(note, xp=jnp):
@@ -193,10 +200,10 @@ def constraints(now, seen):
 # the profiler: 4.6 ms of the host's time an event, and 4.3 ms to launch the graphs after it, against 3.8 ms of
 # kernels). So what a call writes (the cache, hidden state, keys, its output) goes into the buffers of the same arrays
 # from the call before, donated; the host's rows are staged into one buffer by `_stage`.
-@functools.partial(jax.jit, static_argnames=("top_p", "events", "anticipatory"),
-                   donate_argnames=("cache", "hidden", "keys", "out"))
+@functools.partial(jax.jit, static_argnames=("top_p", "events", "anticipatory", "copy"),
+                   donate_argnames=("cache", "hidden", "rows", "keys", "out"))
 def _events(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hidden, rows, keys, out, temperature, *,
-            top_p: float, events: int, anticipatory: bool):
+            top_p: float, events: int, anticipatory: bool, copy: int = 0):
     """Up to `events` steps of every row in one call (one round trip, not one an event), each the host's step as
     `Sampler._run` replays it: the given triples due are played first, one a step, in order (a control is due when
     the current time reaches its time minus delta; Algorithm 2's given notes when it reaches their time); otherwise
@@ -204,11 +211,16 @@ def _events(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hi
     start time, at most 15 instruments, REST only after a zero duration) and fed to the model before the next. In
     Algorithm 2 a sampled onset that reaches the next given note plays that note instead (the backfill). A row stops
     where the host has work to do before its next step: its context is full, its window must move (time in it nears
-    100 s, its earliest time changed, or a given triple is earlier than it), it has sampled EVENTS_LEFT events, or
-    its onset reached the end. After a backfill the given notes up to the sampled onset are due, whatever the time
-    (the host's rule), and played one a step. (A row's queue of given triples, as long as the call has steps, never
-    runs out before the host's list does: a step plays one at most.) The first step
-    runs whatever (the host has just done that work); a stopped row's later steps change nothing of it.
+    100 s, its earliest time changed, or a given triple is earlier than it), it has sampled EVENTS_LEFT events, its
+    queue ran out while the host holds more (MORE), or its onset reached the end. After a backfill the given notes
+    up to the sampled onset are due, whatever the time (the host's rule), and played one a step. (A row's queue
+    holds at least as many given triples as the call has steps, a step playing one at most; where it holds fewer
+    than the host's list it stops when they run out: MORE.) The first step runs whatever where the host staged the
+    row (FRESH: it has just done that work); a stopped row's later steps change nothing of it. `rows` is rewritten
+    in place with each row's inputs for a next call that continues where this one stopped (not FRESH; its queue
+    moved on, an ended row idle): what launching ahead runs, a call dispatched before the last one's result is read
+    (`SamplingOptions.launch_ahead`). `copy`: which of two executables of the same program (each keeps its own `out`
+    buffer, so neither's CUDA graph is re-recorded).
 
     `hidden` (batch, embed): the state that predicts each row's onset; `keys` (batch, 2): each row's generator, split
     once a step the row takes, so a sample's music depends on its seed and row only (up to rounding), not on `events` or on the
@@ -216,22 +228,26 @@ def _events(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hi
     specials). Returns `out` (batch, STATE + 3 events): the steps each row took, its position, current time,
     window's earliest time, given triples played, instruments seen and events sampled after them (for the host to
     check against its replay), then the triple each step sampled (what was fed instead when a given triple played is the host's to know); and the
-    cache, hidden state and keys after them."""
+    cache, hidden state and keys after them, and the next call's rows."""
     batch, context = hidden.shape[0], weights.shape[3]
+    queue_length = (rows.shape[1] - QUEUE) // QUEUE_FIELDS
     start, end, forced, queued, sticky = rows[:, START], rows[:, END], rows[:, FORCED], rows[:, QUEUED], rows[:, PENDING]
-    queue = rows[:, QUEUE:].reshape(batch, events, QUEUE_FIELDS)
+    fresh, more = rows[:, FRESH] > 0, rows[:, MORE] > 0
+    queue = rows[:, QUEUE:].reshape(batch, queue_length, QUEUE_FIELDS)
     instruments = jnp.arange(vocab.MAX_INSTR + 1)
 
     def step(j, carry):
-        cache, hidden, keys, triples, (position, current, head, window_min, seen, left, taken, active, through) = carry
+        cache, hidden, keys, triples, state = carry
+        position, current, head, window_min, seen, left, taken, active, through, ended = state
         now = jnp.maximum(start, current)
         has_head = head < queued
-        entry = jnp.take_along_axis(queue, jnp.minimum(head, events - 1)[:, None, None], axis=1)[:, 0]
+        entry = jnp.take_along_axis(queue, jnp.minimum(head, queue_length - 1)[:, None, None], axis=1)[:, 0]
         given, given_time, due = entry[:, :3], entry[:, 3], entry[:, 4]
         pending = has_head & ((head < sticky) | (current >= due) | (given_time <= through))
         stale = (window_min != EMPTY) & (window_min != 0)
-        stops = (position + 3 > context) | (now >= WINDOW_TIME_LIMIT) | (stale & ~pending) | (pending & (given_time < 0))
-        active = active & (left > 0) & ((j == 0) | ~stops)
+        stops = ((position + 3 > context) | (now >= WINDOW_TIME_LIMIT) | (stale & ~pending) | (pending & (given_time < 0))
+                 | (more & ~has_head))
+        active = active & (left > 0) & (((j == 0) & fresh) | ~stops)
         min_onset, allowed = constraints(now, seen)
         given_at = jnp.where(pending, 0, jnp.where(has_head & (not anticipatory), given_time, NEVER))
         split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)  # the row's next key, then one a slot
@@ -264,20 +280,31 @@ def _events(weights: decoder.DecoderWeights, unembed, cache: decoder.KVCache, hi
         # Algorithm 2's backfill (a given note played instead of the sampled event): the given notes up to the
         # sampled onset are due now
         through = jnp.where(played & ~pending, jnp.maximum(through, onset), through)
-        carry = (position + 3 * grows, current, head + played, window_min, seen, left - event, taken + active,
-                 active & ~ends, through)
+        state = (position + 3 * grows, current, head + played, window_min, seen, left - event, taken + active,
+                 active & ~ends, through, ended | ends)
         return (cache, jnp.where(active[:, None], new_hidden, hidden), jnp.where(active[:, None], split[:, 0], keys),
-                triples, carry)
+                triples, state)
 
     state = (rows[:, POSITION], rows[:, CURRENT], jnp.zeros(batch, jnp.int32), rows[:, WINDOW_MIN],
              rows[:, SEEN:QUEUE] > 0, rows[:, EVENTS_LEFT], jnp.zeros(batch, jnp.int32), jnp.ones(batch, bool),
-             jnp.full(batch, -EMPTY, jnp.int32))
+             jnp.full(batch, -EMPTY, jnp.int32), jnp.zeros(batch, bool))
     triples = jnp.zeros((batch, events, 3), jnp.int32)
     cache, hidden, keys, triples, state = jax.lax.fori_loop(0, events, step, (cache, hidden, keys, triples, state))
-    position, current, head, window_min, seen, left, taken, _, _ = state
+    position, current, head, window_min, seen, left, taken, _, through, ended = state
     checked = [position, current, window_min, head, seen.sum(-1, dtype=jnp.int32), rows[:, EVENTS_LEFT] - left]
     out = out * 0 + jnp.concatenate([jnp.stack([taken] + checked, axis=1), triples.reshape(batch, -1)], axis=1)
-    return out, hidden, cache, keys
+    # the next call's rows: the state reached, the queue moved past the triples played; the triples a backfill made
+    # due (those up to `through`: a prefix, the queue being in time order) stay due, as the host's pending
+    slots = jnp.arange(queue_length)[None]
+    remaining = queued - head
+    moved = jnp.take_along_axis(queue, jnp.minimum(slots + head[:, None], queue_length - 1)[:, :, None], axis=1)
+    moved = jnp.where((slots < remaining[:, None])[:, :, None], moved, 0)
+    backfilled = ((slots < remaining[:, None]) & (moved[:, :, 3] <= through[:, None])).sum(-1, dtype=jnp.int32)
+    header = [position, current, start, end, jnp.where(ended, 0, left), forced, window_min, remaining,
+              jnp.maximum(jnp.maximum(sticky - head, 0), backfilled), jnp.zeros(batch, jnp.int32), rows[:, MORE]]
+    rows = rows * 0 + jnp.concatenate([jnp.stack(header, axis=1), seen.astype(jnp.int32),
+                                       moved.reshape(batch, -1)], axis=1)
+    return out, hidden, cache, keys, rows
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -321,6 +348,9 @@ class _Sample:
     done: bool = False
     stop: str = ""  # why it stopped: "end" (an onset reached the end time) or "max_events"
     generated: list[list[int]] = field(default_factory=list)  # the sampled events (absolute time)
+    # since the host last staged the row: [given triples the device holds, whether the host has more, events it may
+    # sample] (`_row_inputs`; counted down as calls are replayed)
+    staged: list = field(default_factory=list)
     fed: list[int] = field(default_factory=list)  # the tokens in the row's cache, as the model saw them
 
     def append(self, triple: list[int]) -> None:
@@ -351,6 +381,10 @@ class SamplingOptions:
     # the value, up to rounding (each sample's generator is its own, split once a step it takes); see `_events`.
     # None: `default_events_per_call`'s, for the batch and the device
     events_per_call: int | None = None
+    # dispatch each call before the last one's result is read, on the rows that call leaves (`_events`), so that the
+    # host's launches overlap the device's work; the host replays as before and stages rows itself only where it has
+    # work to do (a window to move, a queue to refill). The same music. Opt-in until measured on a GPU (README)
+    launch_ahead: bool = False
 
 
 def default_events_per_call(num_samples: int, platform: str) -> int:
@@ -504,10 +538,25 @@ class Sampler:
         delta, condition_offset = (options.delta, vocab.ATIME_OFFSET) if anticipatory else (0, vocab.TIME_OFFSET)
         # each row's own generator: a sample's music depends on the seed and its row, not on how the calls fall
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.PRNGKey(options.seed), jnp.arange(n))
-        # the buffers `_events` reads and writes in place (see there), made once
-        width = _row_width(options.events_per_call)
-        rows, out = jnp.zeros((n, width), jnp.int32), jnp.zeros((n, STATE + 3 * options.events_per_call), jnp.int32)
+        # the buffers `_events` reads and writes in place (see there), made once; where calls are launched ahead, two
+        # `out`s, each its own executable's: one is read while the next call runs
+        length = max(options.events_per_call, LAUNCH_AHEAD_QUEUE) if options.launch_ahead else options.events_per_call
+        width = _row_width(length)
+        rows = jnp.zeros((n, width), jnp.int32)
+        outs = [jnp.zeros((n, STATE + 3 * options.events_per_call), jnp.int32)
+                for _ in range(2 if options.launch_ahead else 1)]
         temperature = jnp.float32(options.temperature)
+        in_flight = collections.deque()  # (its `out`, whether the host staged its rows) of the calls not read yet
+        copy = 0
+
+        def dispatch(fresh: bool) -> None:
+            nonlocal hidden, cache, keys, rows, copy
+            outs[copy], hidden, cache, keys, rows = _events(
+                self.weights, self.unembed, cache, hidden, rows, keys, outs[copy], temperature,
+                top_p=float(options.top_p), events=options.events_per_call, anticipatory=anticipatory, copy=copy)
+            in_flight.append((copy, fresh))
+            copy = (copy + 1) % len(outs)
+
         while True:
             active = [i for i, s in enumerate(samples) if not s.done]
             if not active:
@@ -525,33 +574,55 @@ class Sampler:
                     row_hidden, row_cache = self._prefill([self._window(s, flag, first, now, given)])
                     hidden = hidden.at[i].set(row_hidden[0])
                     cache = decoder.set_row(cache, row_cache, i)
-                inputs[i] = self._row_inputs(s, start, end, options, delta, condition_offset)
+                inputs[i] = self._row_inputs(s, start, end, options, delta, condition_offset, length)
             rows = _stage(rows, jax.device_put(inputs))  # one copy to the device (jnp.asarray: a copy and a program run)
-            out, hidden, cache, keys = _events(self.weights, self.unembed, cache, hidden, rows, keys, out, temperature,
-                                               top_p=float(options.top_p), events=options.events_per_call,
-                                               anticipatory=anticipatory)
-            result = np.array(out)  # a copy: on a CPU np.asarray's view would keep `out` from being donated
-            for i in active:
-                s = samples[i]
-                given, sampled = len(s.pending) + len(s.controls), s.sampled
-                if result[i, 0] == 0:  # (the first step runs whatever: a row that took none would loop for ever)
-                    raise RuntimeError(f"sampler: sample {i} took no step in a call")
-                for j in range(int(result[i, 0])):
-                    if j:  # the host's checks before a step, which the device made too (it stops where they act)
-                        self._take_due(s, delta, condition_offset)
-                        if s.done or self._moves_to(s, max(start, s.current_time), sliding, condition_offset) is not None:
-                            raise RuntimeError(f"sampler: sample {i} stepped on at step {j} of a call where its window "
-                                               "had to move or it was done (the device's stops differ from the host's)")
-                    self._step(s, [int(t) for t in result[i, STATE + 3 * j: STATE + 3 * j + 3]], end, options,
-                               anticipatory)
-                # the device's state after its steps is the host's after replaying them
-                expected = [s.position, s.current_time - s.offset,
-                            EMPTY if s.window_min is None else s.window_min - s.offset,
-                            given - len(s.pending) - len(s.controls), len(s.instruments), s.sampled - sampled]
-                if result[i, 1:STATE].tolist() != expected:
-                    raise RuntimeError(f"sampler: sample {i}'s state after a call is {result[i, 1:STATE].tolist()} on "
-                                       f"the device and {expected} on the host (position, current time, earliest "
-                                       "time, given triples played, instruments, events sampled)")
+            dispatch(fresh=True)
+            host_work = False
+            while in_flight:
+                if options.launch_ahead and not host_work and len(in_flight) == 1:
+                    dispatch(fresh=False)  # on the rows the call before leaves, before its result is read
+                which, fresh = in_flight.popleft()
+                result = np.array(outs[which])  # a copy: on a CPU np.asarray's view would keep `out` from being donated
+                host_work |= self._replay(samples, result, fresh, start, end, options, anticipatory, sliding, delta,
+                                          condition_offset)
+
+    def _replay(self, samples: list[_Sample], result: np.ndarray, fresh: bool, start: int, end: int,
+                options: SamplingOptions, anticipatory: bool, sliding: int, delta: int, condition_offset: int) -> bool:
+        """Replays a call's steps in the host's bookkeeping, checking the device's state against it; returns whether
+        the host has work to do before the device's own rows can go on (a row's window to move, its queue to refill,
+        its events to allow; or every sample done)."""
+        work = False
+        for i, s in enumerate(samples):
+            if s.done:  # (idle on the device)
+                continue
+            given, sampled, steps = len(s.pending) + len(s.controls), s.sampled, int(result[i, 0])
+            if steps == 0 and fresh:  # (the first step runs whatever: a row that took none would loop for ever)
+                raise RuntimeError(f"sampler: sample {i} took no step in a call")
+            for j in range(steps):
+                if j or not fresh:  # the host's checks before a step, which the device made too (it stops there)
+                    self._take_due(s, delta, condition_offset)
+                    if s.done or self._moves_to(s, max(start, s.current_time), sliding, condition_offset) is not None:
+                        raise RuntimeError(f"sampler: sample {i} stepped on at step {j} of a call where its window "
+                                           "had to move or it was done (the device's stops differ from the host's)")
+                self._step(s, [int(t) for t in result[i, STATE + 3 * j: STATE + 3 * j + 3]], end, options,
+                           anticipatory)
+            # the device's state after its steps is the host's after replaying them
+            played = given - len(s.pending) - len(s.controls)
+            window_min = EMPTY if s.window_min is None else s.window_min - s.offset
+            expected = [s.position, s.current_time - s.offset, window_min, played, len(s.instruments),
+                        s.sampled - sampled]
+            if result[i, 1:STATE].tolist() != expected:
+                raise RuntimeError(f"sampler: sample {i}'s state after a call is {result[i, 1:STATE].tolist()} on "
+                                   f"the device and {expected} on the host (position, current time, earliest "
+                                   "time, given triples played, instruments, events sampled)")
+            s.staged[0] -= played
+            s.staged[2] -= s.sampled - sampled
+            if not s.done:
+                self._take_due(s, delta, condition_offset)
+                held, more, allowed = s.staged
+                work |= (steps == 0 or (more and held == 0) or allowed <= 0
+                         or self._moves_to(s, max(start, s.current_time), sliding, condition_offset) is not None)
+        return work or all(s.done for s in samples)
 
     def _take_due(self, s: _Sample, delta: int, condition_offset: int) -> None:
         """The controls due now (Algorithm 2: the given notes) go to `s.pending`, to be played before sampling."""
@@ -559,9 +630,11 @@ class Sampler:
             s.pending.append(s.controls.pop(0))
 
     def _row_inputs(self, s: _Sample, start: int, end: int, options: SamplingOptions, delta: int,
-                    condition_offset: int) -> np.ndarray:
-        """Row `s`'s inputs to `_events` (the columns named there), its times relative to its window."""
-        row = np.zeros(_row_width(options.events_per_call), dtype=np.int32)
+                    condition_offset: int, length: int) -> np.ndarray:
+        """Row `s`'s inputs to `_events` (the columns named there), its times relative to its window, with a queue
+        of `length` given triples. Notes in `s.staged` what the device may then do without the host: how many
+        of the queued triples it holds, whether the host has more, how many events it may sample."""
+        row = np.zeros(_row_width(length), dtype=np.int32)
         row[POSITION], row[CURRENT], row[START] = s.position, s.current_time - s.offset, start - s.offset
         row[END] = min(end - s.offset, EMPTY)
         forced = self.forced_step(s)
@@ -569,9 +642,10 @@ class Sampler:
         row[EVENTS_LEFT] = max(min(options.max_events - s.sampled, steps, EMPTY), 1)
         row[FORCED] = -1 if step is None else min(step, EMPTY)
         row[WINDOW_MIN] = EMPTY if s.window_min is None else s.window_min - s.offset
-        length = options.events_per_call
         queue = (s.pending[:length] + s.controls[:length])[:length]
         row[QUEUED], row[PENDING] = len(queue), min(len(s.pending), length)
+        row[FRESH], row[MORE] = 1, len(s.pending) + len(s.controls) > len(queue)
+        s.staged = [len(queue), bool(row[MORE]), int(row[EVENTS_LEFT])]
         row[SEEN:QUEUE] = seen_flags(s.instruments)
         for k, (time, duration, note) in enumerate(queue):
             when = time - condition_offset - s.offset
