@@ -270,7 +270,8 @@ run_sample-medium-pipeline() {
     # is read (SamplingOptions.launch_ahead, opt-in until this measures it), then 100 calls back to back, each on
     # the last one's outputs, no read-back between them, with one executable and alternating two: the bound
     # launching ahead can reach (README)
-    XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-medium-pipeline 120 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
+    # (4 compiles of Medium's call: ~180 s; each figure is printed as it is timed)
+    XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-medium-pipeline 180 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
         --dtypes bfloat16 --only-ours --events-per-call 1 --batch 1 --events "$PIPELINE_EVENTS" --launch-ahead \
         --back-to-back "$BACK_TO_BACK"
 }

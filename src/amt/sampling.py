@@ -421,7 +421,9 @@ class Sampler:
     def forced_step(self, sample: _Sample) -> tuple[int | None, int] | None:
         """A hook for tests and benchmarks (a random model can't be steered in time): (bins, events): for the
         sample's next `events` events, each onset is put `bins` after the current time (max of the start time and
-        the last onset) instead of sampled (`bins` None: sampled). None: sampled, until asked again."""
+        the last onset) instead of sampled (`bins` None: sampled). None: sampled. Asked when the host stages the
+        sample's row, which may be only after `events` events (several a call, or launched ahead): an answer holds
+        for the events it names."""
         return None
 
     def generate(self, start_time: float, end_time: float, inputs=None, controls=None,
