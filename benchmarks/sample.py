@@ -149,9 +149,7 @@ def main() -> None:
     logging.getLogger("amt.sampling").setLevel(logging.ERROR)  # (max_events ends every timed run, on purpose)
 
     import haliax as hax
-    import torch
     from levanter.utils.tree_utils import inference_mode
-    from transformers import GPT2LMHeadModel
 
     from amt.checkpoints import single_device_mesh
 
@@ -159,8 +157,13 @@ def main() -> None:
                              scale_attn_by_inverse_layer_idx=True)
     with single_device_mesh():
         model = inference_mode(config.build(hax.Axis("vocab", vocab.VOCAB_SIZE), key=jax.random.PRNGKey(0)), True)
-    torch_device = "none" if args.only_ours else args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not args.only_ours:
+    torch_device, torch_threads = "none", 0
+    if not args.only_ours:  # (torch only where the others are timed)
+        import torch
+        from transformers import GPT2LMHeadModel
+
+        torch_device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_threads = torch.get_num_threads()
         with tempfile.TemporaryDirectory() as tmp, single_device_mesh():
             config.hf_checkpoint_converter().save_pretrained(model, tmp, save_tokenizer=False)
             eager = GPT2LMHeadModel.from_pretrained(tmp, attn_implementation="eager").eval().to(torch_device)
@@ -179,7 +182,7 @@ def main() -> None:
         return f"auto ({one} at batch 1, {batched} at batch {args.batch})"
 
     print(f"model: {args.layers} layers x {args.width}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
-          f"torch on {torch_device} ({torch.get_num_threads()} threads), load average {load:.1f}; "
+          f"torch on {torch_device} ({torch_threads} threads), load average {load:.1f}; "
           f"ours {described(per_call[0])} events a device call; "
           f"prompt {start:.1f} s of The Entertainer (a full context); XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
 
