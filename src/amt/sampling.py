@@ -348,9 +348,11 @@ class _Sample:
     done: bool = False
     stop: str = ""  # why it stopped: "end" (an onset reached the end time) or "max_events"
     generated: list[list[int]] = field(default_factory=list)  # the sampled events (absolute time)
-    # since the host last staged the row: [given triples the device holds, whether the host has more, events it may
-    # sample] (`_row_inputs`; counted down as calls are replayed)
-    staged: list = field(default_factory=list)
+    # since the host last staged the row (`_row_inputs`; counted down as calls are replayed): the given triples the
+    # device's queue holds, whether the host has more, the events the device may still sample
+    queue_on_device: int = 0
+    more_on_host: bool = False
+    events_allowed: int = 0
     fed: list[int] = field(default_factory=list)  # the tokens in the row's cache, as the model saw them
 
     def append(self, triple: list[int]) -> None:
@@ -617,12 +619,11 @@ class Sampler:
                 raise RuntimeError(f"sampler: sample {i}'s state after a call is {result[i, 1:STATE].tolist()} on "
                                    f"the device and {expected} on the host (position, current time, earliest "
                                    "time, given triples played, instruments, events sampled)")
-            s.staged[0] -= played
-            s.staged[2] -= s.sampled - sampled
-            if not s.done:
+            s.queue_on_device -= played
+            s.events_allowed -= s.sampled - sampled
+            if options.launch_ahead and not s.done:  # (otherwise the host stages every row anyway)
                 self._take_due(s, delta, condition_offset)
-                held, more, allowed = s.staged
-                work |= (steps == 0 or (more and held == 0) or allowed <= 0
+                work |= (steps == 0 or (s.more_on_host and s.queue_on_device == 0) or s.events_allowed <= 0
                          or self._moves_to(s, max(start, s.current_time), sliding, condition_offset) is not None)
         return work or all(s.done for s in samples)
 
@@ -634,7 +635,7 @@ class Sampler:
     def _row_inputs(self, s: _Sample, start: int, end: int, options: SamplingOptions, delta: int,
                     condition_offset: int, length: int) -> np.ndarray:
         """Row `s`'s inputs to `_events` (the columns named there), its times relative to its window, with a queue
-        of `length` given triples. Notes in `s.staged` what the device may then do without the host: how many
+        of `length` given triples. Notes in `s` what the device may then do without the host: how many
         of the queued triples it holds, whether the host has more, how many events it may sample."""
         row = np.zeros(_row_width(length), dtype=np.int32)
         row[POSITION], row[CURRENT], row[START] = s.position, s.current_time - s.offset, start - s.offset
@@ -647,7 +648,7 @@ class Sampler:
         queue = (s.pending[:length] + s.controls[:length])[:length]
         row[QUEUED], row[PENDING] = len(queue), min(len(s.pending), length)
         row[FRESH], row[MORE] = 1, len(s.pending) + len(s.controls) > len(queue)
-        s.staged = [len(queue), bool(row[MORE]), int(row[EVENTS_LEFT])]
+        s.queue_on_device, s.more_on_host, s.events_allowed = len(queue), bool(row[MORE]), int(row[EVENTS_LEFT])
         row[SEEN:QUEUE] = seen_flags(s.instruments)
         for k, (time, duration, note) in enumerate(queue):
             when = time - condition_offset - s.offset
