@@ -23,14 +23,16 @@
 # benchmarks/gpu_compile.py; what the graph saves is what host launches would cost), sample-medium-ours (ours
 # alone, 8 events a call and 1, with the trace: a later visit's check of a change to our sampler; 100 s did not
 # hold it on the H200), sample-medium-while (ours, 8 a call, with loops allowed inside CUDA graphs),
-# sample-medium-pipeline (ours, bfloat16, one sample, one event a call, as it runs and launching each call ahead of
+# sample-medium-pipeline (ours, bfloat16, one sample, one event a call, not launched ahead and launching each call ahead of
 # the last one's result, then 100 calls dispatched back to back with no read-back: the bound), tests
 # (tests/test_train.py then tests/test_sampling.py; tests-train and tests-sampling, each file alone). A device session's 15 minutes hold the install (two calls) and about 12 minutes of steps, the most
 # wanted first. The first visits measured the figures (README; train-gif and sample-medium-while on 2026-11-27's
-# second H100: train-gif slower than the recipe, the WHILE compile too slow to time); the next, after the install:
-#   BUDGET=540 bash benchmarks/device_check.sh tests-sampling tests-train
-# (the GPU-relevant tests have not yet finished on a card) then at once, with what is left (~230 s):
-#   sample-medium-pipeline  (then sample-medium-ours only if 200 s are left: cut short, it reports nothing)
+# second H100: train-gif slower than the recipe, the WHILE compile too slow to time; sample-medium-pipeline and
+# tests-train on that night's H200: launching ahead made one sample 12.7x real time, now the default there, and the
+# training tests all passed); the next, after the install:
+#   BUDGET=540 bash benchmarks/device_check.sh tests-sampling train sample-medium-ours
+# (the sampling tests have not yet run on a card with launching ahead the default; a step cut short reports nothing
+# of its figures, so leave it the time it asks).
 # It exits 0 when every step named ran and passed, 3 when some were only skipped or cut short by the budget, else 1.
 #
 # The GPU machines have Python 3.12, jax 0.11.2 for CUDA 13 and torch, and no network. Our project runs from
@@ -265,11 +267,11 @@ run_sample-medium-while() {
         step sample-medium-while 100 "$PY" benchmarks/sample.py "${MEDIUM[@]}" --only-ours --events-per-call 8
 }
 run_sample-medium-pipeline() {
-    # one sample (bfloat16: the 10x goal's best case), one event a call: the sampler as it runs by default (one
-    # event, wait for the result, replay it, the next), the same launching each call before the last one's result
-    # is read (SamplingOptions.launch_ahead, opt-in until this measures it), then 100 calls back to back, each on
-    # the last one's outputs, no read-back between them, with one executable and alternating two: the bound
-    # launching ahead can reach (README)
+    # one sample (bfloat16: the 10x goal's best case), one event a call: not launched ahead (one event, wait for
+    # the result, replay it, the next), the same launching each call before the last one's result is read
+    # (SamplingOptions.launch_ahead, the default for one sample on a GPU since this measured it), then 100 calls
+    # back to back, each on the last one's outputs, no read-back between them, with one executable and alternating
+    # two: the bound launching ahead can reach (README)
     # (4 compiles of Medium's call: ~180 s; each figure is printed as it is timed)
     XLA_PYTHON_CLIENT_PREALLOCATE=false step sample-medium-pipeline 180 "$PY" benchmarks/sample.py "${MEDIUM[@]}" \
         --dtypes bfloat16 --only-ours --events-per-call 1 --batch 1 --events "$PIPELINE_EVENTS" --launch-ahead \

@@ -17,8 +17,9 @@ tokens) of one sample, after a real prompt that fills the context:
 
 For ours at batch 1 it also says how much of an event's time the host spends inside its device calls until
 they return (dispatch, argument handling, CUDA graph launches: the device runs on after they return), measured
-without a profiler (whose own cost inflated the H100 trace's launches). With `--launch-ahead`, ours again with
-each call dispatched before the last one's result is read (`SamplingOptions.launch_ahead`; the same samples). With
+without a profiler (whose own cost inflated the H100 trace's launches). Ours launches each call before the last
+one's result is read where the sampler chooses to (`SamplingOptions.launch_ahead`: one sample on a GPU); with
+`--launch-ahead`, ours not launched ahead, then again launched ahead (the same samples), both timed. With
 `--back-to-back N`, then: ours at
 batch 1, one event a call, N calls dispatched back to back, each on the one before's outputs, with no read-back
 between them: what an event would cost if the host's launches overlapped the device's work (a sampler that did
@@ -127,8 +128,9 @@ def main() -> None:
                              "and say where a call's time goes (benchmarks/trace_summary.py)")
     parser.add_argument("--trace-events", type=int, default=20)
     parser.add_argument("--launch-ahead", action="store_true",
-                        help="ours again with the first --events-per-call, each call dispatched before the last one's "
-                             "result is read (SamplingOptions.launch_ahead)")
+                        help="ours not launched ahead, then again with the first --events-per-call, each call "
+                             "dispatched before the last one's result is read (SamplingOptions.launch_ahead; without "
+                             "this flag: the sampler's choice, launched ahead for one sample on a GPU)")
     parser.add_argument("--back-to-back", type=int, default=0, metavar="N",
                         help="then time N calls of ours (the first dtype, batch 1, one event a call) dispatched back "
                              "to back with no read-back between them, with one executable and alternating two")
@@ -181,14 +183,22 @@ def main() -> None:
         one, batched = (sampling.default_events_per_call(b, platform) for b in (1, args.batch))
         return f"auto ({one} at batch 1, {batched} at batch {args.batch})"
 
+    def described_ahead() -> str:  # the sampler's choice where --launch-ahead does not set it
+        if args.launch_ahead:
+            return "not launched ahead (then launched ahead, as named)"
+        one, batched = ("launched ahead" if sampling.default_launch_ahead(b, platform) else "not launched ahead"
+                        for b in (1, args.batch))
+        return f"auto launching ({one} at batch 1, {batched} at batch {args.batch})"
+
     print(f"model: {args.layers} layers x {args.width}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"torch on {torch_device} ({torch_threads} threads), load average {load:.1f}; "
-          f"ours {described(per_call[0])} events a device call; "
+          f"ours {described(per_call[0])} events a device call, {described_ahead()}; "
           f"prompt {start:.1f} s of The Entertainer (a full context); XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
 
     dispatching = {}  # (name, batch) -> seconds an event the host spent inside the device calls
 
-    def ours(sampler, batch: int, events: int, name: str, events_per_call: int | None, launch_ahead=False) -> float:
+    def ours(sampler, batch: int, events: int, name: str, events_per_call: int | None,
+             launch_ahead: bool | None) -> float:
         warm = sampling.SamplingOptions(seed=0, max_events=2, num_samples=batch, events_per_call=events_per_call,
                                         launch_ahead=launch_ahead)
         sampling.continuation(sampler, piece, start, start + 1000, warm)  # compile
@@ -229,9 +239,11 @@ def main() -> None:
 
     timed = {}  # "dtype" (the first --events-per-call) or "dtype, k a call" -> (batch 1, batch B) seconds an event
     for dtype, s in samplers.items():
-        variants = [(k, False) for k in per_call] + ([(per_call[0], True)] if args.launch_ahead else [])
+        # (with --launch-ahead, the others explicitly not launched ahead; else as the sampler chooses)
+        base = False if args.launch_ahead else None
+        variants = [(k, base) for k in per_call] + ([(per_call[0], True)] if args.launch_ahead else [])
         for k, ahead in variants:
-            name = dtype if (k, ahead) == (per_call[0], False) else f"{dtype}, {described(k)} a call"
+            name = dtype if (k, ahead) == (per_call[0], base) else f"{dtype}, {described(k)} a call"
             name += ", launched ahead" if ahead else ""
             timed[name] = one, batched = (ours(s, 1, args.events, name, k, ahead),
                                           ours(s, args.batch, max(args.events // 2, 1), name, k, ahead))
@@ -279,7 +291,7 @@ def main() -> None:
                     result[variant] = (time.perf_counter() - begin) / calls
             return real(weights, unembed, cache, hidden, rows, keys, out, temperature, **static)
 
-        options = sampling.SamplingOptions(seed=0, max_events=3, num_samples=1, events_per_call=1)
+        options = sampling.SamplingOptions(seed=0, max_events=3, num_samples=1, events_per_call=1, launch_ahead=False)
         sampling._events = probing
         try:
             sampling.continuation(sampler, piece, start, start + 1000, options)

@@ -695,32 +695,42 @@ def test_the_music_does_not_depend_on_the_events_per_call(tiny_model, anticipato
         sampling.unconditional(sampler, 5, sampling.SamplingOptions(events_per_call=0))
 
 
-def test_the_events_a_call_are_chosen_for_the_batch_and_the_device(tiny_model, monkeypatch):
-    """Unset, `events_per_call` is the sampler's choice: 8, except 1 for one sample on a GPU (measured there: the
-    loop's trips launched from the host cost one sample more than its calls did; README). The choice is asked with
-    the platform the weights are on and the batch, and is what the device runs; a value given is kept. (On the
-    platform the test runs on: the GPU machine's device check runs it on the card.)"""
-    assert [sampling.default_events_per_call(n, platform) for n, platform in
-            [(1, "gpu"), (2, "gpu"), (8, "gpu"), (1, "cpu"), (8, "cpu"), (1, "tpu")]] == [1, 8, 8, 8, 8, 8]
+def test_the_events_a_call_and_launching_ahead_are_chosen_for_the_batch_and_the_device(tiny_model, monkeypatch):
+    """Unset, `events_per_call` and `launch_ahead` are the sampler's choice: 8 events a call, not launched ahead,
+    except for one sample on a GPU: 1, launched ahead (measured there: the loop's trips launched from the host cost one
+    sample more than its calls did, and the host's dispatch and replay set the pace; README). Each choice is asked
+    with the platform the weights are on and the batch, and is what the device runs (launched ahead, two executables
+    alternate); a value given is kept. (On the platform the test runs on: the GPU machine's device check runs it on
+    the card.)"""
+    assert [(sampling.default_events_per_call(n, platform), sampling.default_launch_ahead(n, platform))
+            for n, platform in [(1, "gpu"), (1, "cuda"), (2, "gpu"), (8, "gpu"), (1, "cpu"), (8, "cpu"), (1, "tpu")]
+            ] == [(1, True), (1, True), (8, False), (8, False), (8, False), (8, False), (8, False)]
     platform = jax.devices()[0].platform
     asked, ran = [], []
-    events, choose = sampling._events, sampling.default_events_per_call
+    events = sampling._events
+    choose, ahead = sampling.default_events_per_call, sampling.default_launch_ahead
 
     def recording(*args, **static):
-        ran.append(static["events"])
+        ran.append((static["events"], static["copy"]))
         return events(*args, **static)
 
     monkeypatch.setattr(sampling, "_events", recording)
     monkeypatch.setattr(sampling, "default_events_per_call",
-                        lambda n, platform: asked.append((n, platform)) or (3 if n == 2 else choose(n, platform)))
+                        lambda n, platform: asked.append(("events", n, platform)) or (3 if n == 2 else choose(n, platform)))
+    monkeypatch.setattr(sampling, "default_launch_ahead",
+                        lambda n, platform: asked.append(("ahead", n, platform)) or (n == 2 or ahead(n, platform)))
     sampler = sampling.Sampler(tiny_model)
-    for options, expected in [(sampling.SamplingOptions(num_samples=2, max_events=7), 3),
-                              (sampling.SamplingOptions(max_events=7), choose(1, platform)),
-                              (sampling.SamplingOptions(num_samples=2, max_events=7, events_per_call=5), 5)]:
+    for options, expected in [
+            (sampling.SamplingOptions(num_samples=2, max_events=7), {(3, 0), (3, 1)}),
+            (sampling.SamplingOptions(max_events=7), {(choose(1, platform), c) for c in (0, 1)[:1 + ahead(1, platform)]}),
+            (sampling.SamplingOptions(num_samples=2, max_events=7, events_per_call=5, launch_ahead=False), {(5, 0)}),
+            (sampling.SamplingOptions(max_events=7, events_per_call=2, launch_ahead=True), {(2, 0), (2, 1)})]:
         ran.clear()
         sampling.unconditional(sampler, 5, options)
-        assert ran and set(ran) == {expected}, (options, ran)
-    assert asked == [(2, platform), (1, platform)]
+        assert ran and set(ran) == expected, (options, ran)
+    assert asked == [("events", 2, platform), ("ahead", 2, platform), ("events", 1, platform), ("ahead", 1, platform)]
+    with pytest.raises(ValueError, match="launch_ahead='yes'"):
+        sampling.unconditional(sampler, 5, sampling.SamplingOptions(launch_ahead="yes"))
 
 
 def test_algorithm_2_plays_the_notes_a_backfill_passed_before_it_samples_again(tiny_model, monkeypatch):

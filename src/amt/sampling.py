@@ -26,8 +26,9 @@ idle. Each row draws from its own generator (the seed and its row), so the music
 `events_per_call` is (token for token on the CPU, a test; only if XLA compiled one step a call to other roundings
 than several could a near-tie differ), and a finished row stays in the batch, idle. Several steps a call cut the
 round trips, except for one sample on a GPU, where the loop's every trip is launched from the host (README). With
-`launch_ahead` each call is dispatched before the last one's result is read, on the rows that call left (the host
-replays as before and stages rows only where it has work): the host's launches overlap the device's work. Per
+`launch_ahead` (the default for one sample on a GPU, measured faster there) each call is dispatched before the
+last one's result is read, on the rows that call left (the host replays as before and stages rows only where it
+has work): the host's launches overlap the device's work. Per
 event at GPT-2 Small size on CPU (batch 1) that is about three decoder steps; benchmarks/sample.py compares it like
 for like with the reference's method and with Hugging Face's KV cache.
 
@@ -385,8 +386,8 @@ class SamplingOptions:
     events_per_call: int | None = None
     # dispatch each call before the last one's result is read, on the rows that call leaves (`_events`), so that the
     # host's launches overlap the device's work; the host replays as before and stages rows itself only where it has
-    # work to do (a window to move, a queue to refill). The same music. Opt-in until measured on a GPU (README)
-    launch_ahead: bool = False
+    # work to do (a window to move, a queue to refill). The same music. None: `default_launch_ahead`'s
+    launch_ahead: bool | None = None
 
 
 def default_events_per_call(num_samples: int, platform: str) -> int:
@@ -397,6 +398,16 @@ def default_events_per_call(num_samples: int, platform: str) -> int:
     a CPU 8 a call made one sample 1.24x faster (Small). (jax names a CUDA or ROCm device's platform "gpu"; its own,
     should that change.)"""
     return 1 if platform in ("gpu", "cuda", "rocm") and num_samples == 1 else 8
+
+
+def default_launch_ahead(num_samples: int, platform: str) -> bool:
+    """Whether calls are launched ahead where `SamplingOptions.launch_ahead` is None: for one sample on a GPU (where
+    the host's dispatch and replay, not the card, set its pace), not elsewhere. Measured (README; Medium, bfloat16,
+    a full context, one event a call, an H200): 3.8 ms an event launched ahead against 5.3 (12.7x real time against
+    9.1), the bound of calls dispatched back to back 3.5; on a CPU one sample goes faster at 8 a call (Small: 45.5 ms
+    an event against 59.1 at one launched ahead); not measured for a batch, whose calls (8 events of every row: ~32 ms
+    for 8 Medium samples on an H100) are long beside the host's 1.2 ms share."""
+    return platform in ("gpu", "cuda", "rocm") and num_samples == 1
 
 
 class Sampler:
@@ -437,13 +448,21 @@ class Sampler:
         controls = ops.as_triples(np.zeros((0, 3), np.int64) if controls is None else controls)
         if len(controls) and not np.all(ops.is_control(controls)):
             raise ValueError("controls must be in the control block (use amt.ops.to_controls)")
-        if options.events_per_call is None:
-            platform = next(iter(jax.tree.leaves(self.weights)[0].devices())).platform
-            options = dataclasses.replace(options,
-                                          events_per_call=default_events_per_call(options.num_samples, platform))
-        elif not (isinstance(options.events_per_call, int) and options.events_per_call >= 1):
+        if options.events_per_call is not None and not (
+                isinstance(options.events_per_call, int) and options.events_per_call >= 1):
             raise ValueError(f"SamplingOptions.events_per_call={options.events_per_call!r}: a positive integer "
                              "(or None: the sampler's choice)")
+        if options.launch_ahead not in (None, True, False):
+            raise ValueError(f"SamplingOptions.launch_ahead={options.launch_ahead!r}: True, False "
+                             "(or None: the sampler's choice)")
+        if options.events_per_call is None or options.launch_ahead is None:  # the sampler's choice, for the device
+            platform = next(iter(jax.tree.leaves(self.weights)[0].devices())).platform
+            options = dataclasses.replace(
+                options,
+                events_per_call=(default_events_per_call(options.num_samples, platform)
+                                 if options.events_per_call is None else options.events_per_call),
+                launch_ahead=(default_launch_ahead(options.num_samples, platform)
+                              if options.launch_ahead is None else options.launch_ahead))
         before = ops.clip(inputs, 0, start, clip_duration=False, seconds=False)
         future = ops.clip(inputs, start + 1, max(ops.max_time(inputs, seconds=False), start + 1),
                           clip_duration=False, seconds=False)
