@@ -19,7 +19,8 @@ For ours at batch 1 it also says how much of an event's time the host spends ins
 they return (dispatch, argument handling, CUDA graph launches: the device runs on after they return), measured
 without a profiler (whose own cost inflated the H100 trace's launches). Ours launches each call before the last
 one's result is read where the sampler chooses to (`SamplingOptions.launch_ahead`: one sample on a GPU); with
-`--launch-ahead`, ours not launched ahead, then again launched ahead (the same samples), both timed. With
+`--launch-ahead`, ours not launched ahead, then again launched ahead, both timed and their samples compared
+(the same seed: the same music token for token, or which samples differ). With
 `--back-to-back N`, then: ours at
 batch 1, one event a call, N calls dispatched back to back, each on the one before's outputs, with no read-back
 between them: what an event would cost if the host's launches overlapped the device's work (a sampler that did
@@ -196,6 +197,7 @@ def main() -> None:
           f"prompt {start:.1f} s of The Entertainer (a full context); XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}")
 
     dispatching = {}  # (name, batch) -> seconds an event the host spent inside the device calls
+    generated = {}  # (name, batch) -> the sampled events of each sample (launched ahead: compared with the base's)
 
     def ours(sampler, batch: int, events: int, name: str, events_per_call: int | None,
              launch_ahead: bool | None) -> float:
@@ -230,7 +232,16 @@ def main() -> None:
                 setattr(module, attribute, call)
         assert all(len(g) == events for g in sampler.last_generated), [len(g) for g in sampler.last_generated]
         dispatching[name, batch] = spent[0] / events
+        generated[name, batch] = [np.array(g) for g in sampler.last_generated]
         return elapsed / (batch * events)
+
+    def same_music(name: str, base_name: str) -> str:  # launched ahead against not, each batch: token for token?
+        said = []
+        for batch in (1, args.batch):
+            ours_, theirs = generated[name, batch], generated[base_name, batch]
+            differ = [i for i, (a, b) in enumerate(zip(ours_, theirs)) if a.shape != b.shape or (a != b).any()]
+            said.append(f"batch {batch}: " + (f"samples {differ} differ" if differ else "the same, token for token"))
+        return f"ours ({name}) against ({base_name}): " + "; ".join(said)
 
     lakh_events_per_second = 125_050_497 / 3 / (560.98 * 3600)  # the paper's test split: tokens / 3 over its hours
 
@@ -251,6 +262,8 @@ def main() -> None:
                 print(f"ours (JAX, KV cache, {name}): {one * 1000:.1f} ms an event (batch 1), {batched * 1000:.1f} "
                       f"(batch {args.batch}): {music(one):.2f} / {music(batched):.2f} seconds of music a second",
                       flush=True)
+            if ahead:  # (the same seed: the same music as not launched ahead, up to rounding of near-ties)
+                print(same_music(name, dtype), flush=True)
 
     def trace() -> None:  # after the figures (a profiler that fails or runs long costs none of them)
         from trace_summary import summarize

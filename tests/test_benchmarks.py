@@ -348,8 +348,8 @@ def test_device_check_names_its_steps_and_refuses_what_it_cannot_run(tmp_path):
 
 def test_sample_benchmark_times_calls_back_to_back(tmp_path):
     """`benchmarks/sample.py --launch-ahead --back-to-back N` (the device check's sample-medium-pipeline) runs at a
-    full context on a tiny model: ours launching ahead timed beside ours, then what a call costs back to back, with
-    one executable and alternating two."""
+    full context on a tiny model: ours launching ahead timed beside ours not launched ahead (and its music compared
+    with theirs), then what a call costs back to back, with one executable and alternating two."""
     import re
     import subprocess
 
@@ -360,6 +360,8 @@ def test_sample_benchmark_times_calls_back_to_back(tmp_path):
                            "--launch-ahead", "--back-to-back", "4"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ours (JAX, KV cache, float32, 1 a call, launched ahead): " in done.stdout, done.stdout
+    assert ("ours (float32, 1 a call, launched ahead) against (float32): batch 1: the same, token for token; "
+            "batch 1: the same, token for token") in done.stdout, done.stdout
     line = [line for line in done.stdout.splitlines() if "back to back" in line]
     assert len(line) == 1 and re.search(r"4 calls back to back with no read-back between them: [\d.]+ ms a call with "
                                         r"one executable, [\d.]+ ms a call with two alternating$", line[0]), line
