@@ -248,9 +248,9 @@ def _add_generate(subparsers, common, help) -> None:
                    help="the weights' and key/value cache's precision while sampling: bfloat16 halves what each "
                    "token reads, for a GPU or TPU (on a CPU it is slower)")
     p.add_argument("--events-per-call", type=_positive(int), default=None,
-                   help="events each sample takes a device call (default: 8, or 1 for one sample on a GPU, where "
-                   "that measured faster): fewer round trips for more; the music is the same whatever the value "
-                   "(up to rounding)")
+                   help="events each sample takes a device call (default: 8, or 1 for one sample on a GPU, each "
+                   "call launched before the last one's result is read: that measured faster there): fewer round "
+                   "trips for more; the music is the same whatever the value (up to rounding)")
     p.add_argument("-o", "--out", default="generated.mid", help="output MIDI file (a PNG piano roll beside it)")
 
 
