@@ -390,14 +390,19 @@ class SamplingOptions:
     launch_ahead: bool | None = None
 
 
+def _one_sample_on_a_gpu(num_samples: int, platform: str) -> bool:
+    """Where the host's turn-taking, not the device, sets the sampler's pace (the two defaults below). (jax names a
+    CUDA or ROCm device's platform "gpu"; its own, should that change.)"""
+    return platform in ("gpu", "cuda", "rocm") and num_samples == 1
+
+
 def default_events_per_call(num_samples: int, platform: str) -> int:
     """Events a device call where `SamplingOptions.events_per_call` is None: 8, except for one sample on a GPU: 1.
     Measured (README; Medium, a full context): on an H100 one sample took 5.7 ms an event at 1 a call against 7.4 at
     8 (float32; bfloat16 5.2 against 5.7), the loop's body launched from the host as a CUDA graph every trip (2.25
     ms of the host's time each under the profiler), and a batch of 8 0.9 against 0.8 (bfloat16 0.7 against 0.5); on
-    a CPU 8 a call made one sample 1.24x faster (Small). (jax names a CUDA or ROCm device's platform "gpu"; its own,
-    should that change.)"""
-    return 1 if platform in ("gpu", "cuda", "rocm") and num_samples == 1 else 8
+    a CPU 8 a call made one sample 1.24x faster (Small)."""
+    return 1 if _one_sample_on_a_gpu(num_samples, platform) else 8
 
 
 def default_launch_ahead(num_samples: int, platform: str) -> bool:
@@ -407,7 +412,7 @@ def default_launch_ahead(num_samples: int, platform: str) -> bool:
     9.1), the bound of calls dispatched back to back 3.5; on a CPU one sample goes faster at 8 a call (Small: 45.5 ms
     an event against 59.1 at one launched ahead); not measured for a batch, whose calls (8 events of every row: ~32 ms
     for 8 Medium samples on an H100) are long beside the host's 1.2 ms share."""
-    return platform in ("gpu", "cuda", "rocm") and num_samples == 1
+    return _one_sample_on_a_gpu(num_samples, platform)
 
 
 class Sampler:
